@@ -1,0 +1,90 @@
+//! # Conclave E2EE core
+//!
+//! Owns everything that touches end-to-end keys: device identities, the MLS group of a room
+//! (RFC 9420, via `mls-rs`), the room's admission policy, the roster and the meeting security
+//! code, and SFrame media encryption (RFC 9605, via `sframe`) with keys from the MLS exporter.
+//!
+//! It never does IO: no sockets, no clock, no threads. Time comes in as [`Timestamp`]s; key
+//! material comes from the crypto backends, which draw on the OS CSPRNG. It builds for
+//! `wasm32-unknown-unknown`, so the browser runs the same code as the native client.
+//!
+//! ## Driving it
+//!
+//! ```
+//! use conclave_e2ee::*;
+//! # fn main() -> Result<()> {
+//! let now = Timestamp::from_millis(1_700_000_000_000);
+//! let suite = RoomCipherSuite::Curve25519Aes128;
+//! let alice = Device::new(
+//!     DeviceIdentity::generate(suite, CredentialInfo::new("alice", "Alice")?)?,
+//!     GroupStore::memory(),
+//! )?;
+//! let bob = Device::new(
+//!     DeviceIdentity::generate(suite, CredentialInfo::new("bob", "Bob")?)?,
+//!     GroupStore::memory(),
+//! )?;
+//!
+//! // Alice creates the room; Bob knocks with a KeyPackage; Alice (the designated committer)
+//! // commits the add, the DS accepts it, Alice applies it and Bob joins from the Welcome with
+//! // the ratchet tree served out of band.
+//! let mut a = alice.create_room(RoomPolicy::open("room-1"), None, now)?;
+//! let kp = bob.key_package(None, now)?;
+//! let bundle = a.commit(&[kp], &[], now)?;
+//! a.confirm_commit()?;
+//! let welcome = bundle.welcome.expect("an add makes a Welcome");
+//! let b = bob.join("room-1", &welcome, &bundle.ratchet_tree, now)?;
+//! assert_eq!(a.security_code()?, b.security_code()?);
+//!
+//! // Media: each side installs the epoch's SFrame keys and seals/opens frames.
+//! let mut ma = MediaCrypto::default();
+//! let mut mb = MediaCrypto::default();
+//! ma.install_epoch(a.epoch_secrets()?, now)?;
+//! mb.install_epoch(b.epoch_secrets()?, now)?;
+//! let (mut wire, mut plain) = (Vec::new(), Vec::new());
+//! ma.seal(b"hello", ClearPrefix::None, &mut wire)?;
+//! mb.open(&wire, ClearPrefix::None, &mut plain, now)?;
+//! assert_eq!(plain, b"hello");
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod committer;
+mod crypto;
+mod error;
+mod identity;
+pub mod media;
+mod policy;
+mod rules;
+mod session;
+mod sframe_backend;
+mod storage;
+mod time;
+
+pub use crypto::RoomCipherSuite;
+pub use error::{Error, Result};
+pub use identity::{
+    CredentialInfo, DeviceIdentity, Fingerprint, PinCheck, TrustStore, MAX_DISPLAY_NAME_LEN,
+    MAX_USER_ID_LEN,
+};
+pub use media::{
+    ClearPrefix, EpochSecrets, FrameError, FrameInfo, HoldQueue, MediaConfig, MediaCrypto,
+    MediaStats,
+};
+pub use policy::{
+    Admission, Hosts, Invite, InviteList, PolicyViolation, RoomPolicy, INVITE_EXTENSION,
+    MAX_POLICY_ENTRIES, ROOM_POLICY_EXTENSION,
+};
+pub use session::{
+    CommitBundle, Device, EpochChange, Incoming, RosterEntry, SecurityCode, Session,
+    MAX_MLS_MESSAGE_LEN, MAX_TREE_LEN,
+};
+pub use storage::{DirStore, GroupStore};
+pub use time::Timestamp;
+
+/// Re-exports of the mls-rs types that appear in this crate's API.
+pub mod mls {
+    pub use mls_rs::identity::SigningIdentity;
+    pub use mls_rs::CipherSuite;
+    pub use mls_rs_core::extension::ExtensionType;
+}

@@ -1,0 +1,711 @@
+//! SFrame media encryption with keys from the MLS exporter (RFC 9605 section 5.2).
+//!
+//! Per MLS epoch, `base_key = MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`; each sender's
+//! KID is `context (0) | leaf index (16 bits) | epoch (low 8 bits)`, and its key and salt are
+//! derived from the base key and the KID (RFC 9605 section 4.4.2). So every sender has its own
+//! key and nonce space in every epoch, and nothing but the MLS group state is needed to derive
+//! them.
+//!
+//! [`MediaCrypto`] is the key ring of one participant: it seals outgoing frames under the
+//! current epoch, opens incoming frames of the current epoch and, for a bounded grace window
+//! after a change, of the previous ones, after which their keys are erased. It keeps one
+//! replay window per sender and epoch, and counts every outcome. Frames that name an epoch
+//! the receiver has not reached yet are reported as [`FrameError::FutureEpoch`] so the caller
+//! can park them in a [`HoldQueue`] and open them once the commit is applied.
+//!
+//! A prefix of each frame may stay clear for RTP packetization ([`ClearPrefix`]); it is
+//! authenticated as AAD (the `sframe` crate's "meta data"), so changing it breaks the frame.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+use core::time::Duration;
+use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
+use zeroize::Zeroizing;
+
+use crate::crypto::RoomCipherSuite;
+use crate::sframe_backend::{DecryptionKey, EncryptionKey};
+use crate::time::Timestamp;
+
+/// Bits of the MLS epoch carried in the KID (RFC 9605 section 5.2's `E`).
+pub const EPOCH_BITS: u8 = 8;
+/// Bits of the sender's leaf index carried in the KID (`S`): up to 65,536 leaves.
+pub const INDEX_BITS: u8 = 16;
+/// Largest frame (clear prefix included) that is sealed or opened: 4 MiB.
+pub const MAX_FRAME_LEN: usize = 4 << 20;
+/// How many epochs ahead of the newest known one a KID may name and still be held.
+pub const MAX_EPOCHS_AHEAD: u64 = 4;
+/// Most epochs whose keys are kept at once (the current one plus those in their grace window).
+pub const MAX_LIVE_EPOCHS: usize = 4;
+/// The MLS exporter label of RFC 9605 section 5.2.
+pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
+
+const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+const REPLAY_WINDOW: u64 = 128;
+
+/// Why a frame was not sealed or opened. Every variant is counted in [`MediaStats`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The frame is shorter than its clear prefix plus an SFrame header and tag, or its header
+    /// does not parse.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    /// The frame is larger than [`MAX_FRAME_LEN`].
+    #[error("frame of {0} bytes is too large")]
+    TooLarge(usize),
+    /// The KID's context bits are not zero (Conclave senders always use context 0).
+    #[error("KID {0:#x} has a non-zero context")]
+    ForeignContext(u64),
+    /// The KID names an epoch whose keys this member does not hold (never had, or erased after
+    /// the grace window).
+    #[error("no keys for epoch bits {epoch_bits} (sender {sender})")]
+    UnknownEpoch {
+        /// Low bits of the epoch named by the KID.
+        epoch_bits: u8,
+        /// Leaf index named by the KID.
+        sender: u32,
+    },
+    /// The KID names an epoch just ahead of ours: hold the frame until the commit is applied.
+    #[error("frame from sender {sender} is for a future epoch (bits {epoch_bits})")]
+    FutureEpoch {
+        /// Low bits of the epoch named by the KID.
+        epoch_bits: u8,
+        /// Leaf index named by the KID.
+        sender: u32,
+    },
+    /// The KID names a leaf that is not a member in that epoch.
+    #[error("sender {sender} is not a member in epoch {epoch}")]
+    UnknownSender {
+        /// Leaf index named by the KID.
+        sender: u32,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The counter was already accepted from this sender in this epoch.
+    #[error("replayed frame (sender {sender}, counter {counter})")]
+    Replayed {
+        /// Leaf index.
+        sender: u32,
+        /// SFrame counter.
+        counter: u64,
+    },
+    /// The counter is older than the replay window.
+    #[error("frame too old for the replay window (sender {sender}, counter {counter})")]
+    TooOld {
+        /// Leaf index.
+        sender: u32,
+        /// SFrame counter.
+        counter: u64,
+    },
+    /// The AEAD tag did not verify: the frame (payload, header or clear prefix) was altered, or
+    /// was sealed under another key.
+    #[error("authentication failed (sender {sender})")]
+    Authentication {
+        /// Leaf index named by the KID.
+        sender: u32,
+    },
+    /// No epoch has been installed yet: nothing can be sealed (media is held back, never sent
+    /// in the clear).
+    #[error("no media key yet")]
+    NotReady,
+    /// The sender's counter is exhausted for this epoch (a self-update gives a new epoch).
+    #[error("frame counter exhausted")]
+    CounterExhausted,
+    /// The backend failed while sealing.
+    #[error("encryption failed")]
+    Encryption,
+}
+
+impl FrameError {
+    /// The sender this error is about, where the KID could be read.
+    pub fn sender(&self) -> Option<u32> {
+        match self {
+            FrameError::UnknownEpoch { sender, .. }
+            | FrameError::FutureEpoch { sender, .. }
+            | FrameError::UnknownSender { sender, .. }
+            | FrameError::Replayed { sender, .. }
+            | FrameError::TooOld { sender, .. }
+            | FrameError::Authentication { sender } => Some(*sender),
+            _ => None,
+        }
+    }
+}
+
+/// How many leading bytes of a frame stay clear (authenticated, not encrypted), so that the RTP
+/// packetizer can read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClearPrefix {
+    /// Everything is encrypted (Opus, and any codec whose packetizer needs nothing).
+    None,
+    /// A fixed number of bytes.
+    Fixed(usize),
+    /// VP8: the frame tag and, on keyframes, the start code and dimensions (RFC 6386 9.1):
+    /// 10 bytes on a keyframe, 3 on a delta frame.
+    Vp8,
+}
+
+impl ClearPrefix {
+    /// The prefix length for a frame that starts with `bytes` (never more than `bytes.len()`).
+    /// On the receiving side the prefix is read from the wire, where it is in the clear.
+    pub fn len_for(self, bytes: &[u8]) -> usize {
+        let n = match self {
+            ClearPrefix::None => 0,
+            ClearPrefix::Fixed(n) => n,
+            ClearPrefix::Vp8 => match bytes.first() {
+                None => 0,
+                Some(b) if b & 0x01 == 0 => 10,
+                Some(_) => 3,
+            },
+        };
+        n.min(bytes.len())
+    }
+}
+
+/// What a sealed or opened frame was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Leaf index of the sender.
+    pub sender: u32,
+    /// Full MLS epoch the frame was sealed in.
+    pub epoch: u64,
+    /// SFrame counter.
+    pub counter: u64,
+}
+
+/// Counters of what happened to frames, for health display and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaStats {
+    /// Frames sealed.
+    pub sealed: u64,
+    /// Frames opened.
+    pub opened: u64,
+    /// Frames that failed authentication.
+    pub auth_failed: u64,
+    /// Frames rejected as replays or as older than the window.
+    pub replayed: u64,
+    /// Frames whose epoch is unknown or erased, or whose sender is not a member.
+    pub unknown_key: u64,
+    /// Frames for a future epoch (to be held).
+    pub future_epoch: u64,
+    /// Malformed or oversized frames.
+    pub malformed: u64,
+    /// Frames opened under a previous epoch's key inside its grace window.
+    pub opened_in_grace: u64,
+}
+
+impl MediaStats {
+    /// Every frame that was rejected for good (future-epoch frames are not counted: they are
+    /// held, not lost).
+    pub fn rejected(&self) -> u64 {
+        self.auth_failed + self.replayed + self.unknown_key + self.malformed
+    }
+}
+
+/// Tunables of [`MediaCrypto`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// How long a previous epoch's keys stay usable after a newer epoch is installed.
+    pub grace: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The secrets one MLS epoch gives the media layer. Produced by
+/// [`Session::epoch_secrets`](crate::Session::epoch_secrets); consumed by
+/// [`MediaCrypto::install_epoch`]. The base key is zeroized on drop.
+pub struct EpochSecrets {
+    pub(crate) epoch: u64,
+    pub(crate) suite: RoomCipherSuite,
+    pub(crate) base_key: Zeroizing<Vec<u8>>,
+    pub(crate) own_leaf: u32,
+    pub(crate) members: Vec<u32>,
+}
+
+impl fmt::Debug for EpochSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EpochSecrets")
+            .field("epoch", &self.epoch)
+            .field("own_leaf", &self.own_leaf)
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EpochSecrets {
+    /// The epoch these secrets belong to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Our own leaf index in that epoch.
+    pub fn own_leaf(&self) -> u32 {
+        self.own_leaf
+    }
+
+    /// Test-and-tool constructor: the secrets of an epoch from a base key known by other means
+    /// (RFC test vectors, an attacker model in adversarial tests).
+    pub fn from_base_key(
+        suite: RoomCipherSuite,
+        epoch: u64,
+        base_key: &[u8],
+        own_leaf: u32,
+        members: Vec<u32>,
+    ) -> Self {
+        EpochSecrets {
+            epoch,
+            suite,
+            base_key: Zeroizing::new(base_key.to_vec()),
+            own_leaf,
+            members,
+        }
+    }
+}
+
+/// The KID of `leaf` in `epoch`: context 0, 16 bits of leaf index, 8 bits of epoch.
+pub fn kid(leaf: u32, epoch: u64) -> u64 {
+    ((u64::from(leaf) & INDEX_MASK) << EPOCH_BITS) | (epoch & EPOCH_MASK)
+}
+
+/// Splits a KID into (context, leaf, epoch bits).
+pub fn split_kid(kid: u64) -> (u64, u32, u8) {
+    let context = kid >> (EPOCH_BITS + INDEX_BITS);
+    let leaf = ((kid >> EPOCH_BITS) & INDEX_MASK) as u32;
+    let epoch_bits = (kid & EPOCH_MASK) as u8;
+    (context, leaf, epoch_bits)
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ReplayWindow {
+    top: Option<u64>,
+    seen: u128,
+}
+
+impl ReplayWindow {
+    fn check(&self, sender: u32, counter: u64) -> Result<(), FrameError> {
+        let Some(top) = self.top else { return Ok(()) };
+        if counter > top {
+            return Ok(());
+        }
+        let age = top - counter;
+        if age >= REPLAY_WINDOW {
+            return Err(FrameError::TooOld { sender, counter });
+        }
+        if (self.seen >> age) & 1 == 1 {
+            return Err(FrameError::Replayed { sender, counter });
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, counter: u64) {
+        match self.top {
+            None => {
+                self.top = Some(counter);
+                self.seen = 1;
+            }
+            Some(top) if counter > top => {
+                let shift = counter - top;
+                self.seen = if shift >= REPLAY_WINDOW { 0 } else { self.seen << shift };
+                self.seen |= 1;
+                self.top = Some(counter);
+            }
+            Some(top) => self.seen |= 1 << (top - counter),
+        }
+    }
+}
+
+struct Receiver {
+    key: DecryptionKey,
+    window: ReplayWindow,
+}
+
+struct EpochKeys {
+    epoch: u64,
+    base_key: Zeroizing<Vec<u8>>,
+    /// Indexed by leaf: whether that leaf is a member in this epoch.
+    members: Vec<bool>,
+    receivers: HashMap<u32, Receiver>,
+    /// When the keys are erased; `None` while this is the newest epoch.
+    expires: Option<Timestamp>,
+}
+
+impl EpochKeys {
+    fn is_member(&self, leaf: u32) -> bool {
+        self.members.get(leaf as usize).copied().unwrap_or(false)
+    }
+}
+
+struct Sending {
+    epoch: u64,
+    leaf: u32,
+    key: EncryptionKey,
+    counter: MonotonicCounter,
+}
+
+/// One participant's SFrame key ring. Sans-IO: time comes in as [`Timestamp`]s, and
+/// [`MediaCrypto::poll_timeout`] says when keys are next due for erasure.
+pub struct MediaCrypto {
+    config: MediaConfig,
+    suite: Option<RoomCipherSuite>,
+    sending: Option<Sending>,
+    epochs: VecDeque<EpochKeys>,
+    stats: MediaStats,
+}
+
+impl fmt::Debug for MediaCrypto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaCrypto")
+            .field("epochs", &self.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MediaCrypto {
+    fn default() -> Self {
+        Self::new(MediaConfig::default())
+    }
+}
+
+impl MediaCrypto {
+    /// An empty key ring: nothing can be sealed or opened until an epoch is installed.
+    pub fn new(config: MediaConfig) -> Self {
+        MediaCrypto {
+            config,
+            suite: None,
+            sending: None,
+            epochs: VecDeque::new(),
+            stats: MediaStats::default(),
+        }
+    }
+
+    /// Installs the keys of a new epoch. Sending switches to it at once; the previous epochs
+    /// stay open for receiving until `now + grace`, then are erased.
+    pub fn install_epoch(&mut self, secrets: EpochSecrets, now: Timestamp) -> crate::Result<()> {
+        if let Some(newest) = self.epochs.back() {
+            if secrets.epoch <= newest.epoch {
+                return Err(crate::Error::Usage("epochs must be installed in increasing order"));
+            }
+        }
+        if self.suite.is_some_and(|s| s != secrets.suite) {
+            return Err(crate::Error::Usage("the room's ciphersuite cannot change"));
+        }
+        let sframe_suite = secrets.suite.sframe();
+        let own_kid = kid(secrets.own_leaf, secrets.epoch);
+        let key = EncryptionKey::derive_from(sframe_suite, own_kid, &*secrets.base_key)
+            .map_err(|e| crate::Error::Crypto(e.to_string()))?;
+
+        let expires = now.saturating_add(self.config.grace);
+        for old in self.epochs.iter_mut() {
+            old.expires = Some(old.expires.map_or(expires, |e| e.min(expires)));
+        }
+        // RFC 9605 5.2: an epoch whose low bits collide with the new one must go.
+        self.epochs
+            .retain(|e| (e.epoch & EPOCH_MASK) != (secrets.epoch & EPOCH_MASK));
+        while self.epochs.len() >= MAX_LIVE_EPOCHS {
+            self.epochs.pop_front();
+        }
+
+        let mut members = Vec::new();
+        for &leaf in &secrets.members {
+            let i = leaf as usize;
+            if i >= members.len() {
+                members.resize(i + 1, false);
+            }
+            members[i] = true;
+        }
+        self.suite = Some(secrets.suite);
+        self.sending = Some(Sending {
+            epoch: secrets.epoch,
+            leaf: secrets.own_leaf,
+            key,
+            counter: MonotonicCounter::default(),
+        });
+        self.epochs.push_back(EpochKeys {
+            epoch: secrets.epoch,
+            base_key: secrets.base_key,
+            members,
+            receivers: HashMap::new(),
+            expires: None,
+        });
+        Ok(())
+    }
+
+    /// Erases the keys of epochs whose grace window has passed.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.epochs.retain(|e| e.expires.is_none_or(|t| t > now));
+    }
+
+    /// When [`MediaCrypto::handle_timeout`] next has work to do.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.epochs.iter().filter_map(|e| e.expires).min()
+    }
+
+    /// Erases every key (on leaving the call).
+    pub fn clear(&mut self) {
+        self.sending = None;
+        self.epochs.clear();
+    }
+
+    /// The epoch outgoing frames are sealed under.
+    pub fn sending_epoch(&self) -> Option<u64> {
+        self.sending.as_ref().map(|s| s.epoch)
+    }
+
+    /// Epochs whose keys are held now, oldest first.
+    pub fn live_epochs(&self) -> Vec<u64> {
+        self.epochs.iter().map(|e| e.epoch).collect()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> MediaStats {
+        self.stats
+    }
+
+    /// Seals `frame`, keeping `clear_len` leading bytes clear (authenticated). `out` receives
+    /// `clear prefix | SFrame header | ciphertext | tag`; it is cleared first.
+    pub fn seal(
+        &mut self,
+        frame: &[u8],
+        clear: ClearPrefix,
+        out: &mut Vec<u8>,
+    ) -> Result<FrameInfo, FrameError> {
+        out.clear();
+        if frame.len() > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge(frame.len()));
+        }
+        let sending = self.sending.as_mut().ok_or(FrameError::NotReady)?;
+        let n = clear.len_for(frame);
+        let (meta, payload) = frame.split_at(n);
+        let view = MediaFrameView::try_with_meta_data(&mut sending.counter, payload, meta)
+            .map_err(|_| FrameError::CounterExhausted)?;
+        let counter = view.counter();
+        view.encrypt_into(&sending.key, out)
+            .map_err(|_| FrameError::Encryption)?;
+        self.stats.sealed += 1;
+        Ok(FrameInfo {
+            sender: sending.leaf,
+            epoch: sending.epoch,
+            counter,
+        })
+    }
+
+    /// Reads the sender and epoch bits of a sealed frame without opening it (for routing and
+    /// per-sender health; nothing here is authenticated yet).
+    pub fn peek(wire: &[u8], clear: ClearPrefix) -> Result<(u32, u8), FrameError> {
+        let n = clear.len_for(wire);
+        let header = sframe::header::SframeHeader::deserialize(&wire[n..])
+            .map_err(|_| FrameError::Malformed("SFrame header"))?;
+        let (_, leaf, bits) = split_kid(header.key_id());
+        Ok((leaf, bits))
+    }
+
+    /// Opens a sealed frame into `out` (`clear prefix | plaintext`, i.e. the sender's original
+    /// frame). `out` is cleared first and left empty on error: nothing unauthenticated is ever
+    /// handed to a decoder.
+    pub fn open(
+        &mut self,
+        wire: &[u8],
+        clear: ClearPrefix,
+        out: &mut Vec<u8>,
+        now: Timestamp,
+    ) -> Result<FrameInfo, FrameError> {
+        out.clear();
+        let result = self.open_inner(wire, clear, out, now);
+        match &result {
+            Ok(_) => self.stats.opened += 1,
+            Err(e) => {
+                out.clear();
+                match e {
+                    FrameError::Authentication { .. } => self.stats.auth_failed += 1,
+                    FrameError::Replayed { .. } | FrameError::TooOld { .. } => {
+                        self.stats.replayed += 1
+                    }
+                    FrameError::UnknownEpoch { .. }
+                    | FrameError::UnknownSender { .. }
+                    | FrameError::ForeignContext(_)
+                    | FrameError::NotReady => self.stats.unknown_key += 1,
+                    FrameError::FutureEpoch { .. } => self.stats.future_epoch += 1,
+                    _ => self.stats.malformed += 1,
+                }
+            }
+        }
+        result
+    }
+
+    fn open_inner(
+        &mut self,
+        wire: &[u8],
+        clear: ClearPrefix,
+        out: &mut Vec<u8>,
+        now: Timestamp,
+    ) -> Result<FrameInfo, FrameError> {
+        if wire.len() > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge(wire.len()));
+        }
+        self.handle_timeout(now);
+        let suite = self.suite.ok_or(FrameError::NotReady)?;
+        let n = clear.len_for(wire);
+        let (meta, rest) = wire.split_at(n);
+        let view = EncryptedFrameView::try_with_meta_data(&rest, &meta)
+            .map_err(|_| FrameError::Malformed("SFrame header"))?;
+        let header = *view.header();
+        if view.cipher_text().len() < suite.sframe().auth_tag_len() {
+            return Err(FrameError::Malformed("shorter than the tag"));
+        }
+        let kid_value = header.key_id();
+        let (context, sender, epoch_bits) = split_kid(kid_value);
+        if context != 0 {
+            return Err(FrameError::ForeignContext(kid_value));
+        }
+        let newest = self.epochs.back().map(|e| e.epoch).ok_or(FrameError::NotReady)?;
+        let Some(pos) = self
+            .epochs
+            .iter()
+            .position(|e| (e.epoch & EPOCH_MASK) as u8 == epoch_bits)
+        else {
+            let ahead = (u64::from(epoch_bits).wrapping_sub(newest)) & EPOCH_MASK;
+            return Err(if (1..=MAX_EPOCHS_AHEAD).contains(&ahead) {
+                FrameError::FutureEpoch { epoch_bits, sender }
+            } else {
+                FrameError::UnknownEpoch { epoch_bits, sender }
+            });
+        };
+        let is_newest = pos + 1 == self.epochs.len();
+        let keys = &mut self.epochs[pos];
+        let epoch = keys.epoch;
+        if !keys.is_member(sender) {
+            return Err(FrameError::UnknownSender { sender, epoch });
+        }
+        let receiver = match keys.receivers.entry(sender) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let key = DecryptionKey::derive_from(suite.sframe(), kid_value, &*keys.base_key)
+                    .map_err(|_| FrameError::Malformed("key derivation"))?;
+                v.insert(Receiver {
+                    key,
+                    window: ReplayWindow::default(),
+                })
+            }
+        };
+        let counter = header.counter();
+        receiver.window.check(sender, counter)?;
+        view.decrypt_into(&receiver.key, out)
+            .map_err(|_| FrameError::Authentication { sender })?;
+        receiver.window.accept(counter);
+        if !is_newest {
+            self.stats.opened_in_grace += 1;
+        }
+        Ok(FrameInfo {
+            sender,
+            epoch,
+            counter,
+        })
+    }
+}
+
+/// Frames that arrived for an epoch the receiver has not reached yet, parked until the commit
+/// is applied. Bounded in count and in time; `T` is whatever the caller needs to route a
+/// frame once opened (a track id, an SSRC).
+#[derive(Debug)]
+pub struct HoldQueue<T> {
+    frames: VecDeque<(Timestamp, T, ClearPrefix, Vec<u8>)>,
+    max_frames: usize,
+    max_age: Duration,
+    dropped: u64,
+}
+
+impl<T> HoldQueue<T> {
+    /// A queue of at most `max_frames` frames, each held at most `max_age`.
+    pub fn new(max_frames: usize, max_age: Duration) -> Self {
+        HoldQueue {
+            frames: VecDeque::new(),
+            max_frames,
+            max_age,
+            dropped: 0,
+        }
+    }
+
+    /// Parks a frame. When full, the oldest frame is dropped (and counted).
+    pub fn hold(&mut self, tag: T, wire: Vec<u8>, clear: ClearPrefix, now: Timestamp) {
+        if self.frames.len() >= self.max_frames {
+            self.frames.pop_front();
+            self.dropped += 1;
+        }
+        self.frames.push_back((now, tag, clear, wire));
+    }
+
+    /// Frames held now.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Frames dropped because the queue was full or they waited too long.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Tries every held frame again (after a new epoch was installed). Frames still ahead stay
+    /// held unless too old; every other outcome is returned.
+    pub fn release(
+        &mut self,
+        media: &mut MediaCrypto,
+        now: Timestamp,
+    ) -> Vec<(T, Result<(FrameInfo, Vec<u8>), FrameError>)> {
+        let mut out = Vec::new();
+        let mut keep = VecDeque::new();
+        for (arrived, tag, clear, wire) in self.frames.drain(..) {
+            let mut plain = Vec::new();
+            match media.open(&wire, clear, &mut plain, now) {
+                Err(FrameError::FutureEpoch { .. }) => {
+                    if now.saturating_since(arrived) < self.max_age {
+                        keep.push_back((arrived, tag, clear, wire));
+                    } else {
+                        self.dropped += 1;
+                    }
+                }
+                Ok(info) => out.push((tag, Ok((info, plain)))),
+                Err(e) => out.push((tag, Err(e))),
+            }
+        }
+        // `open` counted each retried future-epoch frame again; that count means "seen".
+        self.frames = keep;
+        out
+    }
+}
+
+/// Key constructors for test vectors and benchmarks: keys for an explicit KID and base key,
+/// through the same backend the ring uses. Not for production use.
+#[doc(hidden)]
+pub mod test_support {
+    pub use crate::sframe_backend::{DecryptionKey, EncryptionKey};
+
+    /// An encryption key for `kid` from `base_key`.
+    pub fn encryption_key(suite: sframe::CipherSuite, kid: u64, base_key: &[u8]) -> EncryptionKey {
+        match EncryptionKey::derive_from(suite, kid, base_key) {
+            Ok(k) => k,
+            Err(e) => panic!("test key derivation failed: {e}"),
+        }
+    }
+
+    /// A decryption key for `kid` from `base_key`.
+    pub fn decryption_key(suite: sframe::CipherSuite, kid: u64, base_key: &[u8]) -> DecryptionKey {
+        match DecryptionKey::derive_from(suite, kid, base_key) {
+            Ok(k) => k,
+            Err(e) => panic!("test key derivation failed: {e}"),
+        }
+    }
+}

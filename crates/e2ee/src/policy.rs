@@ -1,0 +1,391 @@
+//! Room admission policies, kept in the MLS group context so that every member enforces the
+//! same one on every commit it processes.
+//!
+//! - [`Admission::Open`]: any member may add anyone the server let knock. The protection is
+//!   visibility: every member sees every other in the roster, and the security code changes.
+//! - [`Admission::Lobby`]: only a host's device may add (a person clicked "admit").
+//! - [`Admission::InviteList`]: only devices whose fingerprint the host listed, or that carry
+//!   an invite signed by a host's device key and bound to their own key, may be added.
+//!
+//! In every policy, the server (the group's external sender) may only propose removals, and
+//! no one can join by external commit or by proposing their own add: the server can knock on a
+//! member's door, never walk in.
+
+use mls_rs::group::proposal::{AddProposal, BorrowedProposal};
+use mls_rs::group::Sender;
+use mls_rs::identity::SigningIdentity;
+use mls_rs::mls_rules::{CommitSource, ProposalBundle, ProposalSource};
+use mls_rs::{CipherSuiteProvider, ExtensionList};
+use mls_rs_codec::{MlsDecode, MlsEncode, MlsSize};
+use mls_rs_core::crypto::SignaturePublicKey;
+use mls_rs_core::extension::{ExtensionType, MlsCodecExtension};
+
+use crate::crypto::{suite_provider, RoomCipherSuite};
+use crate::error::{Error, Result};
+use crate::identity::{DeviceIdentity, Fingerprint};
+
+/// Group context extension carrying the [`RoomPolicy`] (private-use range).
+pub const ROOM_POLICY_EXTENSION: ExtensionType = ExtensionType::new(0xF0C1);
+/// KeyPackage extension carrying an [`Invite`] (private-use range).
+pub const INVITE_EXTENSION: ExtensionType = ExtensionType::new(0xF0C2);
+
+const INVITE_LABEL: &[u8] = b"conclave invite v1";
+/// Most hosts or invitees a policy may list.
+pub const MAX_POLICY_ENTRIES: usize = 10_000;
+
+/// The policy of one room, fixed when the room's group is created.
+#[derive(Clone, Debug, PartialEq, Eq, MlsSize, MlsEncode, MlsDecode)]
+pub struct RoomPolicy {
+    /// The room this group belongs to (as the server names it).
+    pub room_id: Vec<u8>,
+    /// Who may be added, and by whom.
+    pub admission: Admission,
+}
+
+/// How joiners get into the group.
+#[derive(Clone, Debug, PartialEq, Eq, MlsSize, MlsEncode, MlsDecode)]
+#[repr(u8)]
+pub enum Admission {
+    /// Any member admits any knocking device automatically.
+    Open = 1u8,
+    /// Only a host's device may add members.
+    Lobby(Hosts) = 2u8,
+    /// Only listed or invited devices may be added (by any member).
+    InviteList(InviteList) = 3u8,
+}
+
+/// The host devices of a room, by signature public key.
+#[derive(Clone, Debug, PartialEq, Eq, MlsSize, MlsEncode, MlsDecode)]
+pub struct Hosts {
+    /// Signature public keys of the host devices.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Who may be added to an invite-list room.
+#[derive(Clone, Debug, PartialEq, Eq, MlsSize, MlsEncode, MlsDecode)]
+pub struct InviteList {
+    /// Host devices whose signed invites admit their bearer.
+    pub hosts: Hosts,
+    /// Fingerprints of devices admitted without an invite.
+    pub allowed: Vec<Fingerprint>,
+}
+
+impl MlsCodecExtension for RoomPolicy {
+    fn extension_type() -> ExtensionType {
+        ROOM_POLICY_EXTENSION
+    }
+}
+
+impl RoomPolicy {
+    /// An open room.
+    pub fn open(room_id: &str) -> Self {
+        RoomPolicy {
+            room_id: room_id.as_bytes().to_vec(),
+            admission: Admission::Open,
+        }
+    }
+
+    /// A lobby room hosted by `hosts`.
+    pub fn lobby(room_id: &str, hosts: &[&DeviceIdentity]) -> Self {
+        RoomPolicy {
+            room_id: room_id.as_bytes().to_vec(),
+            admission: Admission::Lobby(Hosts::of(hosts)),
+        }
+    }
+
+    /// An invite-list room hosted by `hosts`, admitting the `allowed` fingerprints and the
+    /// bearers of invites signed by a host.
+    pub fn invite_list(room_id: &str, hosts: &[&DeviceIdentity], allowed: Vec<Fingerprint>) -> Self {
+        RoomPolicy {
+            room_id: room_id.as_bytes().to_vec(),
+            admission: Admission::InviteList(InviteList {
+                hosts: Hosts::of(hosts),
+                allowed,
+            }),
+        }
+    }
+
+    /// A plain-words name of the policy.
+    pub fn kind(&self) -> &'static str {
+        match self.admission {
+            Admission::Open => "open",
+            Admission::Lobby(_) => "lobby",
+            Admission::InviteList(_) => "invite-list",
+        }
+    }
+
+    /// Whether `key` belongs to a host device of this room.
+    pub fn is_host(&self, key: &SignaturePublicKey) -> bool {
+        match &self.admission {
+            Admission::Open => false,
+            Admission::Lobby(h) => h.contains(key),
+            Admission::InviteList(l) => l.hosts.contains(key),
+        }
+    }
+
+    pub(crate) fn check_size(&self) -> Result<()> {
+        let n = match &self.admission {
+            Admission::Open => 0,
+            Admission::Lobby(h) => h.keys.len(),
+            Admission::InviteList(l) => l.hosts.keys.len() + l.allowed.len(),
+        };
+        if n > MAX_POLICY_ENTRIES {
+            return Err(Error::Usage("policy lists too many entries"));
+        }
+        Ok(())
+    }
+}
+
+impl Hosts {
+    fn of(hosts: &[&DeviceIdentity]) -> Self {
+        Hosts {
+            keys: hosts.iter().map(|h| h.public_key().as_bytes().to_vec()).collect(),
+        }
+    }
+
+    fn contains(&self, key: &SignaturePublicKey) -> bool {
+        self.keys.iter().any(|k| k.as_slice() == key.as_bytes())
+    }
+}
+
+/// An invitation, signed by a host device, that admits the device with fingerprint `invitee`
+/// into `room_id`. The joiner carries it in its KeyPackage.
+#[derive(Clone, Debug, PartialEq, Eq, MlsSize, MlsEncode, MlsDecode)]
+pub struct Invite {
+    /// Room the invite is for.
+    pub room_id: Vec<u8>,
+    /// Fingerprint of the invited device's signature key.
+    pub invitee: Fingerprint,
+    /// Signature public key of the host that signed.
+    pub host_key: Vec<u8>,
+    /// Signature over label, room id and invitee.
+    pub signature: Vec<u8>,
+}
+
+impl MlsCodecExtension for Invite {
+    fn extension_type() -> ExtensionType {
+        INVITE_EXTENSION
+    }
+}
+
+impl Invite {
+    fn signed_content(room_id: &[u8], invitee: &Fingerprint) -> Vec<u8> {
+        [INVITE_LABEL, &(room_id.len() as u32).to_be_bytes(), room_id, &invitee.0].concat()
+    }
+
+    /// A host signs an invite for `invitee` into `room_id`.
+    pub fn sign(host: &DeviceIdentity, room_id: &str, invitee: Fingerprint) -> Result<Self> {
+        let cs = suite_provider(host.suite())?;
+        let content = Self::signed_content(room_id.as_bytes(), &invitee);
+        let signature = cs
+            .sign(host.secret_key(), &content)
+            .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+        Ok(Invite {
+            room_id: room_id.as_bytes().to_vec(),
+            invitee,
+            host_key: host.public_key().as_bytes().to_vec(),
+            signature,
+        })
+    }
+
+    /// Serializes for transport (e.g. in a link).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.mls_encode_to_vec()
+            .map_err(|e| Error::MalformedMessage(e.to_string()))
+    }
+
+    /// Parses an invite.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::mls_decode(&mut &*bytes).map_err(|e| Error::MalformedMessage(e.to_string()))
+    }
+
+    fn verify(
+        &self,
+        suite: RoomCipherSuite,
+        policy: &RoomPolicy,
+        hosts: &Hosts,
+        joiner: &Fingerprint,
+    ) -> core::result::Result<(), PolicyViolation> {
+        let bad = |why: &'static str| PolicyViolation::BadInvite {
+            invitee: *joiner,
+            reason: why,
+        };
+        if self.room_id != policy.room_id {
+            return Err(bad("invite is for another room"));
+        }
+        if self.invitee != *joiner {
+            return Err(bad("invite is bound to another device key"));
+        }
+        let host_key = SignaturePublicKey::new(self.host_key.clone());
+        if !hosts.contains(&host_key) {
+            return Err(bad("invite was not signed by a host of this room"));
+        }
+        let cs = suite_provider(suite).map_err(|_| bad("unsupported suite"))?;
+        cs.verify(
+            &host_key,
+            &self.signature,
+            &Self::signed_content(&self.room_id, &self.invitee),
+        )
+        .map_err(|_| bad("invite signature does not verify"))
+    }
+}
+
+/// Why a commit was refused under the room's policy. Returned by every member that processes
+/// such a commit; the commit is never applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyViolation {
+    /// The group context has no (or an undecodable) room policy.
+    #[error("the group has no valid room policy")]
+    MissingPolicy,
+    /// The server (external sender) proposed something other than a removal.
+    #[error("the server may only propose removals, not {0}")]
+    ExternalSenderMayOnlyRemove(&'static str),
+    /// Someone tried to join without being added by a member (external commit or external add
+    /// proposal).
+    #[error("joining without a member's commit is not allowed in Conclave rooms")]
+    ExternalJoin,
+    /// A proposal type Conclave never accepts (policy changes, re-init, PSKs, custom).
+    #[error("{0} proposals are not allowed in Conclave rooms")]
+    ForbiddenProposal(&'static str),
+    /// In a lobby room, a device that is not a host tried to add someone.
+    #[error("only a host may admit members in a lobby room (adder {adder})")]
+    NotAHost {
+        /// Fingerprint of the device that tried.
+        adder: Fingerprint,
+    },
+    /// In an invite-list room, the added device is neither listed nor invited.
+    #[error("device {invitee} is not on the room's invite list and has no invite")]
+    NotInvited {
+        /// Fingerprint of the device being added.
+        invitee: Fingerprint,
+    },
+    /// An invite was present but not valid.
+    #[error("invalid invite for {invitee}: {reason}")]
+    BadInvite {
+        /// Fingerprint of the device being added.
+        invitee: Fingerprint,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The group uses a ciphersuite this build does not support.
+    #[error("unsupported ciphersuite")]
+    UnsupportedSuite,
+}
+
+impl mls_rs_core::error::IntoAnyError for PolicyViolation {
+    fn into_dyn_error(
+        self,
+    ) -> core::result::Result<Box<dyn std::error::Error + Send + Sync>, Self> {
+        Ok(Box::new(self))
+    }
+}
+
+/// Reads the room policy from group context extensions.
+pub(crate) fn policy_of(extensions: &ExtensionList) -> core::result::Result<RoomPolicy, PolicyViolation> {
+    extensions
+        .get_as::<RoomPolicy>()
+        .ok()
+        .flatten()
+        .ok_or(PolicyViolation::MissingPolicy)
+}
+
+fn proposal_name(p: &BorrowedProposal<'_>) -> &'static str {
+    match p {
+        BorrowedProposal::Add(_) => "add",
+        BorrowedProposal::Update(_) => "update",
+        BorrowedProposal::Remove(_) => "remove",
+        BorrowedProposal::ReInit(_) => "re-init",
+        BorrowedProposal::ExternalInit(_) => "external init",
+        BorrowedProposal::GroupContextExtensions(_) => "group context extensions",
+        BorrowedProposal::SelfRemove(_) => "self-remove",
+        BorrowedProposal::Custom(_) => "custom",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
+/// Checks a commit's proposals (and its committer) against the room's policy. Pure: the same
+/// inputs give the same verdict on every member, which is what keeps the group from forking.
+pub(crate) fn check_commit(
+    suite: RoomCipherSuite,
+    policy: &RoomPolicy,
+    source: &CommitSource,
+    proposals: &ProposalBundle,
+) -> core::result::Result<(), PolicyViolation> {
+    let committer = match source {
+        CommitSource::ExistingMember(m) => &m.signing_identity,
+        CommitSource::NewMember(_) => return Err(PolicyViolation::ExternalJoin),
+    };
+
+    for info in proposals.iter_proposals() {
+        let name = proposal_name(&info.proposal);
+        match info.sender {
+            Sender::Member(_) => {}
+            Sender::External(_) => {
+                if !matches!(info.proposal, BorrowedProposal::Remove(_)) {
+                    return Err(PolicyViolation::ExternalSenderMayOnlyRemove(name));
+                }
+            }
+            _ => return Err(PolicyViolation::ExternalJoin),
+        }
+        match info.proposal {
+            BorrowedProposal::Add(_)
+            | BorrowedProposal::Update(_)
+            | BorrowedProposal::Remove(_)
+            | BorrowedProposal::SelfRemove(_) => {}
+            BorrowedProposal::ExternalInit(_) => return Err(PolicyViolation::ExternalJoin),
+            _ => return Err(PolicyViolation::ForbiddenProposal(name)),
+        }
+    }
+
+    for add in proposals.add_proposals() {
+        // Who asked for this add: the committer (by value) or a member (by reference).
+        let adder = match (&add.sender, &add.source) {
+            (_, ProposalSource::ByValue) => committer.clone(),
+            (Sender::Member(_), _) => committer.clone(),
+            _ => return Err(PolicyViolation::ExternalJoin),
+        };
+        check_add(suite, policy, &adder, &add.proposal)?;
+    }
+    Ok(())
+}
+
+fn fingerprint(suite: RoomCipherSuite, id: &SigningIdentity) -> core::result::Result<Fingerprint, PolicyViolation> {
+    Fingerprint::of_key(suite, &id.signature_key).map_err(|_| PolicyViolation::UnsupportedSuite)
+}
+
+fn check_add(
+    suite: RoomCipherSuite,
+    policy: &RoomPolicy,
+    adder: &SigningIdentity,
+    add: &AddProposal,
+) -> core::result::Result<(), PolicyViolation> {
+    match &policy.admission {
+        Admission::Open => Ok(()),
+        Admission::Lobby(hosts) => {
+            if hosts.contains(&adder.signature_key) {
+                Ok(())
+            } else {
+                Err(PolicyViolation::NotAHost {
+                    adder: fingerprint(suite, adder)?,
+                })
+            }
+        }
+        Admission::InviteList(list) => {
+            let joiner = fingerprint(suite, add.signing_identity())?;
+            if list.allowed.contains(&joiner) {
+                return Ok(());
+            }
+            match add.key_package_extensions().get_as::<Invite>() {
+                Ok(Some(invite)) => invite.verify(suite, policy, &list.hosts, &joiner),
+                Ok(None) => Err(PolicyViolation::NotInvited { invitee: joiner }),
+                Err(_) => Err(PolicyViolation::BadInvite {
+                    invitee: joiner,
+                    reason: "undecodable invite",
+                }),
+            }
+        }
+    }
+}
+

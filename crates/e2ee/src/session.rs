@@ -1,0 +1,637 @@
+//! The MLS side: a [`Device`] (identity + MLS client) and the [`Session`] it holds in one
+//! room's group.
+//!
+//! The delivery-service contract follows mls-rs's `basic_usage` example: a member builds a
+//! commit ([`Session::commit`]), sends it to the DS, and applies it only when the DS confirms
+//! that it won the epoch ([`Session::confirm_commit`]); if another commit won, processing that
+//! one discards ours ([`Session::process`]) and the caller rebuilds on the new epoch.
+
+use std::fmt;
+
+use mls_rs::client_builder::{
+    BaseConfig, WithCryptoProvider, WithGroupStateStorage, WithIdentityProvider, WithMlsRules,
+};
+use mls_rs::error::MlsError;
+use mls_rs::extension::built_in::{ExternalSendersExt, RequiredCapabilitiesExt};
+use mls_rs::group::{CommitEffect, ExportedTree, Member, NewEpoch, ReceivedMessage};
+use mls_rs::group::proposal::Proposal;
+use mls_rs::identity::SigningIdentity;
+use mls_rs::{Client, ExtensionList, Group, MlsMessage};
+use zeroize::Zeroizing;
+
+use crate::committer;
+use crate::crypto::{provider, suite_provider, Provider, RoomCipherSuite};
+use crate::error::{Error, Result};
+use crate::identity::{digit_groups, ConclaveIdentityProvider, CredentialInfo, DeviceIdentity, Fingerprint};
+use crate::media::{EpochSecrets, SFRAME_EXPORTER_LABEL};
+use crate::policy::{policy_of, Invite, PolicyViolation, RoomPolicy, INVITE_EXTENSION, ROOM_POLICY_EXTENSION};
+use crate::rules::ConclaveRules;
+use crate::storage::GroupStore;
+use crate::time::Timestamp;
+
+/// Largest MLS message accepted from the network (a Welcome for 1,000 joiners is ~0.5 MB).
+pub const MAX_MLS_MESSAGE_LEN: usize = 8 << 20;
+/// Largest ratchet tree accepted out of band (about 191 KB at 1,000 members).
+pub const MAX_TREE_LEN: usize = 32 << 20;
+
+const SECURITY_CODE_LABEL: &[u8] = b"conclave security code v1";
+
+type Config = WithMlsRules<
+    ConclaveRules,
+    WithIdentityProvider<
+        ConclaveIdentityProvider,
+        WithCryptoProvider<Provider, WithGroupStateStorage<GroupStore, BaseConfig>>,
+    >,
+>;
+
+/// One roster line: who is in the group, as the authenticated MLS tree says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterEntry {
+    /// Leaf index (stable while the member stays).
+    pub leaf: u32,
+    /// User id from the credential.
+    pub user_id: String,
+    /// Display name from the credential.
+    pub display_name: String,
+    /// Fingerprint of the member's device key.
+    pub fingerprint: Fingerprint,
+}
+
+/// The meeting security code: identical for every member in an epoch, different on a fork,
+/// new on every membership change. Derived from the MLS epoch authenticator.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SecurityCode(String);
+
+impl SecurityCode {
+    /// Six groups of five digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecurityCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SecurityCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecurityCode({})", self.0)
+    }
+}
+
+/// What a commit built by this member carries, for the DS.
+#[derive(Clone)]
+pub struct CommitBundle {
+    /// The commit, for every current member (and the DS's public view).
+    pub commit: Vec<u8>,
+    /// The Welcome for the joiners, if the commit adds anyone.
+    pub welcome: Option<Vec<u8>>,
+    /// The ratchet tree after the commit, for the DS to serve out of band to joiners.
+    pub ratchet_tree: Vec<u8>,
+    /// The epoch the commit creates.
+    pub new_epoch: u64,
+}
+
+impl fmt::Debug for CommitBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommitBundle")
+            .field("commit_len", &self.commit.len())
+            .field("welcome_len", &self.welcome.as_ref().map(Vec::len))
+            .field("ratchet_tree_len", &self.ratchet_tree.len())
+            .field("new_epoch", &self.new_epoch)
+            .finish()
+    }
+}
+
+/// A membership change as every member sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochChange {
+    /// The new epoch.
+    pub epoch: u64,
+    /// Leaf of the member who committed.
+    pub committer: u32,
+    /// Members added by the commit.
+    pub added: Vec<RosterEntry>,
+    /// Members removed by the commit (as they were before it).
+    pub removed: Vec<RosterEntry>,
+    /// Whether the commit removed this member: its session is over.
+    pub removed_self: bool,
+}
+
+impl EpochChange {
+    /// Whether the commit changed membership (a self-update does not).
+    pub fn changes_membership(&self) -> bool {
+        !self.added.is_empty() || !self.removed.is_empty()
+    }
+}
+
+/// What processing an incoming MLS message produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// A commit was applied.
+    Commit {
+        /// What changed.
+        change: EpochChange,
+        /// Our own pending commit lost the race and was discarded; rebuild if still needed.
+        discarded_own_commit: bool,
+    },
+    /// A proposal was validated and cached for the next commit.
+    Proposal {
+        /// `"remove"`, `"self-remove"`, ...
+        kind: &'static str,
+        /// Leaf the proposal concerns (the one to remove), if any.
+        target: Option<u32>,
+        /// Whether the server (external sender) sent it.
+        from_server: bool,
+    },
+    /// An application message from a member.
+    Application {
+        /// Sender's leaf.
+        sender: u32,
+        /// Decrypted payload.
+        data: Vec<u8>,
+    },
+}
+
+/// A device: its identity and its MLS client.
+pub struct Device {
+    identity: DeviceIdentity,
+    client: Client<Config>,
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Device")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_bytes(msg: &MlsMessage) -> Result<Vec<u8>> {
+    msg.to_bytes().map_err(Error::mls)
+}
+
+fn parse_message(bytes: &[u8]) -> Result<MlsMessage> {
+    if bytes.len() > MAX_MLS_MESSAGE_LEN {
+        return Err(Error::MalformedMessage(format!(
+            "{} bytes exceeds the {MAX_MLS_MESSAGE_LEN}-byte limit",
+            bytes.len()
+        )));
+    }
+    MlsMessage::from_bytes(bytes).map_err(|e| Error::MalformedMessage(e.to_string()))
+}
+
+/// Turns an mls-rs error into ours, surfacing policy violations as such.
+fn map_mls(e: MlsError) -> Error {
+    if let MlsError::MlsRulesError(any) = &e {
+        if let Some(v) = any.inner_dyn_error().downcast_ref::<PolicyViolation>() {
+            return Error::Policy(v.clone());
+        }
+    }
+    match e {
+        MlsError::IdentityProviderError(any) => Error::Credential(any.to_string()),
+        other => Error::mls(other),
+    }
+}
+
+impl Device {
+    /// A device with `identity`, keeping group state in `store`.
+    pub fn new(identity: DeviceIdentity, store: GroupStore) -> Result<Self> {
+        let signing_identity = identity.signing_identity()?;
+        let client = Client::builder()
+            .crypto_provider(provider())
+            .identity_provider(ConclaveIdentityProvider)
+            .mls_rules(ConclaveRules)
+            .group_state_storage(store)
+            .extension_type(ROOM_POLICY_EXTENSION)
+            .extension_type(INVITE_EXTENSION)
+            .key_package_lifetime(std::time::Duration::from_secs(24 * 3600))
+            .signing_identity(signing_identity, identity.secret_key().clone(), identity.suite().mls())
+            .build();
+        Ok(Device { identity, client })
+    }
+
+    /// This device's identity.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    /// A fresh single-use KeyPackage (MLS message bytes) to upload when knocking, carrying
+    /// `invite` for invite-list rooms.
+    pub fn key_package(&self, invite: Option<&Invite>, now: Timestamp) -> Result<Vec<u8>> {
+        let mut kp_ext = ExtensionList::new();
+        if let Some(invite) = invite {
+            kp_ext.set_from(invite.clone()).map_err(Error::mls)?;
+        }
+        let msg = self
+            .client
+            .generate_key_package_message(kp_ext, ExtensionList::new(), Some(now.into()))
+            .map_err(map_mls)?;
+        to_bytes(&msg)
+    }
+
+    /// Creates the group of a room (this device becomes its first member), with `policy` in
+    /// the group context and the server's key as the only external sender (so it can propose
+    /// removals of members that vanish, and nothing else).
+    pub fn create_room(
+        &self,
+        policy: RoomPolicy,
+        server: Option<SigningIdentity>,
+        now: Timestamp,
+    ) -> Result<Session> {
+        policy.check_size()?;
+        let mut ext = ExtensionList::new();
+        ext.set_from(policy.clone()).map_err(Error::mls)?;
+        ext.set_from(RequiredCapabilitiesExt::new(vec![ROOM_POLICY_EXTENSION], vec![], vec![]))
+            .map_err(Error::mls)?;
+        if let Some(server) = server {
+            ext.set_from(ExternalSendersExt::new(vec![server]))
+                .map_err(Error::mls)?;
+        }
+        let group = self
+            .client
+            .create_group(ext, ExtensionList::new(), Some(now.into()))
+            .map_err(map_mls)?;
+        Session::new(group, self.identity.suite(), policy)
+    }
+
+    /// Joins from a Welcome, with the ratchet tree served out of band. mls-rs checks the tree
+    /// against the tree hash in the GroupInfo that the committer signed; we also check that the
+    /// group is the room we knocked on.
+    pub fn join(&self, expected_room: &str, welcome: &[u8], tree: &[u8], now: Timestamp) -> Result<Session> {
+        let welcome = parse_message(welcome)?;
+        if tree.len() > MAX_TREE_LEN {
+            return Err(Error::Tree(format!("{} bytes is too large", tree.len())));
+        }
+        let tree = ExportedTree::from_bytes(tree).map_err(|e| Error::Tree(e.to_string()))?;
+        let (group, _info) = self
+            .client
+            .join_group(Some(tree), &welcome, Some(now.into()))
+            .map_err(|e| match e {
+                MlsError::TreeHashMismatch => Error::Tree(e.to_string()),
+                other => map_mls(other),
+            })?;
+        let policy = policy_of(&group.context().extensions)?;
+        if policy.room_id != expected_room.as_bytes() {
+            return Err(Error::Policy(PolicyViolation::MissingPolicy)).or(Err(Error::Usage(
+                "the Welcome is for another room",
+            )));
+        }
+        let suite = RoomCipherSuite::from_mls(group.cipher_suite()).ok_or(PolicyViolation::UnsupportedSuite)?;
+        Session::new(group, suite, policy)
+    }
+
+    /// Reloads a group written by [`Session::save`] (after a restart).
+    pub fn load(&self, group_id: &[u8]) -> Result<Session> {
+        let group = self.client.load_group(group_id).map_err(|e| Error::Storage(e.to_string()))?;
+        let policy = policy_of(&group.context().extensions)?;
+        let suite = RoomCipherSuite::from_mls(group.cipher_suite()).ok_or(PolicyViolation::UnsupportedSuite)?;
+        Session::new(group, suite, policy)
+    }
+}
+
+/// One device's membership in one room's MLS group.
+pub struct Session {
+    group: Group<Config>,
+    suite: RoomCipherSuite,
+    policy: RoomPolicy,
+    pending_epoch: Option<u64>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("epoch", &self.epoch())
+            .field("own_leaf", &self.own_leaf())
+            .field("members", &self.member_count())
+            .field("policy", &self.policy.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+fn roster_entry(suite: RoomCipherSuite, m: &Member) -> Result<RosterEntry> {
+    let info = CredentialInfo::from_credential(&m.signing_identity.credential)?;
+    Ok(RosterEntry {
+        leaf: m.index,
+        user_id: info.user_id,
+        display_name: info.display_name,
+        fingerprint: Fingerprint::of_key(suite, &m.signing_identity.signature_key)?,
+    })
+}
+
+impl Session {
+    fn new(group: Group<Config>, suite: RoomCipherSuite, policy: RoomPolicy) -> Result<Self> {
+        Ok(Session {
+            group,
+            suite,
+            policy,
+            pending_epoch: None,
+        })
+    }
+
+    /// The MLS group id.
+    pub fn group_id(&self) -> &[u8] {
+        self.group.group_id()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.group.current_epoch()
+    }
+
+    /// Our leaf index.
+    pub fn own_leaf(&self) -> u32 {
+        self.group.current_member_index()
+    }
+
+    /// The room's ciphersuite.
+    pub fn suite(&self) -> RoomCipherSuite {
+        self.suite
+    }
+
+    /// The room's admission policy (from the group context).
+    pub fn policy(&self) -> &RoomPolicy {
+        &self.policy
+    }
+
+    /// How many members the group has.
+    pub fn member_count(&self) -> usize {
+        self.group.roster().members_iter().count()
+    }
+
+    /// Leaf indices of all members.
+    pub fn member_leaves(&self) -> Vec<u32> {
+        self.group.roster().members_iter().map(|m| m.index).collect()
+    }
+
+    /// The authenticated roster, by leaf index.
+    pub fn roster(&self) -> Result<Vec<RosterEntry>> {
+        self.group
+            .roster()
+            .members_iter()
+            .map(|m| roster_entry(self.suite, &m))
+            .collect()
+    }
+
+    /// The roster entry of one leaf.
+    pub fn member(&self, leaf: u32) -> Option<RosterEntry> {
+        self.group
+            .member_at_index(leaf)
+            .and_then(|m| roster_entry(self.suite, &m).ok())
+    }
+
+    /// The meeting security code of the current epoch.
+    pub fn security_code(&self) -> Result<SecurityCode> {
+        let auth = self.group.epoch_authenticator().map_err(Error::mls)?;
+        let cs = suite_provider(self.suite)?;
+        use mls_rs::CipherSuiteProvider;
+        let digest = cs
+            .hash(&[SECURITY_CODE_LABEL, auth.as_bytes()].concat())
+            .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+        Ok(SecurityCode(digit_groups(&digest, 6)))
+    }
+
+    /// The SFrame secrets of the current epoch (RFC 9605 section 5.2), for
+    /// [`MediaCrypto::install_epoch`](crate::MediaCrypto::install_epoch).
+    pub fn epoch_secrets(&self) -> Result<EpochSecrets> {
+        let nk = self.suite.sframe().key_len();
+        let base_key = self
+            .group
+            .export_secret(SFRAME_EXPORTER_LABEL.as_bytes(), b"", nk)
+            .map_err(Error::mls)?;
+        Ok(EpochSecrets {
+            epoch: self.epoch(),
+            suite: self.suite,
+            base_key: Zeroizing::new(base_key.as_bytes().to_vec()),
+            own_leaf: self.own_leaf(),
+            members: self.member_leaves(),
+        })
+    }
+
+    /// Builds a commit that adds the members of `key_packages`, removes `remove` (leaf
+    /// indices), and includes every valid proposal received since the last epoch (server
+    /// removals, self-removals). The commit always carries an update path. It is pending until
+    /// [`Session::confirm_commit`]; the caller sends it to the DS first.
+    pub fn commit(&mut self, key_packages: &[Vec<u8>], remove: &[u32], now: Timestamp) -> Result<CommitBundle> {
+        if self.group.has_pending_commit() {
+            return Err(Error::Usage("a commit is already pending"));
+        }
+        let mut builder = self.group.commit_builder().commit_time(now.into());
+        for kp in key_packages {
+            builder = builder.add_member(parse_message(kp)?).map_err(map_mls)?;
+        }
+        for &leaf in remove {
+            builder = builder.remove_member(leaf).map_err(map_mls)?;
+        }
+        let out = builder.build().map_err(map_mls)?;
+        let ratchet_tree = match out.ratchet_tree() {
+            Some(t) => t.to_bytes().map_err(Error::mls)?,
+            None => Vec::new(),
+        };
+        let welcome = match out.welcome_messages().first() {
+            Some(w) => Some(to_bytes(w)?),
+            None => None,
+        };
+        let new_epoch = self.epoch() + 1;
+        self.pending_epoch = Some(new_epoch);
+        Ok(CommitBundle {
+            commit: to_bytes(out.commit_message())?,
+            welcome,
+            ratchet_tree,
+            new_epoch,
+        })
+    }
+
+    /// An empty commit with a fresh path: post-compromise security for this member's leaf.
+    pub fn self_update(&mut self, now: Timestamp) -> Result<CommitBundle> {
+        self.commit(&[], &[], now)
+    }
+
+    /// Whether a commit built here waits for the DS's verdict.
+    pub fn has_pending_commit(&self) -> bool {
+        self.group.has_pending_commit()
+    }
+
+    /// Applies our pending commit after the DS accepted it.
+    pub fn confirm_commit(&mut self) -> Result<EpochChange> {
+        let before = self.roster_map();
+        let desc = self.group.apply_pending_commit().map_err(map_mls)?;
+        self.pending_epoch = None;
+        self.describe(desc.committer, &desc.effect, &before)
+    }
+
+    /// Drops our pending commit (the DS refused it, or another commit won).
+    pub fn discard_commit(&mut self) {
+        self.group.clear_pending_commit();
+        self.pending_epoch = None;
+    }
+
+    /// A proposal to remove ourselves (a clean leave); the designated committer commits it.
+    pub fn propose_leave(&mut self) -> Result<Vec<u8>> {
+        let msg = self.group.propose_self_remove(vec![]).map_err(map_mls)?;
+        to_bytes(&msg)
+    }
+
+    /// Encrypts an application message to the group (e.g. a roster-view check).
+    pub fn encrypt_application(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        let msg = self
+            .group
+            .encrypt_application_message(data, vec![])
+            .map_err(map_mls)?;
+        to_bytes(&msg)
+    }
+
+    /// Proposals received and waiting for a commit.
+    pub fn pending_proposals(&self) -> usize {
+        self.group.get_cached_proposals().len()
+    }
+
+    /// The ratchet tree of the current epoch (what the DS serves out of band).
+    pub fn ratchet_tree(&self) -> Result<Vec<u8>> {
+        self.group.export_tree().to_bytes().map_err(Error::mls)
+    }
+
+    /// The signed GroupInfo of the current epoch, without the tree.
+    pub fn group_info(&self) -> Result<Vec<u8>> {
+        let msg = self.group.group_info_message(false).map_err(map_mls)?;
+        to_bytes(&msg)
+    }
+
+    /// Which of `online` members should commit now: the one whose commit fills the most blank
+    /// nodes of the tree (ties: lowest leaf). In lobby rooms with joiners waiting, only hosts
+    /// qualify. Every member computes the same answer from the same tree.
+    pub fn designated_committer(&self, online: &[u32], adds_waiting: bool) -> Option<u32> {
+        let tree = self.group.export_tree();
+        let hosts_only = adds_waiting && matches!(self.policy.admission, crate::policy::Admission::Lobby(_));
+        let eligible = online.iter().copied().filter(|&leaf| {
+            let Some(m) = self.group.member_at_index(leaf) else { return false };
+            !hosts_only || self.policy.is_host(&m.signing_identity.signature_key)
+        });
+        committer::designated(&tree, eligible)
+    }
+
+    /// Persists the group state (to the device's [`GroupStore`]).
+    pub fn save(&mut self) -> Result<()> {
+        self.group.write_to_storage().map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// Processes an MLS message from the DS: a commit, a proposal or an application message.
+    /// A commit that breaks the room's policy, is not signed by a member, or is for another
+    /// group or epoch is rejected with an error and not applied; the session stays as it was.
+    pub fn process(&mut self, message: &[u8], now: Timestamp) -> Result<Incoming> {
+        let msg = parse_message(message)?;
+        let mut discarded = false;
+        if self.group.has_pending_commit() {
+            if let mls_rs::MlsMessageDescription::PublicProtocolMessage {
+                content_type: mls_rs::group::ContentType::Commit,
+                epoch_id,
+                ..
+            } = msg.description()
+            {
+                if epoch_id == self.epoch() {
+                    // Another member's commit for our epoch: ours lost. Drop it, then apply
+                    // theirs (if theirs is invalid, ours is gone too and the caller rebuilds).
+                    self.group.clear_pending_commit();
+                    self.pending_epoch = None;
+                    discarded = true;
+                }
+            }
+        }
+        let before = self.roster_map();
+        let received = self
+            .group
+            .process_incoming_message_with_time(msg, now.into())
+            .map_err(map_mls)?;
+        match received {
+            ReceivedMessage::Commit(desc) => Ok(Incoming::Commit {
+                change: self.describe(desc.committer, &desc.effect, &before)?,
+                discarded_own_commit: discarded,
+            }),
+            ReceivedMessage::Proposal(p) => {
+                let (kind, target) = match &p.proposal {
+                    Proposal::Remove(r) => ("remove", Some(r.to_remove())),
+                    Proposal::SelfRemove(_) => ("self-remove", match p.sender {
+                        mls_rs::group::ProposalSender::Member(l) => Some(l),
+                        _ => None,
+                    }),
+                    Proposal::Update(_) => ("update", None),
+                    Proposal::Add(_) => ("add", None),
+                    _ => ("other", None),
+                };
+                Ok(Incoming::Proposal {
+                    kind,
+                    target,
+                    from_server: matches!(p.sender, mls_rs::group::ProposalSender::External(_)),
+                })
+            }
+            ReceivedMessage::ApplicationMessage(app) => Ok(Incoming::Application {
+                sender: app.sender_index,
+                data: app.data().to_vec(),
+            }),
+            _ => Err(Error::MalformedMessage(
+                "expected a commit, a proposal or an application message".into(),
+            )),
+        }
+    }
+
+    fn roster_map(&self) -> std::collections::HashMap<u32, RosterEntry> {
+        self.group
+            .roster()
+            .members_iter()
+            .filter_map(|m| roster_entry(self.suite, &m).ok().map(|e| (m.index, e)))
+            .collect()
+    }
+
+    fn describe(
+        &self,
+        committer: u32,
+        effect: &CommitEffect,
+        before: &std::collections::HashMap<u32, RosterEntry>,
+    ) -> Result<EpochChange> {
+        let (new_epoch, removed_self): (&NewEpoch, bool) = match effect {
+            CommitEffect::NewEpoch(e) => (e, false),
+            CommitEffect::Removed { new_epoch, .. } => (new_epoch, true),
+            CommitEffect::ReInit(_) => return Err(Error::Policy(PolicyViolation::ForbiddenProposal("re-init"))),
+        };
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for p in &new_epoch.applied_proposals {
+            match &p.proposal {
+                Proposal::Add(a) => {
+                    // Find the new leaf holding this key.
+                    if let Some(m) = self
+                        .group
+                        .roster()
+                        .members_iter()
+                        .find(|m| m.signing_identity == *a.signing_identity())
+                    {
+                        added.push(roster_entry(self.suite, &m)?);
+                    }
+                }
+                Proposal::Remove(r) => {
+                    if let Some(e) = before.get(&r.to_remove()) {
+                        removed.push(e.clone());
+                    }
+                }
+                Proposal::SelfRemove(_) => {
+                    if let mls_rs::group::Sender::Member(l) = p.sender {
+                        if let Some(e) = before.get(&l) {
+                            removed.push(e.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(EpochChange {
+            epoch: new_epoch.epoch,
+            committer,
+            added,
+            removed,
+            removed_self,
+        })
+    }
+}
