@@ -20,7 +20,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use core::time::Duration;
-use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
+use sframe::crypto::{DecryptionBufferView, EncryptionBufferView};
+use sframe::header::SframeHeader;
 use zeroize::Zeroizing;
 
 use crate::crypto::RoomCipherSuite;
@@ -347,7 +348,81 @@ struct Sending {
     epoch: u64,
     leaf: u32,
     key: EncryptionKey,
-    counter: MonotonicCounter,
+    next_counter: u64,
+}
+
+/// RFC 9605 section 4.4.3 framing around the `sframe` crate's AEAD: writes
+/// `meta | header | ciphertext | tag` into `out` with AAD `header | meta`, sealing in place
+/// (one copy of the payload, no zero-filling). `aad` is scratch space.
+fn seal_frame(
+    key: &EncryptionKey,
+    counter: u64,
+    meta: &[u8],
+    payload: &[u8],
+    aad: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let header = SframeHeader::new(key.key_id(), counter);
+    let hlen = header.len();
+    let tag_len = key.cipher_suite().auth_tag_len();
+    aad.clear();
+    aad.resize(hlen, 0);
+    header
+        .serialize(&mut aad[..])
+        .map_err(|_| FrameError::Encryption)?;
+    aad.extend_from_slice(meta);
+
+    out.clear();
+    out.reserve(meta.len() + hlen + payload.len() + tag_len);
+    out.extend_from_slice(meta);
+    out.extend_from_slice(&aad[..hlen]);
+    out.extend_from_slice(payload);
+    out.resize(out.len() + tag_len, 0);
+    let (data, tag) = out[meta.len() + hlen..].split_at_mut(payload.len());
+    key.encrypt(
+        EncryptionBufferView {
+            aad: &mut aad[..],
+            data,
+            tag,
+        },
+        counter,
+    )
+    .map_err(|_| FrameError::Encryption)
+}
+
+/// The inverse of [`seal_frame`]: `rest` is `header | ciphertext | tag` (the header already
+/// parsed as `header`); `out` receives `meta | plaintext`, decrypted in place.
+fn open_frame(
+    key: &DecryptionKey,
+    header: &SframeHeader,
+    meta: &[u8],
+    rest: &[u8],
+    aad: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    let hlen = header.len();
+    let tag_len = key.cipher_suite().auth_tag_len();
+    let (header_bytes, body) = rest.split_at(hlen.min(rest.len()));
+    if body.len() < tag_len {
+        return Err(());
+    }
+    aad.clear();
+    aad.extend_from_slice(header_bytes);
+    aad.extend_from_slice(meta);
+    out.clear();
+    out.reserve(meta.len() + body.len());
+    out.extend_from_slice(meta);
+    out.extend_from_slice(body);
+    key.decrypt(
+        DecryptionBufferView {
+            aad: &mut aad[..],
+            data: &mut out[meta.len()..],
+        },
+        header.counter(),
+    )
+    .map_err(|_| ())?;
+    out.truncate(out.len() - tag_len);
+    Ok(())
 }
 
 /// One participant's SFrame key ring. Sans-IO: time comes in as [`Timestamp`]s, and
@@ -358,6 +433,7 @@ pub struct MediaCrypto {
     sending: Option<Sending>,
     epochs: VecDeque<EpochKeys>,
     stats: MediaStats,
+    aad: Vec<u8>,
 }
 
 impl fmt::Debug for MediaCrypto {
@@ -384,6 +460,7 @@ impl MediaCrypto {
             sending: None,
             epochs: VecDeque::new(),
             stats: MediaStats::default(),
+            aad: Vec::with_capacity(64),
         }
     }
 
@@ -427,7 +504,7 @@ impl MediaCrypto {
             epoch: secrets.epoch,
             leaf: secrets.own_leaf,
             key,
-            counter: MonotonicCounter::default(),
+            next_counter: 0,
         });
         self.epochs.push_back(EpochKeys {
             epoch: secrets.epoch,
@@ -485,11 +562,12 @@ impl MediaCrypto {
         let sending = self.sending.as_mut().ok_or(FrameError::NotReady)?;
         let n = clear.len_for(frame);
         let (meta, payload) = frame.split_at(n);
-        let view = MediaFrameView::try_with_meta_data(&mut sending.counter, payload, meta)
-            .map_err(|_| FrameError::CounterExhausted)?;
-        let counter = view.counter();
-        view.encrypt_into(&sending.key, out)
-            .map_err(|_| FrameError::Encryption)?;
+        let counter = sending.next_counter;
+        sending.next_counter = counter.checked_add(1).ok_or(FrameError::CounterExhausted)?;
+        if let Err(e) = seal_frame(&sending.key, counter, meta, payload, &mut self.aad, out) {
+            out.clear();
+            return Err(e);
+        }
         self.stats.sealed += 1;
         Ok(FrameInfo {
             sender: sending.leaf,
@@ -502,7 +580,7 @@ impl MediaCrypto {
     /// per-sender health; nothing here is authenticated yet).
     pub fn peek(wire: &[u8], clear: ClearPrefix) -> Result<(u32, u8), FrameError> {
         let n = clear.len_for(wire);
-        let header = sframe::header::SframeHeader::deserialize(&wire[n..])
+        let header = SframeHeader::deserialize(&wire[n..])
             .map_err(|_| FrameError::Malformed("SFrame header"))?;
         let (_, leaf, bits) = split_kid(header.key_id());
         Ok((leaf, bits))
@@ -555,11 +633,10 @@ impl MediaCrypto {
         let suite = self.suite.ok_or(FrameError::NotReady)?;
         let n = clear.len_for(wire);
         let (meta, rest) = wire.split_at(n);
-        let view = EncryptedFrameView::try_with_meta_data(&rest, &meta)
+        let header = SframeHeader::deserialize(rest)
             .map_err(|_| FrameError::Malformed("SFrame header"))?;
-        let header = *view.header();
-        if view.cipher_text().len() < suite.sframe().auth_tag_len() {
-            return Err(FrameError::Malformed("shorter than the tag"));
+        if rest.len() < header.len() + suite.sframe().auth_tag_len() {
+            return Err(FrameError::Malformed("shorter than header and tag"));
         }
         let kid_value = header.key_id();
         let (context, sender, epoch_bits) = split_kid(kid_value);
@@ -598,7 +675,7 @@ impl MediaCrypto {
         };
         let counter = header.counter();
         receiver.window.check(sender, counter)?;
-        view.decrypt_into(&receiver.key, out)
+        open_frame(&receiver.key, &header, meta, rest, &mut self.aad, out)
             .map_err(|_| FrameError::Authentication { sender })?;
         receiver.window.accept(counter);
         if !is_newest {
@@ -699,6 +776,23 @@ pub mod test_support {
             Ok(k) => k,
             Err(e) => panic!("test key derivation failed: {e}"),
         }
+    }
+
+    /// Seals one frame with an explicit key and counter (the ring's framing).
+    pub fn seal_frame(key: &EncryptionKey, counter: u64, meta: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match super::seal_frame(key, counter, meta, payload, &mut Vec::new(), &mut out) {
+            Ok(()) => out,
+            Err(e) => panic!("test seal failed: {e}"),
+        }
+    }
+
+    /// Opens one frame (`meta` clear, then header, ciphertext and tag) with an explicit key.
+    pub fn open_frame(key: &DecryptionKey, meta: &[u8], rest: &[u8]) -> Option<Vec<u8>> {
+        let header = sframe::header::SframeHeader::deserialize(rest).ok()?;
+        let mut out = Vec::new();
+        super::open_frame(key, &header, meta, rest, &mut Vec::new(), &mut out).ok()?;
+        Some(out[meta.len()..].to_vec())
     }
 
     /// A decryption key for `kid` from `base_key`.

@@ -14,7 +14,7 @@
 use mls_rs::group::proposal::{AddProposal, BorrowedProposal};
 use mls_rs::group::Sender;
 use mls_rs::identity::SigningIdentity;
-use mls_rs::mls_rules::{CommitSource, ProposalBundle, ProposalSource};
+use mls_rs::mls_rules::{CommitSource, ProposalBundle, ProposalInfo};
 use mls_rs::{CipherSuiteProvider, ExtensionList};
 use mls_rs_codec::{MlsDecode, MlsEncode, MlsSize};
 use mls_rs_core::crypto::SignaturePublicKey;
@@ -305,50 +305,70 @@ fn proposal_name(p: &BorrowedProposal<'_>) -> &'static str {
     }
 }
 
-/// Checks a commit's proposals (and its committer) against the room's policy. Pure: the same
-/// inputs give the same verdict on every member, which is what keeps the group from forking.
+/// Checks a received commit's proposals (and its committer) against the room's policy. Pure:
+/// the same inputs give the same verdict on every member, which keeps the group from forking.
 pub(crate) fn check_commit(
     suite: RoomCipherSuite,
     policy: &RoomPolicy,
     source: &CommitSource,
     proposals: &ProposalBundle,
 ) -> core::result::Result<(), PolicyViolation> {
-    let committer = match source {
-        CommitSource::ExistingMember(m) => &m.signing_identity,
-        CommitSource::NewMember(_) => return Err(PolicyViolation::ExternalJoin),
-    };
-
+    let committer = committer_of(source)?;
     for info in proposals.iter_proposals() {
-        let name = proposal_name(&info.proposal);
-        match info.sender {
-            Sender::Member(_) => {}
-            Sender::External(_) => {
-                if !matches!(info.proposal, BorrowedProposal::Remove(_)) {
-                    return Err(PolicyViolation::ExternalSenderMayOnlyRemove(name));
-                }
-            }
-            _ => return Err(PolicyViolation::ExternalJoin),
-        }
-        match info.proposal {
-            BorrowedProposal::Add(_)
-            | BorrowedProposal::Update(_)
-            | BorrowedProposal::Remove(_)
-            | BorrowedProposal::SelfRemove(_) => {}
-            BorrowedProposal::ExternalInit(_) => return Err(PolicyViolation::ExternalJoin),
-            _ => return Err(PolicyViolation::ForbiddenProposal(name)),
-        }
-    }
-
-    for add in proposals.add_proposals() {
-        // Who asked for this add: the committer (by value) or a member (by reference).
-        let adder = match (&add.sender, &add.source) {
-            (_, ProposalSource::ByValue) => committer.clone(),
-            (Sender::Member(_), _) => committer.clone(),
-            _ => return Err(PolicyViolation::ExternalJoin),
-        };
-        check_add(suite, policy, &adder, &add.proposal)?;
+        check_proposal(suite, policy, committer, &info)?;
     }
     Ok(())
+}
+
+/// Before building a commit: leaves out proposals received by reference that the policy
+/// forbids (a hostile server's add proposal, say), so that they cannot jam the group. What the
+/// committer itself put in by value is checked by [`check_commit`] and refused loudly.
+pub(crate) fn drop_forbidden_references(
+    suite: RoomCipherSuite,
+    policy: &RoomPolicy,
+    source: &CommitSource,
+    proposals: &mut ProposalBundle,
+) -> core::result::Result<(), PolicyViolation> {
+    let committer = committer_of(source)?.clone();
+    proposals.retain(|info| {
+        Ok::<bool, PolicyViolation>(
+            info.is_by_value() || check_proposal(suite, policy, &committer, info).is_ok(),
+        )
+    })
+}
+
+fn committer_of(source: &CommitSource) -> core::result::Result<&SigningIdentity, PolicyViolation> {
+    match source {
+        CommitSource::ExistingMember(m) => Ok(&m.signing_identity),
+        CommitSource::NewMember(_) => Err(PolicyViolation::ExternalJoin),
+    }
+}
+
+fn check_proposal(
+    suite: RoomCipherSuite,
+    policy: &RoomPolicy,
+    committer: &SigningIdentity,
+    info: &ProposalInfo<BorrowedProposal<'_>>,
+) -> core::result::Result<(), PolicyViolation> {
+    let name = proposal_name(&info.proposal);
+    match info.sender {
+        Sender::Member(_) => {}
+        Sender::External(_) => {
+            if !matches!(info.proposal, BorrowedProposal::Remove(_)) {
+                return Err(PolicyViolation::ExternalSenderMayOnlyRemove(name));
+            }
+        }
+        _ => return Err(PolicyViolation::ExternalJoin),
+    }
+    match info.proposal {
+        // Whoever proposed an add, the committer is the one who admits: it must qualify.
+        BorrowedProposal::Add(add) => check_add(suite, policy, committer, add),
+        BorrowedProposal::Update(_)
+        | BorrowedProposal::Remove(_)
+        | BorrowedProposal::SelfRemove(_) => Ok(()),
+        BorrowedProposal::ExternalInit(_) => Err(PolicyViolation::ExternalJoin),
+        _ => Err(PolicyViolation::ForbiddenProposal(name)),
+    }
 }
 
 fn fingerprint(suite: RoomCipherSuite, id: &SigningIdentity) -> core::result::Result<Fingerprint, PolicyViolation> {

@@ -9,28 +9,45 @@ use mls_rs::mls_rules::{
 use mls_rs::MlsRules;
 
 use crate::crypto::RoomCipherSuite;
-use crate::policy::{check_commit, policy_of, PolicyViolation};
+use crate::policy::{check_commit, drop_forbidden_references, policy_of, PolicyViolation};
 
 /// Rules shared by all members. Stateless: the policy is read from the group context, so it is
 /// the same on every member.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ConclaveRules;
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConclaveRules {
+    /// `false` only in a deliberately broken client (adversarial tests model a malicious
+    /// member with it); honest clients always enforce.
+    pub(crate) enforce: bool,
+}
+
+impl Default for ConclaveRules {
+    fn default() -> Self {
+        ConclaveRules { enforce: true }
+    }
+}
 
 impl MlsRules for ConclaveRules {
     type Error = PolicyViolation;
 
     fn filter_proposals(
         &self,
-        _direction: CommitDirection,
+        direction: CommitDirection,
         source: CommitSource,
         _current_roster: &Roster,
         current_context: &GroupContext,
-        proposals: ProposalBundle,
+        mut proposals: ProposalBundle,
     ) -> Result<ProposalBundle, Self::Error> {
+        if !self.enforce {
+            return Ok(proposals);
+        }
         let suite = RoomCipherSuite::from_mls(current_context.cipher_suite)
             .ok_or(PolicyViolation::UnsupportedSuite)?;
         let policy = policy_of(&current_context.extensions)?;
-        // Both directions: our own client never builds a commit the others would reject.
+        if direction == CommitDirection::Send {
+            drop_forbidden_references(suite, &policy, &source, &mut proposals)?;
+        }
+        // Both directions: our own client never builds a commit the others would reject, and
+        // never applies one that breaks the policy.
         check_commit(suite, &policy, &source, &proposals)?;
         Ok(proposals)
     }

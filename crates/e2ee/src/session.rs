@@ -200,11 +200,23 @@ fn map_mls(e: MlsError) -> Error {
 impl Device {
     /// A device with `identity`, keeping group state in `store`.
     pub fn new(identity: DeviceIdentity, store: GroupStore) -> Result<Self> {
+        Self::build(identity, store, ConclaveRules::default())
+    }
+
+    /// A device that neither enforces nor checks the room's admission policy: what a malicious
+    /// member would run. Only for adversarial tests, which use it to build commits that honest
+    /// members must reject.
+    #[doc(hidden)]
+    pub fn danger_without_policy_checks(identity: DeviceIdentity, store: GroupStore) -> Result<Self> {
+        Self::build(identity, store, ConclaveRules { enforce: false })
+    }
+
+    fn build(identity: DeviceIdentity, store: GroupStore, rules: ConclaveRules) -> Result<Self> {
         let signing_identity = identity.signing_identity()?;
         let client = Client::builder()
             .crypto_provider(provider())
             .identity_provider(ConclaveIdentityProvider)
-            .mls_rules(ConclaveRules)
+            .mls_rules(rules)
             .group_state_storage(store)
             .extension_type(ROOM_POLICY_EXTENSION)
             .extension_type(INVITE_EXTENSION)
@@ -330,6 +342,19 @@ impl Session {
             policy,
             pending_epoch: None,
         })
+    }
+
+    /// A copy of this session, secrets included. Two copies that both advance fork the group,
+    /// so this is only for benchmarks (measuring one operation many times from the same state)
+    /// and adversarial tests (modelling a stolen device).
+    #[doc(hidden)]
+    pub fn danger_clone(&self) -> Self {
+        Session {
+            group: self.group.clone(),
+            suite: self.suite,
+            policy: self.policy.clone(),
+            pending_epoch: self.pending_epoch,
+        }
     }
 
     /// The MLS group id.
@@ -551,6 +576,18 @@ impl Session {
                 discarded_own_commit: discarded,
             }),
             ReceivedMessage::Proposal(p) => {
+                if matches!(p.sender, mls_rs::group::ProposalSender::External(_))
+                    && !matches!(p.proposal, Proposal::Remove(_))
+                {
+                    // Cached by MLS, but it will never be committed (the committer's rules
+                    // leave it out); report it so the client can raise the alarm.
+                    return Err(Error::Policy(PolicyViolation::ExternalSenderMayOnlyRemove(
+                        "a non-remove proposal",
+                    )));
+                }
+                if matches!(p.sender, mls_rs::group::ProposalSender::NewMember) {
+                    return Err(Error::Policy(PolicyViolation::ExternalJoin));
+                }
                 let (kind, target) = match &p.proposal {
                     Proposal::Remove(r) => ("remove", Some(r.to_remove())),
                     Proposal::SelfRemove(_) => ("self-remove", match p.sender {

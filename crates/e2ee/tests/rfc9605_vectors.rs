@@ -1,8 +1,8 @@
 //! RFC 9605 Appendix C test vectors through Conclave's SFrame backend (AWS-LC natively).
 
-use conclave_e2ee::media::{split_kid, kid};
+use conclave_e2ee::media::{kid, split_kid, test_support};
 use serde::Deserialize;
-use sframe::frame::{EncryptedFrameView, MediaFrameView, SingleUseCounter};
+use sframe::frame::EncryptedFrameView;
 use sframe::header::SframeHeader;
 use sframe::CipherSuite;
 
@@ -67,28 +67,31 @@ fn rfc9605_appendix_c_vectors_pass_for_aes_gcm_suites() {
         let pt = hex::decode(&t.pt).unwrap();
         let ct = hex::decode(&t.ct).unwrap();
 
-        // Seal with the vector's KID and counter: output must be `metadata | ct` exactly.
-        let enc = conclave_e2ee::media::test_support::encryption_key(cs, t.kid, &base_key);
-        let mut counter = SingleUseCounter::new(t.ctr);
-        let frame = MediaFrameView::try_with_meta_data(&mut counter, &pt, &meta).unwrap();
-        let mut out = Vec::new();
-        frame.encrypt_into(&enc, &mut out).unwrap();
+        // Seal through the ring's framing with the vector's KID and counter: the output must
+        // be `metadata | ct` exactly.
+        let enc = test_support::encryption_key(cs, t.kid, &base_key);
+        let out = test_support::seal_frame(&enc, t.ctr, &meta, &pt);
         assert_eq!(&out[..meta.len()], &meta[..]);
         assert_eq!(hex::encode(&out[meta.len()..]), t.ct, "suite {}", t.cipher_suite);
 
         // Open the vector's ciphertext.
-        let dec = conclave_e2ee::media::test_support::decryption_key(cs, t.kid, &base_key);
+        let dec = test_support::decryption_key(cs, t.kid, &base_key);
+        assert_eq!(test_support::open_frame(&dec, &meta, &ct).unwrap(), pt);
+
+        // The sframe crate's own frame API agrees (independent framing code).
         let view = EncryptedFrameView::try_with_meta_data(&ct, &meta).unwrap();
         let mut plain = Vec::new();
-        let opened = view.decrypt_into(&dec, &mut plain).unwrap();
-        assert_eq!(opened.payload(), &pt[..]);
+        assert_eq!(view.decrypt_into(&dec, &mut plain).unwrap().payload(), &pt[..]);
 
-        // A flipped ciphertext bit does not open.
-        let mut bad = ct.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        let view = EncryptedFrameView::try_with_meta_data(&bad, &meta).unwrap();
-        assert!(view.decrypt_into(&dec, &mut plain).is_err());
+        // A flipped bit anywhere (metadata, header, ciphertext, tag) does not open.
+        for pos in 0..ct.len() {
+            let mut bad = ct.clone();
+            bad[pos] ^= 1;
+            assert!(test_support::open_frame(&dec, &meta, &bad).is_none(), "ct bit {pos}");
+        }
+        let mut bad_meta = meta.clone();
+        bad_meta[0] ^= 1;
+        assert!(test_support::open_frame(&dec, &bad_meta, &ct).is_none());
     }
 }
 

@@ -24,7 +24,6 @@ pub fn device_in(name: &str, suite: RoomCipherSuite) -> Device {
 pub struct Room {
     pub devices: Vec<Device>,
     pub sessions: Vec<Option<Session>>,
-    pub now: Timestamp,
 }
 
 impl Room {
@@ -43,7 +42,6 @@ impl Room {
         let mut room = Room {
             devices: vec![creator],
             sessions: vec![Some(session)],
-            now: T0,
         };
         if n > 1 {
             let joiners: Vec<Device> = (1..n).map(|i| device(&format!("m{i}"))).collect();
@@ -59,13 +57,13 @@ impl Room {
     /// Member `committer` adds `joiners` in one commit; everyone processes it; joiners join.
     /// Returns the indices of the joiners.
     pub fn add(&mut self, committer: usize, joiners: Vec<Device>) -> Vec<usize> {
-        let kps: Vec<_> = joiners.iter().map(|d| d.key_package(None, self.now).unwrap()).collect();
-        let bundle = self.s(committer).commit(&kps, &[], self.now).unwrap();
+        let kps: Vec<_> = joiners.iter().map(|d| d.key_package(None, T0).unwrap()).collect();
+        let bundle = self.s(committer).commit(&kps, &[], T0).unwrap();
         self.deliver(committer, &bundle.commit);
         let welcome = bundle.welcome.clone().unwrap();
         let mut idx = Vec::new();
         for d in joiners {
-            let s = d.join("room", &welcome, &bundle.ratchet_tree, self.now).unwrap();
+            let s = d.join("room", &welcome, &bundle.ratchet_tree, T0).unwrap();
             self.devices.push(d);
             self.sessions.push(Some(s));
             idx.push(self.devices.len() - 1);
@@ -76,13 +74,12 @@ impl Room {
     /// The DS accepted `commit` from `committer`: it confirms, the others process.
     pub fn deliver(&mut self, committer: usize, commit: &[u8]) {
         self.s(committer).confirm_commit().unwrap();
-        let now = self.now;
         for (i, s) in self.sessions.iter_mut().enumerate() {
             if i == committer {
                 continue;
             }
             if let Some(s) = s {
-                match s.process(commit, now).unwrap() {
+                match s.process(commit, T0).unwrap() {
                     Incoming::Commit { change, .. } if change.removed_self => {}
                     Incoming::Commit { .. } => {}
                     other => panic!("expected a commit, got {other:?}"),
@@ -100,7 +97,7 @@ impl Room {
     /// Member `committer` removes the members at `victims` (room indices).
     pub fn remove(&mut self, committer: usize, victims: &[usize]) {
         let leaves: Vec<u32> = victims.iter().map(|&v| self.s(v).own_leaf()).collect();
-        let bundle = self.s(committer).commit(&[], &leaves, self.now).unwrap();
+        let bundle = self.s(committer).commit(&[], &leaves, T0).unwrap();
         let mut removed: Vec<Session> = Vec::new();
         for &v in victims {
             removed.push(self.sessions[v].take().unwrap());
@@ -108,7 +105,7 @@ impl Room {
         self.deliver(committer, &bundle.commit);
         // The removed members process their own removal (they learn they are out).
         for mut s in removed {
-            if let Ok(Incoming::Commit { change, .. }) = s.process(&bundle.commit, self.now) {
+            if let Ok(Incoming::Commit { change, .. }) = s.process(&bundle.commit, T0) {
                 assert!(change.removed_self);
             }
         }
@@ -124,7 +121,7 @@ impl Room {
 
     pub fn media(&mut self, i: usize) -> MediaCrypto {
         let mut m = MediaCrypto::default();
-        m.install_epoch(self.s(i).epoch_secrets().unwrap(), self.now).unwrap();
+        m.install_epoch(self.s(i).epoch_secrets().unwrap(), T0).unwrap();
         m
     }
 }
@@ -153,4 +150,18 @@ pub fn external_client(
 
 pub fn msg(bytes: &[u8]) -> MlsMessage {
     MlsMessage::from_bytes(bytes).unwrap()
+}
+
+/// The same frame with its SFrame header's KID replaced (what an attacker can do on the wire).
+pub fn rewrite_kid(wire: &[u8], clear_len: usize, new_kid: u64) -> Vec<u8> {
+    use sframe::header::SframeHeader;
+    let (prefix, rest) = wire.split_at(clear_len);
+    let header = SframeHeader::deserialize(rest).unwrap();
+    let new = SframeHeader::new(new_kid, header.counter());
+    [prefix, &Vec::from(&new), &rest[header.len()..]].concat()
+}
+
+/// KID of `leaf` in `epoch`.
+pub fn kid_of(leaf: u32, epoch: u64) -> u64 {
+    media::kid(leaf, epoch)
 }

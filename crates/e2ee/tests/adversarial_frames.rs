@@ -1,0 +1,247 @@
+//! Frames that are replayed, truncated, tampered with or sealed under keys that do not belong
+//! are rejected with a typed error and counted; keys of past epochs are erased after the grace
+//! window; frames for the next epoch are held, not lost.
+
+mod common;
+use common::*;
+use conclave_e2ee::*;
+use core::time::Duration;
+
+fn pair() -> (Room, MediaCrypto, MediaCrypto) {
+    let mut room = Room::open(3);
+    let a = room.media(0);
+    let b = room.media(1);
+    (room, a, b)
+}
+
+fn seal(m: &mut MediaCrypto, frame: &[u8], clear: ClearPrefix) -> Vec<u8> {
+    let mut out = Vec::new();
+    m.seal(frame, clear, &mut out).unwrap();
+    out
+}
+
+/// A VP8 keyframe-shaped frame: P bit clear, then the start code and dimensions.
+fn vp8_keyframe(len: usize) -> Vec<u8> {
+    let mut f = vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01];
+    f.extend((0..len).map(|i| (i * 7) as u8));
+    f
+}
+
+#[test]
+fn replayed_frames_are_rejected_and_counted() {
+    let (_room, mut a, mut b) = pair();
+    let mut out = Vec::new();
+    let f0 = seal(&mut a, b"zero", ClearPrefix::None);
+    let f1 = seal(&mut a, b"one", ClearPrefix::None);
+    b.open(&f1, ClearPrefix::None, &mut out, T0).unwrap();
+    // Reordering inside the window is fine.
+    b.open(&f0, ClearPrefix::None, &mut out, T0).unwrap();
+    for f in [&f0, &f1] {
+        let err = b.open(f, ClearPrefix::None, &mut out, T0).unwrap_err();
+        assert!(matches!(err, FrameError::Replayed { sender: 0, .. }), "{err:?}");
+    }
+    // Beyond the window: too old.
+    let old = seal(&mut a, b"old", ClearPrefix::None);
+    for _ in 0..200 {
+        let f = seal(&mut a, b"x", ClearPrefix::None);
+        b.open(&f, ClearPrefix::None, &mut out, T0).unwrap();
+    }
+    let err = b.open(&old, ClearPrefix::None, &mut out, T0).unwrap_err();
+    assert!(matches!(err, FrameError::TooOld { .. }), "{err:?}");
+    assert_eq!(b.stats().replayed, 3);
+    assert_eq!(b.stats().opened, 202);
+}
+
+#[test]
+fn truncated_frames_are_rejected_and_counted() {
+    let (_room, mut a, mut b) = pair();
+    let mut out = Vec::new();
+    let f = seal(&mut a, b"a frame long enough to cut in many places", ClearPrefix::None);
+    for len in 0..f.len() {
+        let err = b.open(&f[..len], ClearPrefix::None, &mut out, T0).unwrap_err();
+        assert!(
+            matches!(err, FrameError::Malformed(_) | FrameError::Authentication { .. }),
+            "len {len}: {err:?}"
+        );
+        assert!(out.is_empty());
+    }
+    assert_eq!(b.stats().opened, 0);
+    assert_eq!(b.stats().rejected(), f.len() as u64);
+}
+
+#[test]
+fn tampered_payload_header_or_clear_prefix_fails_authentication() {
+    let (_room, mut a, mut b) = pair();
+    let mut out = Vec::new();
+    let frame = vp8_keyframe(300);
+    let f = seal(&mut a, &frame, ClearPrefix::Vp8);
+    assert_eq!(&f[..10], &frame[..10], "the VP8 prefix stays clear");
+    assert_ne!(&f[12..40], &frame[12..40], "the rest is encrypted");
+
+    // Clear prefix (bytes 1..10; byte 0 carries the P bit that decides the prefix length),
+    // the SFrame header's counter byte, payload and tag.
+    let header_ctr = 10 + 1;
+    for pos in [1, 5, 9, header_ctr, 20, f.len() / 2, f.len() - 1] {
+        let mut bad = f.clone();
+        bad[pos] ^= 0x04;
+        let err = b.open(&bad, ClearPrefix::Vp8, &mut out, T0).unwrap_err();
+        assert!(
+            matches!(err, FrameError::Authentication { .. } | FrameError::Replayed { .. }),
+            "pos {pos}: {err:?}"
+        );
+    }
+    // Flipping the P bit changes how much is clear: still rejected.
+    let mut bad = f.clone();
+    bad[0] ^= 0x01;
+    assert!(b.open(&bad, ClearPrefix::Vp8, &mut out, T0).is_err());
+
+    let before = b.stats().auth_failed;
+    assert!(before >= 6);
+    b.open(&f, ClearPrefix::Vp8, &mut out, T0).unwrap();
+    assert_eq!(out, frame, "the genuine frame opens to the original bytes");
+}
+
+#[test]
+fn bogus_kids_are_rejected_without_growing_state() {
+    let (room, mut a, mut b) = pair();
+    let mut out = Vec::new();
+    let f = seal(&mut a, b"payload", ClearPrefix::None);
+    let epoch = b.sending_epoch().unwrap();
+    // A leaf that is not in the group.
+    let bad = rewrite_kid(&f, 0, kid_of(777, epoch));
+    let err = b.open(&bad, ClearPrefix::None, &mut out, T0).unwrap_err();
+    assert!(matches!(err, FrameError::UnknownSender { sender: 777, .. }), "{err:?}");
+    // A non-zero context.
+    let bad = rewrite_kid(&f, 0, kid_of(0, epoch) | (5 << 24));
+    assert!(matches!(
+        b.open(&bad, ClearPrefix::None, &mut out, T0),
+        Err(FrameError::ForeignContext(_))
+    ));
+    // An epoch far from ours.
+    let bad = rewrite_kid(&f, 0, kid_of(0, epoch + 100));
+    assert!(matches!(
+        b.open(&bad, ClearPrefix::None, &mut out, T0),
+        Err(FrameError::UnknownEpoch { .. })
+    ));
+    // A member's leaf, but the frame was sealed by another: the derived key differs.
+    let bad = rewrite_kid(&f, 0, kid_of(2, epoch));
+    assert!(matches!(
+        b.open(&bad, ClearPrefix::None, &mut out, T0),
+        Err(FrameError::Authentication { sender: 2 })
+    ));
+    // 10,000 random KIDs: all rejected, nothing opened.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..10_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bad = rewrite_kid(&f, 0, x >> 20);
+        assert!(b.open(&bad, ClearPrefix::None, &mut out, T0).is_err());
+    }
+    assert_eq!(b.stats().opened, 0);
+    drop(room);
+}
+
+#[test]
+fn previous_epoch_keys_open_frames_within_grace_and_are_erased_after() {
+    let (mut room, mut a, mut b) = pair();
+    let mut out = Vec::new();
+    let in_flight = seal(&mut a, b"sealed just before the change", ClearPrefix::None);
+    let late = seal(&mut a, b"sealed before the change, delivered too late", ClearPrefix::None);
+
+    let bundle = room.s(2).self_update(T0).unwrap();
+    room.deliver(2, &bundle.commit);
+    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0).unwrap();
+    b.install_epoch(room.s(1).epoch_secrets().unwrap(), T0).unwrap();
+
+    // Inside the grace window (default 2 s) the in-flight frame still opens.
+    let t1 = T0.saturating_add(Duration::from_millis(1500));
+    b.open(&in_flight, ClearPrefix::None, &mut out, t1).unwrap();
+    assert_eq!(b.stats().opened_in_grace, 1);
+    assert_eq!(b.poll_timeout(), Some(T0.saturating_add(Duration::from_secs(2))));
+
+    // After it, the old keys are gone.
+    let t2 = T0.saturating_add(Duration::from_millis(2001));
+    b.handle_timeout(t2);
+    assert_eq!(b.live_epochs(), vec![room.s(1).epoch()]);
+    assert_eq!(b.poll_timeout(), None);
+    let err = b.open(&late, ClearPrefix::None, &mut out, t2).unwrap_err();
+    assert!(matches!(err, FrameError::UnknownEpoch { .. }), "{err:?}");
+}
+
+#[test]
+fn frames_for_the_next_epoch_are_held_and_opened_once_the_commit_is_applied() {
+    let (mut room, mut a, mut b) = pair();
+    let bundle = room.s(2).self_update(T0).unwrap();
+    // Member 0 applies the commit first and starts sending under the new epoch...
+    room.s(2).confirm_commit().unwrap();
+    room.s(0).process(&bundle.commit, T0).unwrap();
+    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0).unwrap();
+    let early: Vec<Vec<u8>> = (0..5)
+        .map(|i| seal(&mut a, format!("frame {i}").as_bytes(), ClearPrefix::None))
+        .collect();
+
+    // ...before member 1 has the commit: its frames are held, not dropped.
+    let mut hold = HoldQueue::new(64, Duration::from_secs(5));
+    let mut out = Vec::new();
+    for (i, f) in early.iter().enumerate() {
+        match b.open(f, ClearPrefix::None, &mut out, T0) {
+            Err(FrameError::FutureEpoch { .. }) => hold.hold(i, f.clone(), ClearPrefix::None, T0),
+            other => panic!("expected a future-epoch frame, got {other:?}"),
+        }
+    }
+    assert_eq!(hold.len(), 5);
+
+    // Member 1 applies the commit: every held frame opens, none is lost.
+    room.s(1).process(&bundle.commit, T0).unwrap();
+    b.install_epoch(room.s(1).epoch_secrets().unwrap(), T0).unwrap();
+    let t = T0.saturating_add(Duration::from_millis(80));
+    let released = hold.release(&mut b, t);
+    assert_eq!(released.len(), 5);
+    for (i, r) in released {
+        let (_, plain) = r.unwrap();
+        assert_eq!(plain, format!("frame {i}").as_bytes());
+    }
+    assert!(hold.is_empty());
+    assert_eq!(hold.dropped(), 0);
+}
+
+#[test]
+fn hold_queue_is_bounded_in_count_and_time() {
+    let (mut room, mut a, mut b) = pair();
+    let bundle = room.s(2).self_update(T0).unwrap();
+    room.s(2).confirm_commit().unwrap();
+    room.s(0).process(&bundle.commit, T0).unwrap();
+    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0).unwrap();
+    let mut hold = HoldQueue::new(4, Duration::from_millis(500));
+    for i in 0..10 {
+        hold.hold(i, seal(&mut a, b"f", ClearPrefix::None), ClearPrefix::None, T0);
+    }
+    assert_eq!(hold.len(), 4);
+    assert_eq!(hold.dropped(), 6);
+    // Still ahead of member 1 after the time limit: dropped.
+    let released = hold.release(&mut b, T0.saturating_add(Duration::from_secs(1)));
+    assert!(released.is_empty());
+    assert_eq!(hold.dropped(), 10);
+}
+
+#[test]
+fn nothing_is_sealed_before_keys_exist() {
+    let mut m = MediaCrypto::default();
+    let mut out = vec![1, 2, 3];
+    assert_eq!(m.seal(b"hello", ClearPrefix::None, &mut out), Err(FrameError::NotReady));
+    assert!(out.is_empty(), "no clear media comes out");
+    assert!(matches!(
+        m.open(b"\x00abc", ClearPrefix::None, &mut out, T0),
+        Err(FrameError::NotReady | FrameError::Malformed(_))
+    ));
+}
+
+#[test]
+fn oversized_frames_are_rejected() {
+    let (_room, mut a, mut b) = pair();
+    let big = vec![0u8; media::MAX_FRAME_LEN + 1];
+    let mut out = Vec::new();
+    assert_eq!(a.seal(&big, ClearPrefix::None, &mut out), Err(FrameError::TooLarge(big.len())));
+    assert!(matches!(b.open(&big, ClearPrefix::None, &mut out, T0), Err(FrameError::TooLarge(_))));
+}
