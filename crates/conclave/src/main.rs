@@ -1,1 +1,27 @@
-fn main(){}
+//! The `conclave` command.
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+/// End-to-end encrypted group calls that anyone can host.
+#[derive(Debug, Parser)]
+#[command(name = "conclave", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a local meeting of in-process members through the real E2EE core: joins, a leave,
+    /// a self-update, encrypted frames, and the security code at every epoch.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+    }
+}

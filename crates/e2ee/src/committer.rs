@@ -18,7 +18,10 @@ pub fn blank_path_nodes(tree: &ExportedTree<'_>, leaf: u32) -> Option<usize> {
 }
 
 /// The designated committer among `candidates`.
-pub fn designated(tree: &ExportedTree<'_>, candidates: impl IntoIterator<Item = u32>) -> Option<u32> {
+pub fn designated(
+    tree: &ExportedTree<'_>,
+    candidates: impl IntoIterator<Item = u32>,
+) -> Option<u32> {
     candidates
         .into_iter()
         .filter_map(|leaf| blank_path_nodes(tree, leaf).map(|b| (b, leaf)))

@@ -20,6 +20,10 @@ pub(crate) fn provider() -> Provider {
     Provider::default()
 }
 
+/// `CipherSuite::ML_KEM_768_X25519` of mls-rs (only named there with its `post-quantum`
+/// feature, which the browser build cannot have).
+const ML_KEM_768_X25519: CipherSuite = CipherSuite::new(65100);
+
 /// The MLS ciphersuite of a room. Chosen when the room is created; never hard-coded elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -36,7 +40,7 @@ impl RoomCipherSuite {
     pub fn mls(self) -> CipherSuite {
         match self {
             RoomCipherSuite::Curve25519Aes128 => CipherSuite::CURVE25519_AES128,
-            RoomCipherSuite::MlKem768X25519 => CipherSuite::ML_KEM_768_X25519,
+            RoomCipherSuite::MlKem768X25519 => ML_KEM_768_X25519,
         }
     }
 
@@ -44,7 +48,7 @@ impl RoomCipherSuite {
     pub fn from_mls(suite: CipherSuite) -> Option<Self> {
         match suite {
             CipherSuite::CURVE25519_AES128 => Some(RoomCipherSuite::Curve25519Aes128),
-            CipherSuite::ML_KEM_768_X25519 => Some(RoomCipherSuite::MlKem768X25519),
+            ML_KEM_768_X25519 => Some(RoomCipherSuite::MlKem768X25519),
             _ => None,
         }
     }

@@ -139,7 +139,9 @@ impl CredentialInfo {
             .chain(self.display_name.chars())
             .any(char::is_control)
         {
-            return Err(Error::Credential("control characters are not allowed".into()));
+            return Err(Error::Credential(
+                "control characters are not allowed".into(),
+            ));
         }
         Ok(())
     }
@@ -309,9 +311,21 @@ impl DeviceIdentity {
                 .map_err(|_| Error::Storage("identity file: display name".into()))?,
         };
         info.check()?;
+        let cs = suite_provider(suite)?;
+        // The AWS-LC provider slices the secret before checking its length (it panics on a
+        // short key), so check the lengths against a key this backend generates.
+        let (probe_secret, probe_public) = cs
+            .signature_key_generate()
+            .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+        if file.secret.len() != probe_secret.as_bytes().len()
+            || file.public.len() != probe_public.as_bytes().len()
+        {
+            return Err(Error::Storage(
+                "identity file: key lengths are wrong".into(),
+            ));
+        }
         let secret = SignatureSecretKey::new(file.secret);
         let public = SignaturePublicKey::new(file.public);
-        let cs = suite_provider(suite)?;
         let derived = cs
             .signature_key_derive_public(&secret)
             .map_err(|e| Error::Crypto(format!("{e:?}")))?;
@@ -340,7 +354,9 @@ pub(crate) struct ConclaveIdentityProvider;
 pub(crate) struct IdentityError(String);
 
 impl mls_rs_core::error::IntoAnyError for IdentityError {
-    fn into_dyn_error(self) -> core::result::Result<Box<dyn std::error::Error + Send + Sync>, Self> {
+    fn into_dyn_error(
+        self,
+    ) -> core::result::Result<Box<dyn std::error::Error + Send + Sync>, Self> {
         Ok(Box::new(self))
     }
 }
@@ -369,7 +385,9 @@ impl IdentityProvider for ConclaveIdentityProvider {
         // matters, and it is pinned in the group context by the room's creator.
         match signing_identity.credential.as_basic() {
             Some(_) => Ok(()),
-            None => Err(IdentityError("external sender must use a basic credential".into())),
+            None => Err(IdentityError(
+                "external sender must use a basic credential".into(),
+            )),
         }
     }
 
@@ -449,7 +467,11 @@ impl TrustStore {
     /// Parses what [`TrustStore::to_text`] wrote; bad lines are an error.
     pub fn from_text(text: &str) -> Result<Self> {
         let mut pins = HashMap::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let (fp, user) = line
                 .split_once(' ')
                 .ok_or_else(|| Error::Storage(format!("pins line {}: no user id", n + 1)))?;

@@ -76,8 +76,8 @@ pub use policy::{
     MAX_POLICY_ENTRIES, ROOM_POLICY_EXTENSION,
 };
 pub use session::{
-    CommitBundle, Device, EpochChange, Incoming, RosterEntry, SecurityCode, Session,
-    MAX_MLS_MESSAGE_LEN, MAX_TREE_LEN,
+    CommitBundle, Device, EpochChange, Incoming, RosterEntry, SecurityCode, SelfUpdateTimer,
+    Session, MAX_MLS_MESSAGE_LEN, MAX_TREE_LEN,
 };
 pub use storage::{DirStore, GroupStore};
 pub use time::Timestamp;

@@ -16,7 +16,7 @@
 //! A prefix of each frame may stay clear for RTP packetization ([`ClearPrefix`]); it is
 //! authenticated as AAD (the `sframe` crate's "meta data"), so changing it breaks the frame.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 
 use core::time::Duration;
@@ -314,7 +314,11 @@ impl ReplayWindow {
             }
             Some(top) if counter > top => {
                 let shift = counter - top;
-                self.seen = if shift >= REPLAY_WINDOW { 0 } else { self.seen << shift };
+                self.seen = if shift >= REPLAY_WINDOW {
+                    0
+                } else {
+                    self.seen << shift
+                };
                 self.seen |= 1;
                 self.top = Some(counter);
             }
@@ -333,7 +337,8 @@ struct EpochKeys {
     base_key: Zeroizing<Vec<u8>>,
     /// Indexed by leaf: whether that leaf is a member in this epoch.
     members: Vec<bool>,
-    receivers: HashMap<u32, Receiver>,
+    /// Indexed by leaf; derived on the first frame from that sender.
+    receivers: Vec<Option<Receiver>>,
     /// When the keys are erased; `None` while this is the newest epoch.
     expires: Option<Timestamp>,
 }
@@ -349,6 +354,42 @@ struct Sending {
     leaf: u32,
     key: EncryptionKey,
     next_counter: u64,
+}
+
+/// A parsed SFrame header (RFC 9605 section 4.3): KID, counter, and its length on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParsedHeader {
+    /// Key id.
+    pub kid: u64,
+    /// Frame counter.
+    pub counter: u64,
+    /// Header length in bytes.
+    pub len: usize,
+}
+
+/// Parses an SFrame header without allocating. `sframe`'s own parser collects each variable
+/// length field into a `Vec`, two allocations per frame on the receive path; this one reads
+/// the same format (differential-tested against it in `rfc9605_vectors`).
+///
+/// Config byte: `X KKK Y CCC`. With `X` clear, `KKK` is the KID; with `X` set, `KKK + 1` bytes
+/// of big-endian KID follow. Likewise `Y`/`CCC` for the counter, after the KID bytes.
+pub fn parse_header(bytes: &[u8]) -> Option<ParsedHeader> {
+    let (&config, rest) = bytes.split_first()?;
+    let field = |extended: bool, small: u8, at: &[u8]| -> Option<(u64, usize)> {
+        if !extended {
+            return Some((u64::from(small), 0));
+        }
+        let n = usize::from(small) + 1;
+        let b = at.get(..n)?;
+        Some((b.iter().fold(0u64, |v, x| (v << 8) | u64::from(*x)), n))
+    };
+    let (kid, klen) = field(config & 0x80 != 0, (config >> 4) & 0x07, rest)?;
+    let (counter, clen) = field(config & 0x08 != 0, config & 0x07, rest.get(klen..)?)?;
+    Some(ParsedHeader {
+        kid,
+        counter,
+        len: 1 + klen + clen,
+    })
 }
 
 /// RFC 9605 section 4.4.3 framing around the `sframe` crate's AEAD: writes
@@ -394,13 +435,13 @@ fn seal_frame(
 /// parsed as `header`); `out` receives `meta | plaintext`, decrypted in place.
 fn open_frame(
     key: &DecryptionKey,
-    header: &SframeHeader,
+    header: &ParsedHeader,
     meta: &[u8],
     rest: &[u8],
     aad: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(), ()> {
-    let hlen = header.len();
+    let hlen = header.len;
     let tag_len = key.cipher_suite().auth_tag_len();
     let (header_bytes, body) = rest.split_at(hlen.min(rest.len()));
     if body.len() < tag_len {
@@ -418,7 +459,7 @@ fn open_frame(
             aad: &mut aad[..],
             data: &mut out[meta.len()..],
         },
-        header.counter(),
+        header.counter,
     )
     .map_err(|_| ())?;
     out.truncate(out.len() - tag_len);
@@ -439,7 +480,10 @@ pub struct MediaCrypto {
 impl fmt::Debug for MediaCrypto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MediaCrypto")
-            .field("epochs", &self.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>())
+            .field(
+                "epochs",
+                &self.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+            )
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -469,7 +513,9 @@ impl MediaCrypto {
     pub fn install_epoch(&mut self, secrets: EpochSecrets, now: Timestamp) -> crate::Result<()> {
         if let Some(newest) = self.epochs.back() {
             if secrets.epoch <= newest.epoch {
-                return Err(crate::Error::Usage("epochs must be installed in increasing order"));
+                return Err(crate::Error::Usage(
+                    "epochs must be installed in increasing order",
+                ));
             }
         }
         if self.suite.is_some_and(|s| s != secrets.suite) {
@@ -509,8 +555,8 @@ impl MediaCrypto {
         self.epochs.push_back(EpochKeys {
             epoch: secrets.epoch,
             base_key: secrets.base_key,
+            receivers: Vec::new(),
             members,
-            receivers: HashMap::new(),
             expires: None,
         });
         Ok(())
@@ -518,7 +564,13 @@ impl MediaCrypto {
 
     /// Erases the keys of epochs whose grace window has passed.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        self.epochs.retain(|e| e.expires.is_none_or(|t| t > now));
+        if self
+            .epochs
+            .front()
+            .is_some_and(|e| e.expires.is_some_and(|t| t <= now))
+        {
+            self.epochs.retain(|e| e.expires.is_none_or(|t| t > now));
+        }
     }
 
     /// When [`MediaCrypto::handle_timeout`] next has work to do.
@@ -540,6 +592,17 @@ impl MediaCrypto {
     /// Epochs whose keys are held now, oldest first.
     pub fn live_epochs(&self) -> Vec<u64> {
         self.epochs.iter().map(|e| e.epoch).collect()
+    }
+
+    /// Forgets which counters were seen (replay state) while keeping the keys. Only for
+    /// benchmarks that open the same sealed frames many times; never in a call.
+    #[doc(hidden)]
+    pub fn danger_reset_replay_windows(&mut self) {
+        for e in self.epochs.iter_mut() {
+            for r in e.receivers.iter_mut().flatten() {
+                r.window = ReplayWindow::default();
+            }
+        }
     }
 
     /// Counters so far.
@@ -580,9 +643,8 @@ impl MediaCrypto {
     /// per-sender health; nothing here is authenticated yet).
     pub fn peek(wire: &[u8], clear: ClearPrefix) -> Result<(u32, u8), FrameError> {
         let n = clear.len_for(wire);
-        let header = SframeHeader::deserialize(&wire[n..])
-            .map_err(|_| FrameError::Malformed("SFrame header"))?;
-        let (_, leaf, bits) = split_kid(header.key_id());
+        let header = parse_header(&wire[n..]).ok_or(FrameError::Malformed("SFrame header"))?;
+        let (_, leaf, bits) = split_kid(header.kid);
         Ok((leaf, bits))
     }
 
@@ -633,17 +695,20 @@ impl MediaCrypto {
         let suite = self.suite.ok_or(FrameError::NotReady)?;
         let n = clear.len_for(wire);
         let (meta, rest) = wire.split_at(n);
-        let header = SframeHeader::deserialize(rest)
-            .map_err(|_| FrameError::Malformed("SFrame header"))?;
-        if rest.len() < header.len() + suite.sframe().auth_tag_len() {
+        let header = parse_header(rest).ok_or(FrameError::Malformed("SFrame header"))?;
+        if rest.len() < header.len + suite.sframe().auth_tag_len() {
             return Err(FrameError::Malformed("shorter than header and tag"));
         }
-        let kid_value = header.key_id();
+        let kid_value = header.kid;
         let (context, sender, epoch_bits) = split_kid(kid_value);
         if context != 0 {
             return Err(FrameError::ForeignContext(kid_value));
         }
-        let newest = self.epochs.back().map(|e| e.epoch).ok_or(FrameError::NotReady)?;
+        let newest = self
+            .epochs
+            .back()
+            .map(|e| e.epoch)
+            .ok_or(FrameError::NotReady)?;
         let Some(pos) = self
             .epochs
             .iter()
@@ -662,18 +727,24 @@ impl MediaCrypto {
         if !keys.is_member(sender) {
             return Err(FrameError::UnknownSender { sender, epoch });
         }
-        let receiver = match keys.receivers.entry(sender) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
+        // `is_member` bounded `sender` by the member table, which is at most 2^16 long.
+        let slot = sender as usize;
+        if keys.receivers.len() <= slot {
+            keys.receivers
+                .resize_with(keys.members.len().max(slot + 1), || None);
+        }
+        let receiver = match &mut keys.receivers[slot] {
+            Some(r) => r,
+            empty @ None => {
                 let key = DecryptionKey::derive_from(suite.sframe(), kid_value, &*keys.base_key)
                     .map_err(|_| FrameError::Malformed("key derivation"))?;
-                v.insert(Receiver {
+                empty.insert(Receiver {
                     key,
                     window: ReplayWindow::default(),
                 })
             }
         };
-        let counter = header.counter();
+        let counter = header.counter;
         receiver.window.check(sender, counter)?;
         open_frame(&receiver.key, &header, meta, rest, &mut self.aad, out)
             .map_err(|_| FrameError::Authentication { sender })?;
@@ -688,6 +759,9 @@ impl MediaCrypto {
         })
     }
 }
+
+/// What became of a held frame: opened (with its plaintext) or rejected.
+pub type Released = Result<(FrameInfo, Vec<u8>), FrameError>;
 
 /// Frames that arrived for an epoch the receiver has not reached yet, parked until the commit
 /// is applied. Bounded in count and in time; `T` is whatever the caller needs to route a
@@ -737,11 +811,7 @@ impl<T> HoldQueue<T> {
 
     /// Tries every held frame again (after a new epoch was installed). Frames still ahead stay
     /// held unless too old; every other outcome is returned.
-    pub fn release(
-        &mut self,
-        media: &mut MediaCrypto,
-        now: Timestamp,
-    ) -> Vec<(T, Result<(FrameInfo, Vec<u8>), FrameError>)> {
+    pub fn release(&mut self, media: &mut MediaCrypto, now: Timestamp) -> Vec<(T, Released)> {
         let mut out = Vec::new();
         let mut keep = VecDeque::new();
         for (arrived, tag, clear, wire) in self.frames.drain(..) {
@@ -789,7 +859,7 @@ pub mod test_support {
 
     /// Opens one frame (`meta` clear, then header, ciphertext and tag) with an explicit key.
     pub fn open_frame(key: &DecryptionKey, meta: &[u8], rest: &[u8]) -> Option<Vec<u8>> {
-        let header = sframe::header::SframeHeader::deserialize(rest).ok()?;
+        let header = super::parse_header(rest)?;
         let mut out = Vec::new();
         super::open_frame(key, &header, meta, rest, &mut Vec::new(), &mut out).ok()?;
         Some(out[meta.len()..].to_vec())

@@ -95,7 +95,11 @@ impl RoomPolicy {
 
     /// An invite-list room hosted by `hosts`, admitting the `allowed` fingerprints and the
     /// bearers of invites signed by a host.
-    pub fn invite_list(room_id: &str, hosts: &[&DeviceIdentity], allowed: Vec<Fingerprint>) -> Self {
+    pub fn invite_list(
+        room_id: &str,
+        hosts: &[&DeviceIdentity],
+        allowed: Vec<Fingerprint>,
+    ) -> Self {
         RoomPolicy {
             room_id: room_id.as_bytes().to_vec(),
             admission: Admission::InviteList(InviteList {
@@ -139,7 +143,10 @@ impl RoomPolicy {
 impl Hosts {
     fn of(hosts: &[&DeviceIdentity]) -> Self {
         Hosts {
-            keys: hosts.iter().map(|h| h.public_key().as_bytes().to_vec()).collect(),
+            keys: hosts
+                .iter()
+                .map(|h| h.public_key().as_bytes().to_vec())
+                .collect(),
         }
     }
 
@@ -170,7 +177,13 @@ impl MlsCodecExtension for Invite {
 
 impl Invite {
     fn signed_content(room_id: &[u8], invitee: &Fingerprint) -> Vec<u8> {
-        [INVITE_LABEL, &(room_id.len() as u32).to_be_bytes(), room_id, &invitee.0].concat()
+        [
+            INVITE_LABEL,
+            &(room_id.len() as u32).to_be_bytes(),
+            room_id,
+            &invitee.0,
+        ]
+        .concat()
     }
 
     /// A host signs an invite for `invitee` into `room_id`.
@@ -282,7 +295,9 @@ impl mls_rs_core::error::IntoAnyError for PolicyViolation {
 }
 
 /// Reads the room policy from group context extensions.
-pub(crate) fn policy_of(extensions: &ExtensionList) -> core::result::Result<RoomPolicy, PolicyViolation> {
+pub(crate) fn policy_of(
+    extensions: &ExtensionList,
+) -> core::result::Result<RoomPolicy, PolicyViolation> {
     extensions
         .get_as::<RoomPolicy>()
         .ok()
@@ -371,7 +386,10 @@ fn check_proposal(
     }
 }
 
-fn fingerprint(suite: RoomCipherSuite, id: &SigningIdentity) -> core::result::Result<Fingerprint, PolicyViolation> {
+fn fingerprint(
+    suite: RoomCipherSuite,
+    id: &SigningIdentity,
+) -> core::result::Result<Fingerprint, PolicyViolation> {
     Fingerprint::of_key(suite, &id.signature_key).map_err(|_| PolicyViolation::UnsupportedSuite)
 }
 
@@ -408,4 +426,3 @@ fn check_add(
         }
     }
 }
-

@@ -13,8 +13,8 @@ use mls_rs::client_builder::{
 };
 use mls_rs::error::MlsError;
 use mls_rs::extension::built_in::{ExternalSendersExt, RequiredCapabilitiesExt};
-use mls_rs::group::{CommitEffect, ExportedTree, Member, NewEpoch, ReceivedMessage};
 use mls_rs::group::proposal::Proposal;
+use mls_rs::group::{CommitEffect, ExportedTree, Member, NewEpoch, ReceivedMessage};
 use mls_rs::identity::SigningIdentity;
 use mls_rs::{Client, ExtensionList, Group, MlsMessage};
 use zeroize::Zeroizing;
@@ -22,9 +22,13 @@ use zeroize::Zeroizing;
 use crate::committer;
 use crate::crypto::{provider, suite_provider, Provider, RoomCipherSuite};
 use crate::error::{Error, Result};
-use crate::identity::{digit_groups, ConclaveIdentityProvider, CredentialInfo, DeviceIdentity, Fingerprint};
+use crate::identity::{
+    digit_groups, ConclaveIdentityProvider, CredentialInfo, DeviceIdentity, Fingerprint,
+};
 use crate::media::{EpochSecrets, SFRAME_EXPORTER_LABEL};
-use crate::policy::{policy_of, Invite, PolicyViolation, RoomPolicy, INVITE_EXTENSION, ROOM_POLICY_EXTENSION};
+use crate::policy::{
+    policy_of, Invite, PolicyViolation, RoomPolicy, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
+};
 use crate::rules::ConclaveRules;
 use crate::storage::GroupStore;
 use crate::time::Timestamp;
@@ -88,7 +92,8 @@ pub struct CommitBundle {
     pub commit: Vec<u8>,
     /// The Welcome for the joiners, if the commit adds anyone.
     pub welcome: Option<Vec<u8>>,
-    /// The ratchet tree after the commit, for the DS to serve out of band to joiners.
+    /// The ratchet tree after the commit, for the DS to serve out of band to joiners; empty
+    /// when the commit adds nobody.
     pub ratchet_tree: Vec<u8>,
     /// The epoch the commit creates.
     pub new_epoch: u64,
@@ -207,7 +212,10 @@ impl Device {
     /// member would run. Only for adversarial tests, which use it to build commits that honest
     /// members must reject.
     #[doc(hidden)]
-    pub fn danger_without_policy_checks(identity: DeviceIdentity, store: GroupStore) -> Result<Self> {
+    pub fn danger_without_policy_checks(
+        identity: DeviceIdentity,
+        store: GroupStore,
+    ) -> Result<Self> {
         Self::build(identity, store, ConclaveRules { enforce: false })
     }
 
@@ -221,7 +229,11 @@ impl Device {
             .extension_type(ROOM_POLICY_EXTENSION)
             .extension_type(INVITE_EXTENSION)
             .key_package_lifetime(std::time::Duration::from_secs(24 * 3600))
-            .signing_identity(signing_identity, identity.secret_key().clone(), identity.suite().mls())
+            .signing_identity(
+                signing_identity,
+                identity.secret_key().clone(),
+                identity.suite().mls(),
+            )
             .build();
         Ok(Device { identity, client })
     }
@@ -257,8 +269,12 @@ impl Device {
         policy.check_size()?;
         let mut ext = ExtensionList::new();
         ext.set_from(policy.clone()).map_err(Error::mls)?;
-        ext.set_from(RequiredCapabilitiesExt::new(vec![ROOM_POLICY_EXTENSION], vec![], vec![]))
-            .map_err(Error::mls)?;
+        ext.set_from(RequiredCapabilitiesExt::new(
+            vec![ROOM_POLICY_EXTENSION],
+            vec![],
+            vec![],
+        ))
+        .map_err(Error::mls)?;
         if let Some(server) = server {
             ext.set_from(ExternalSendersExt::new(vec![server]))
                 .map_err(Error::mls)?;
@@ -273,7 +289,13 @@ impl Device {
     /// Joins from a Welcome, with the ratchet tree served out of band. mls-rs checks the tree
     /// against the tree hash in the GroupInfo that the committer signed; we also check that the
     /// group is the room we knocked on.
-    pub fn join(&self, expected_room: &str, welcome: &[u8], tree: &[u8], now: Timestamp) -> Result<Session> {
+    pub fn join(
+        &self,
+        expected_room: &str,
+        welcome: &[u8],
+        tree: &[u8],
+        now: Timestamp,
+    ) -> Result<Session> {
         let welcome = parse_message(welcome)?;
         if tree.len() > MAX_TREE_LEN {
             return Err(Error::Tree(format!("{} bytes is too large", tree.len())));
@@ -288,19 +310,23 @@ impl Device {
             })?;
         let policy = policy_of(&group.context().extensions)?;
         if policy.room_id != expected_room.as_bytes() {
-            return Err(Error::Policy(PolicyViolation::MissingPolicy)).or(Err(Error::Usage(
-                "the Welcome is for another room",
-            )));
+            return Err(Error::Policy(PolicyViolation::MissingPolicy))
+                .or(Err(Error::Usage("the Welcome is for another room")));
         }
-        let suite = RoomCipherSuite::from_mls(group.cipher_suite()).ok_or(PolicyViolation::UnsupportedSuite)?;
+        let suite = RoomCipherSuite::from_mls(group.cipher_suite())
+            .ok_or(PolicyViolation::UnsupportedSuite)?;
         Session::new(group, suite, policy)
     }
 
     /// Reloads a group written by [`Session::save`] (after a restart).
     pub fn load(&self, group_id: &[u8]) -> Result<Session> {
-        let group = self.client.load_group(group_id).map_err(|e| Error::Storage(e.to_string()))?;
+        let group = self
+            .client
+            .load_group(group_id)
+            .map_err(|e| Error::Storage(e.to_string()))?;
         let policy = policy_of(&group.context().extensions)?;
-        let suite = RoomCipherSuite::from_mls(group.cipher_suite()).ok_or(PolicyViolation::UnsupportedSuite)?;
+        let suite = RoomCipherSuite::from_mls(group.cipher_suite())
+            .ok_or(PolicyViolation::UnsupportedSuite)?;
         Session::new(group, suite, policy)
     }
 }
@@ -311,6 +337,10 @@ pub struct Session {
     suite: RoomCipherSuite,
     policy: RoomPolicy,
     pending_epoch: Option<u64>,
+    /// The roster by leaf index, kept in step with the group (credentials never change inside
+    /// a group, so only adds and removes touch it). Saves decoding and hashing every member's
+    /// credential on every commit.
+    roster: Vec<Option<RosterEntry>>,
 }
 
 impl fmt::Debug for Session {
@@ -336,12 +366,32 @@ fn roster_entry(suite: RoomCipherSuite, m: &Member) -> Result<RosterEntry> {
 
 impl Session {
     fn new(group: Group<Config>, suite: RoomCipherSuite, policy: RoomPolicy) -> Result<Self> {
-        Ok(Session {
+        let mut session = Session {
             group,
             suite,
             policy,
             pending_epoch: None,
-        })
+            roster: Vec::new(),
+        };
+        session.fill_roster()?;
+        Ok(session)
+    }
+
+    /// Adds roster entries for every member not in the cache yet; returns them.
+    fn fill_roster(&mut self) -> Result<Vec<RosterEntry>> {
+        let mut added = Vec::new();
+        for m in self.group.roster().members_iter() {
+            let i = m.index as usize;
+            if self.roster.len() <= i {
+                self.roster.resize(i + 1, None);
+            }
+            if self.roster[i].is_none() {
+                let entry = roster_entry(self.suite, &m)?;
+                added.push(entry.clone());
+                self.roster[i] = Some(entry);
+            }
+        }
+        Ok(added)
     }
 
     /// A copy of this session, secrets included. Two copies that both advance fork the group,
@@ -354,6 +404,7 @@ impl Session {
             suite: self.suite,
             policy: self.policy.clone(),
             pending_epoch: self.pending_epoch,
+            roster: self.roster.clone(),
         }
     }
 
@@ -384,28 +435,22 @@ impl Session {
 
     /// How many members the group has.
     pub fn member_count(&self) -> usize {
-        self.group.roster().members_iter().count()
+        self.roster.iter().flatten().count()
     }
 
     /// Leaf indices of all members.
     pub fn member_leaves(&self) -> Vec<u32> {
-        self.group.roster().members_iter().map(|m| m.index).collect()
+        self.roster.iter().flatten().map(|e| e.leaf).collect()
     }
 
     /// The authenticated roster, by leaf index.
     pub fn roster(&self) -> Result<Vec<RosterEntry>> {
-        self.group
-            .roster()
-            .members_iter()
-            .map(|m| roster_entry(self.suite, &m))
-            .collect()
+        Ok(self.roster.iter().flatten().cloned().collect())
     }
 
     /// The roster entry of one leaf.
     pub fn member(&self, leaf: u32) -> Option<RosterEntry> {
-        self.group
-            .member_at_index(leaf)
-            .and_then(|m| roster_entry(self.suite, &m).ok())
+        self.roster.get(leaf as usize).cloned().flatten()
     }
 
     /// The meeting security code of the current epoch.
@@ -440,7 +485,12 @@ impl Session {
     /// indices), and includes every valid proposal received since the last epoch (server
     /// removals, self-removals). The commit always carries an update path. It is pending until
     /// [`Session::confirm_commit`]; the caller sends it to the DS first.
-    pub fn commit(&mut self, key_packages: &[Vec<u8>], remove: &[u32], now: Timestamp) -> Result<CommitBundle> {
+    pub fn commit(
+        &mut self,
+        key_packages: &[Vec<u8>],
+        remove: &[u32],
+        now: Timestamp,
+    ) -> Result<CommitBundle> {
         if self.group.has_pending_commit() {
             return Err(Error::Usage("a commit is already pending"));
         }
@@ -452,13 +502,14 @@ impl Session {
             builder = builder.remove_member(leaf).map_err(map_mls)?;
         }
         let out = builder.build().map_err(map_mls)?;
-        let ratchet_tree = match out.ratchet_tree() {
-            Some(t) => t.to_bytes().map_err(Error::mls)?,
-            None => Vec::new(),
-        };
         let welcome = match out.welcome_messages().first() {
             Some(w) => Some(to_bytes(w)?),
             None => None,
+        };
+        // Joiners need the tree; members apply the commit to their own.
+        let ratchet_tree = match (&welcome, out.ratchet_tree()) {
+            (Some(_), Some(t)) => t.to_bytes().map_err(Error::mls)?,
+            _ => Vec::new(),
         };
         let new_epoch = self.epoch() + 1;
         self.pending_epoch = Some(new_epoch);
@@ -482,10 +533,9 @@ impl Session {
 
     /// Applies our pending commit after the DS accepted it.
     pub fn confirm_commit(&mut self) -> Result<EpochChange> {
-        let before = self.roster_map();
         let desc = self.group.apply_pending_commit().map_err(map_mls)?;
         self.pending_epoch = None;
-        self.describe(desc.committer, &desc.effect, &before)
+        self.describe(desc.committer, &desc.effect)
     }
 
     /// Drops our pending commit (the DS refused it, or another commit won).
@@ -530,9 +580,12 @@ impl Session {
     /// qualify. Every member computes the same answer from the same tree.
     pub fn designated_committer(&self, online: &[u32], adds_waiting: bool) -> Option<u32> {
         let tree = self.group.export_tree();
-        let hosts_only = adds_waiting && matches!(self.policy.admission, crate::policy::Admission::Lobby(_));
+        let hosts_only =
+            adds_waiting && matches!(self.policy.admission, crate::policy::Admission::Lobby(_));
         let eligible = online.iter().copied().filter(|&leaf| {
-            let Some(m) = self.group.member_at_index(leaf) else { return false };
+            let Some(m) = self.group.member_at_index(leaf) else {
+                return false;
+            };
             !hosts_only || self.policy.is_host(&m.signing_identity.signature_key)
         });
         committer::designated(&tree, eligible)
@@ -540,7 +593,9 @@ impl Session {
 
     /// Persists the group state (to the device's [`GroupStore`]).
     pub fn save(&mut self) -> Result<()> {
-        self.group.write_to_storage().map_err(|e| Error::Storage(e.to_string()))
+        self.group
+            .write_to_storage()
+            .map_err(|e| Error::Storage(e.to_string()))
     }
 
     /// Processes an MLS message from the DS: a commit, a proposal or an application message.
@@ -565,14 +620,13 @@ impl Session {
                 }
             }
         }
-        let before = self.roster_map();
         let received = self
             .group
             .process_incoming_message_with_time(msg, now.into())
             .map_err(map_mls)?;
         match received {
             ReceivedMessage::Commit(desc) => Ok(Incoming::Commit {
-                change: self.describe(desc.committer, &desc.effect, &before)?,
+                change: self.describe(desc.committer, &desc.effect)?,
                 discarded_own_commit: discarded,
             }),
             ReceivedMessage::Proposal(p) => {
@@ -590,10 +644,13 @@ impl Session {
                 }
                 let (kind, target) = match &p.proposal {
                     Proposal::Remove(r) => ("remove", Some(r.to_remove())),
-                    Proposal::SelfRemove(_) => ("self-remove", match p.sender {
-                        mls_rs::group::ProposalSender::Member(l) => Some(l),
-                        _ => None,
-                    }),
+                    Proposal::SelfRemove(_) => (
+                        "self-remove",
+                        match p.sender {
+                            mls_rs::group::ProposalSender::Member(l) => Some(l),
+                            _ => None,
+                        },
+                    ),
                     Proposal::Update(_) => ("update", None),
                     Proposal::Add(_) => ("add", None),
                     _ => ("other", None),
@@ -614,55 +671,37 @@ impl Session {
         }
     }
 
-    fn roster_map(&self) -> std::collections::HashMap<u32, RosterEntry> {
-        self.group
-            .roster()
-            .members_iter()
-            .filter_map(|m| roster_entry(self.suite, &m).ok().map(|e| (m.index, e)))
-            .collect()
-    }
-
-    fn describe(
-        &self,
-        committer: u32,
-        effect: &CommitEffect,
-        before: &std::collections::HashMap<u32, RosterEntry>,
-    ) -> Result<EpochChange> {
+    /// Describes an applied commit and brings the roster cache in step with it.
+    fn describe(&mut self, committer: u32, effect: &CommitEffect) -> Result<EpochChange> {
         let (new_epoch, removed_self): (&NewEpoch, bool) = match effect {
             CommitEffect::NewEpoch(e) => (e, false),
             CommitEffect::Removed { new_epoch, .. } => (new_epoch, true),
-            CommitEffect::ReInit(_) => return Err(Error::Policy(PolicyViolation::ForbiddenProposal("re-init"))),
+            CommitEffect::ReInit(_) => {
+                return Err(Error::Policy(PolicyViolation::ForbiddenProposal("re-init")))
+            }
         };
-        let mut added = Vec::new();
         let mut removed = Vec::new();
+        let mut has_adds = false;
         for p in &new_epoch.applied_proposals {
-            match &p.proposal {
-                Proposal::Add(a) => {
-                    // Find the new leaf holding this key.
-                    if let Some(m) = self
-                        .group
-                        .roster()
-                        .members_iter()
-                        .find(|m| m.signing_identity == *a.signing_identity())
-                    {
-                        added.push(roster_entry(self.suite, &m)?);
-                    }
+            let leaf = match (&p.proposal, p.sender) {
+                (Proposal::Remove(r), _) => r.to_remove(),
+                (Proposal::SelfRemove(_), mls_rs::group::Sender::Member(l)) => l,
+                (Proposal::Add(_), _) => {
+                    has_adds = true;
+                    continue;
                 }
-                Proposal::Remove(r) => {
-                    if let Some(e) = before.get(&r.to_remove()) {
-                        removed.push(e.clone());
-                    }
-                }
-                Proposal::SelfRemove(_) => {
-                    if let mls_rs::group::Sender::Member(l) = p.sender {
-                        if let Some(e) = before.get(&l) {
-                            removed.push(e.clone());
-                        }
-                    }
-                }
-                _ => {}
+                _ => continue,
+            };
+            if let Some(entry) = self.roster.get_mut(leaf as usize).and_then(Option::take) {
+                removed.push(entry);
             }
         }
+        // Added members land in blank leaves (possibly ones just freed): fill those in.
+        let added = if has_adds {
+            self.fill_roster()?
+        } else {
+            Vec::new()
+        };
         Ok(EpochChange {
             epoch: new_epoch.epoch,
             committer,
@@ -670,5 +709,50 @@ impl Session {
             removed,
             removed_self,
         })
+    }
+}
+
+/// When this member should next refresh its leaf with a self-update (post-compromise
+/// security), jittered so that members do not all commit at once. Sans-IO: the caller passes
+/// the time and a random value, and asks when the next update is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelfUpdateTimer {
+    period: core::time::Duration,
+    jitter_permille: u16,
+    due: Option<Timestamp>,
+}
+
+impl SelfUpdateTimer {
+    /// Every `period` give or take `jitter_permille`/1000 of it (capped at 1000).
+    pub fn new(period: core::time::Duration, jitter_permille: u16) -> Self {
+        SelfUpdateTimer {
+            period,
+            jitter_permille: jitter_permille.min(1000),
+            due: None,
+        }
+    }
+
+    /// Starts (or restarts, after any commit that refreshed our leaf) the countdown from `now`.
+    /// `random` is any uniformly random value (e.g. from `getrandom`).
+    pub fn arm(&mut self, now: Timestamp, random: u64) {
+        let period = self.period.as_millis().min(u128::from(u64::MAX)) as u64;
+        let span = period / 1000 * u64::from(self.jitter_permille);
+        let offset = if span == 0 {
+            0
+        } else {
+            random % (2 * span + 1)
+        };
+        let ms = period.saturating_sub(span).saturating_add(offset);
+        self.due = Some(now.saturating_add(core::time::Duration::from_millis(ms)));
+    }
+
+    /// When the next self-update is due, if armed.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.due
+    }
+
+    /// Whether a self-update is due at `now`.
+    pub fn is_due(&self, now: Timestamp) -> bool {
+        self.due.is_some_and(|d| now >= d)
     }
 }

@@ -8,13 +8,13 @@
 //! place. The primitives are the libraries'; only the nonce formation of RFC 9605 section
 //! 4.4.3 (salt XOR counter) is written here.
 
-use sframe::error::{Result, SframeError};
-use sframe::header::{Counter, KeyId};
-use sframe::CipherSuite;
 use sframe::crypto::{
     get_hkdf_key_expand_label, get_hkdf_salt_expand_label, AeadDecrypt, AeadEncrypt,
     DecryptionBufferView, EncryptionBufferView, KeyDerivation,
 };
+use sframe::error::{Result, SframeError};
+use sframe::header::{Counter, KeyId};
+use sframe::CipherSuite;
 
 const NONCE_LEN: usize = 12;
 
@@ -52,7 +52,8 @@ fn nonce(salt: &[u8; NONCE_LEN], counter: Counter) -> [u8; NONCE_LEN] {
 }
 
 fn salt_array(salt: &[u8]) -> Result<[u8; NONCE_LEN]> {
-    salt.try_into().map_err(|_| SframeError::KeyDerivationFailure)
+    salt.try_into()
+        .map_err(|_| SframeError::KeyDerivationFailure)
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -113,9 +114,18 @@ mod imp {
             };
             // RFC 9605 4.4.2: HKDF-Extract with an empty salt, then expand key and salt.
             let prk = Salt::new(hkdf_alg, b"").extract(key_material.as_ref());
-            let key = expand(&prk, &get_hkdf_key_expand_label(key_id, suite), suite.key_len())?;
-            let salt = expand(&prk, &get_hkdf_salt_expand_label(key_id, suite), suite.nonce_len())?;
-            let key = UnboundKey::new(aead_alg, &key).map_err(|_| SframeError::KeyDerivationFailure)?;
+            let key = expand(
+                &prk,
+                &get_hkdf_key_expand_label(key_id, suite),
+                suite.key_len(),
+            )?;
+            let salt = expand(
+                &prk,
+                &get_hkdf_salt_expand_label(key_id, suite),
+                suite.nonce_len(),
+            )?;
+            let key =
+                UnboundKey::new(aead_alg, &key).map_err(|_| SframeError::KeyDerivationFailure)?;
             Ok(Secret {
                 key: LessSafeKey::new(key),
                 salt: salt_array(&salt)?,
@@ -164,19 +174,15 @@ mod imp {
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
-    use aes_gcm::aead::AeadInPlace;
-    use aes_gcm::{Aes128Gcm, Aes256Gcm, KeyInit};
-    use hkdf::Hkdf;
+    use aes_gcm::aead::array::Array;
+    use aes_gcm::{AeadInOut, Aes128Gcm, Aes256Gcm, KeyInit};
+    use hkdf::SimpleHkdf;
     use sha2::{Sha256, Sha512};
     use zeroize::Zeroizing;
 
     use super::*;
 
-    impl core::fmt::Debug for Secret {
-        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            f.write_str("Secret(..)")
-        }
-    }
+    const TAG_LEN: usize = 16;
 
     enum Cipher {
         Aes128(Box<Aes128Gcm>),
@@ -187,6 +193,28 @@ mod imp {
     pub struct Secret {
         cipher: Cipher,
         salt: [u8; NONCE_LEN],
+    }
+
+    impl core::fmt::Debug for Secret {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("Secret(..)")
+        }
+    }
+
+    fn expand_pair<H>(
+        hkdf: &SimpleHkdf<H>,
+        key_label: &[u8],
+        salt_label: &[u8],
+        key: &mut [u8],
+        salt: &mut [u8],
+    ) -> Result<()>
+    where
+        SimpleHkdf<H>: Sized,
+        H: sha2::digest::Digest + sha2::digest::block_api::BlockSizeUser + Clone,
+    {
+        hkdf.expand(key_label, key)
+            .and_then(|_| hkdf.expand(salt_label, salt))
+            .map_err(|_| SframeError::KeyDerivationFailure)
     }
 
     impl KeyDerivation for Kdf {
@@ -202,25 +230,19 @@ mod imp {
             let mut salt = Zeroizing::new(vec![0u8; suite.nonce_len()]);
             let key_label = get_hkdf_key_expand_label(key_id, suite);
             let salt_label = get_hkdf_salt_expand_label(key_id, suite);
+            let bad = |_| SframeError::KeyDerivationFailure;
             let cipher = match suite {
                 CipherSuite::AesGcm128Sha256 => {
-                    let h = Hkdf::<Sha256>::new(Some(&[]), key_material.as_ref());
-                    h.expand(&key_label, &mut key)
-                        .and_then(|_| h.expand(&salt_label, &mut salt))
-                        .map_err(|_| SframeError::KeyDerivationFailure)?;
-                    Cipher::Aes128(Box::new(
-                        Aes128Gcm::new_from_slice(&key).map_err(|_| SframeError::KeyDerivationFailure)?,
-                    ))
+                    let h = SimpleHkdf::<Sha256>::new(Some(b""), key_material.as_ref());
+                    expand_pair(&h, &key_label, &salt_label, &mut key, &mut salt)?;
+                    Cipher::Aes128(Box::new(Aes128Gcm::new_from_slice(&key).map_err(bad)?))
                 }
                 CipherSuite::AesGcm256Sha512 => {
-                    let h = Hkdf::<Sha512>::new(Some(&[]), key_material.as_ref());
-                    h.expand(&key_label, &mut key)
-                        .and_then(|_| h.expand(&salt_label, &mut salt))
-                        .map_err(|_| SframeError::KeyDerivationFailure)?;
-                    Cipher::Aes256(Box::new(
-                        Aes256Gcm::new_from_slice(&key).map_err(|_| SframeError::KeyDerivationFailure)?,
-                    ))
+                    let h = SimpleHkdf::<Sha512>::new(Some(b""), key_material.as_ref());
+                    expand_pair(&h, &key_label, &salt_label, &mut key, &mut salt)?;
+                    Cipher::Aes256(Box::new(Aes256Gcm::new_from_slice(&key).map_err(bad)?))
                 }
+                _ => return Err(SframeError::UnsupportedCipherSuite),
             };
             Ok(Secret {
                 cipher,
@@ -237,11 +259,10 @@ mod imp {
             B: Into<EncryptionBufferView<'a>>,
         {
             let view: EncryptionBufferView<'_> = buffer.into();
-            let n = nonce(&secret.salt, counter);
-            let n = aes_gcm::Nonce::from_slice(&n);
+            let n = Array::from(nonce(&secret.salt, counter));
             let tag = match &secret.cipher {
-                Cipher::Aes128(c) => c.encrypt_in_place_detached(n, view.aad, view.data),
-                Cipher::Aes256(c) => c.encrypt_in_place_detached(n, view.aad, view.data),
+                Cipher::Aes128(c) => c.encrypt_inout_detached(&n, view.aad, view.data.into()),
+                Cipher::Aes256(c) => c.encrypt_inout_detached(&n, view.aad, view.data.into()),
             }
             .map_err(|_| SframeError::EncryptionFailure)?;
             if view.tag.len() != tag.len() {
@@ -260,22 +281,18 @@ mod imp {
             B: Into<DecryptionBufferView<'a>>,
         {
             let view: DecryptionBufferView<'_> = buffer.into();
-            let tag_len = 16;
-            if view.data.len() < tag_len {
+            if view.data.len() < TAG_LEN {
                 return Err(SframeError::DecryptionFailure);
             }
-            let split = view.data.len() - tag_len;
+            let split = view.data.len() - TAG_LEN;
             let (data, tag) = view.data.split_at_mut(split);
-            let tag = aes_gcm::Tag::clone_from_slice(tag);
-            let n = nonce(&secret.salt, counter);
-            let n = aes_gcm::Nonce::from_slice(&n);
+            let tag = Array::try_from(&*tag).map_err(|_| SframeError::DecryptionFailure)?;
+            let n = Array::from(nonce(&secret.salt, counter));
             match &secret.cipher {
-                Cipher::Aes128(c) => c.decrypt_in_place_detached(n, view.aad, data, &tag),
-                Cipher::Aes256(c) => c.decrypt_in_place_detached(n, view.aad, data, &tag),
+                Cipher::Aes128(c) => c.decrypt_inout_detached(&n, view.aad, data.into(), &tag),
+                Cipher::Aes256(c) => c.decrypt_inout_detached(&n, view.aad, data.into(), &tag),
             }
             .map_err(|_| SframeError::DecryptionFailure)
         }
     }
 }
-
-

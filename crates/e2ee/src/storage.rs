@@ -50,7 +50,9 @@ pub struct DirStore {
 pub struct StoreError(String);
 
 impl mls_rs_core::error::IntoAnyError for StoreError {
-    fn into_dyn_error(self) -> core::result::Result<Box<dyn std::error::Error + Send + Sync>, Self> {
+    fn into_dyn_error(
+        self,
+    ) -> core::result::Result<Box<dyn std::error::Error + Send + Sync>, Self> {
         Ok(Box::new(self))
     }
 }
@@ -105,7 +107,10 @@ impl DirStore {
 impl GroupStateStorage for DirStore {
     type Error = StoreError;
 
-    fn state(&self, group_id: &[u8]) -> core::result::Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+    fn state(
+        &self,
+        group_id: &[u8],
+    ) -> core::result::Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         Self::read(&self.group_dir(group_id).join("state"))
     }
 
@@ -151,7 +156,9 @@ impl GroupStateStorage for DirStore {
 pub struct GroupStoreError(String);
 
 impl mls_rs_core::error::IntoAnyError for GroupStoreError {
-    fn into_dyn_error(self) -> core::result::Result<Box<dyn std::error::Error + Send + Sync>, Self> {
+    fn into_dyn_error(
+        self,
+    ) -> core::result::Result<Box<dyn std::error::Error + Send + Sync>, Self> {
         Ok(Box::new(self))
     }
 }
@@ -163,7 +170,10 @@ fn wrap<E: std::fmt::Debug>(e: E) -> GroupStoreError {
 impl GroupStateStorage for GroupStore {
     type Error = GroupStoreError;
 
-    fn state(&self, group_id: &[u8]) -> core::result::Result<Option<Zeroizing<Vec<u8>>>, Self::Error> {
+    fn state(
+        &self,
+        group_id: &[u8],
+    ) -> core::result::Result<Option<Zeroizing<Vec<u8>>>, Self::Error> {
         match self {
             GroupStore::Memory(m) => m.state(group_id).map_err(wrap),
             GroupStore::Dir(d) => d.state(group_id).map_err(wrap),

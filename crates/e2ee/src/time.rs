@@ -21,7 +21,10 @@ impl Timestamp {
 
     /// `self + d`, saturating.
     pub fn saturating_add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64),
+        )
     }
 
     /// Time from `earlier` to `self`; zero if `earlier` is later (never panics).

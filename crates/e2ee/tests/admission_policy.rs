@@ -7,15 +7,25 @@ use conclave_e2ee::*;
 /// A lobby room hosted by device 0 with members 1 and 2, where member 2's client is malicious
 /// (it skips policy checks). Returns the room and member 2's malicious session.
 fn lobby_room_with_malicious_member() -> (Room, Session) {
-    let mut room = Room::with_policy(2, |host| RoomPolicy::lobby("room", &[host.identity()]), None);
+    let mut room = Room::with_policy(
+        2,
+        |host| RoomPolicy::lobby("room", &[host.identity()]),
+        None,
+    );
     let store = GroupStore::memory();
-    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new("mallory", "Mallory").unwrap()).unwrap();
+    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new("mallory", "Mallory").unwrap())
+        .unwrap();
     let bad = Device::danger_without_policy_checks(id, store).unwrap();
     let kp = bad.key_package(None, T0).unwrap();
     let bundle = room.s(0).commit(&[kp], &[], T0).unwrap();
     room.deliver(0, &bundle.commit);
     let session = bad
-        .join("room", bundle.welcome.as_ref().unwrap(), &bundle.ratchet_tree, T0)
+        .join(
+            "room",
+            bundle.welcome.as_ref().unwrap(),
+            &bundle.ratchet_tree,
+            T0,
+        )
         .unwrap();
     room.devices.push(bad);
     room.sessions.push(None); // held by the test, outside the honest room
@@ -29,8 +39,14 @@ fn lobby_commit_adding_a_member_by_a_non_host_is_rejected_by_every_member() {
     let kp = ghost.key_package(None, T0).unwrap();
 
     // An honest non-host cannot even build it.
-    let err = room.s(1).commit(&[kp.clone()], &[], T0).unwrap_err();
-    assert!(matches!(err, Error::Policy(PolicyViolation::NotAHost { .. })), "{err:?}");
+    let err = room
+        .s(1)
+        .commit(std::slice::from_ref(&kp), &[], T0)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Policy(PolicyViolation::NotAHost { .. })),
+        "{err:?}"
+    );
 
     // A malicious member builds it anyway; every honest member rejects it and stays put.
     let epoch = room.s(0).epoch();
@@ -38,14 +54,22 @@ fn lobby_commit_adding_a_member_by_a_non_host_is_rejected_by_every_member() {
     let bundle = mallory.commit(&[kp], &[], T0).unwrap();
     for i in 0..2 {
         let err = room.s(i).process(&bundle.commit, T0).unwrap_err();
-        assert!(matches!(err, Error::Policy(PolicyViolation::NotAHost { .. })), "member {i}: {err:?}");
+        assert!(
+            matches!(err, Error::Policy(PolicyViolation::NotAHost { .. })),
+            "member {i}: {err:?}"
+        );
         assert_eq!(room.s(i).epoch(), epoch);
         assert_eq!(room.s(i).security_code().unwrap(), code);
         assert_eq!(room.s(i).member_count(), 3);
     }
     // And the ghost's Welcome is worthless: it names an epoch nobody honest is in.
     let ghost_session = ghost
-        .join("room", bundle.welcome.as_ref().unwrap(), &bundle.ratchet_tree, T0)
+        .join(
+            "room",
+            bundle.welcome.as_ref().unwrap(),
+            &bundle.ratchet_tree,
+            T0,
+        )
         .map(|s| s.security_code().unwrap());
     if let Ok(ghost_code) = ghost_session {
         assert_ne!(ghost_code, code);
@@ -54,7 +78,11 @@ fn lobby_commit_adding_a_member_by_a_non_host_is_rejected_by_every_member() {
 
 #[test]
 fn lobby_host_admits_members() {
-    let mut room = Room::with_policy(3, |host| RoomPolicy::lobby("room", &[host.identity()]), None);
+    let mut room = Room::with_policy(
+        3,
+        |host| RoomPolicy::lobby("room", &[host.identity()]),
+        None,
+    );
     assert_eq!(room.s(2).member_count(), 3);
     assert_eq!(room.s(1).policy().kind(), "lobby");
 }
@@ -67,15 +95,26 @@ fn invite_room(allowed: Vec<Fingerprint>) -> (Room, Session) {
         devices: vec![host],
         sessions: vec![Some(s)],
     };
-    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new("mallory", "Mallory").unwrap()).unwrap();
+    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new("mallory", "Mallory").unwrap())
+        .unwrap();
     let bad = Device::danger_without_policy_checks(id, GroupStore::memory()).unwrap();
-    let invite = Invite::sign(room.devices[0].identity(), "room", bad.identity().fingerprint().unwrap()).unwrap();
+    let invite = Invite::sign(
+        room.devices[0].identity(),
+        "room",
+        bad.identity().fingerprint().unwrap(),
+    )
+    .unwrap();
     let kp = bad.key_package(Some(&invite), T0).unwrap();
     let mut room = room;
     let bundle = room.s(0).commit(&[kp], &[], T0).unwrap();
     room.deliver(0, &bundle.commit);
     let session = bad
-        .join("room", bundle.welcome.as_ref().unwrap(), &bundle.ratchet_tree, T0)
+        .join(
+            "room",
+            bundle.welcome.as_ref().unwrap(),
+            &bundle.ratchet_tree,
+            T0,
+        )
         .unwrap();
     room.devices.push(bad);
     room.sessions.push(None); // held by the test, outside the honest room
@@ -90,13 +129,20 @@ fn invite_list_admits_listed_and_invited_devices() {
     let kp = listed.key_package(None, T0).unwrap();
     let b = room.s(0).commit(&[kp], &[], T0).unwrap();
     room.deliver(0, &b.commit);
-    let s = listed.join("room", b.welcome.as_ref().unwrap(), &b.ratchet_tree, T0).unwrap();
+    let s = listed
+        .join("room", b.welcome.as_ref().unwrap(), &b.ratchet_tree, T0)
+        .unwrap();
     room.devices.push(listed);
     room.sessions.push(Some(s));
 
     // Invited by the host: any member (here the listed one, not a host) may add it.
     let guest = device("guest");
-    let invite = Invite::sign(room.devices[0].identity(), "room", guest.identity().fingerprint().unwrap()).unwrap();
+    let invite = Invite::sign(
+        room.devices[0].identity(),
+        "room",
+        guest.identity().fingerprint().unwrap(),
+    )
+    .unwrap();
     let invite = Invite::from_bytes(&invite.to_bytes().unwrap()).unwrap();
     let kp = guest.key_package(Some(&invite), T0).unwrap();
     let committer = room.devices.len() - 1;
@@ -113,17 +159,28 @@ fn invite_list_commit_adding_an_uninvited_device_is_rejected_by_every_member() {
     // No invite at all.
     let stranger = device("stranger");
     let kp = stranger.key_package(None, T0).unwrap();
-    let b = mallory.commit(&[kp.clone()], &[], T0).unwrap();
+    let b = mallory.commit(std::slice::from_ref(&kp), &[], T0).unwrap();
     let err = room.s(0).process(&b.commit, T0).unwrap_err();
-    assert!(matches!(err, Error::Policy(PolicyViolation::NotInvited { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Policy(PolicyViolation::NotInvited { .. })),
+        "{err:?}"
+    );
     mallory.discard_commit();
     // The honest host cannot build it either.
     let err = room.s(0).commit(&[kp], &[], T0).unwrap_err();
-    assert!(matches!(err, Error::Policy(PolicyViolation::NotInvited { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Policy(PolicyViolation::NotInvited { .. })),
+        "{err:?}"
+    );
 
     // An invite bound to another device's key.
     let other = device("other");
-    let stolen = Invite::sign(room.devices[0].identity(), "room", other.identity().fingerprint().unwrap()).unwrap();
+    let stolen = Invite::sign(
+        room.devices[0].identity(),
+        "room",
+        other.identity().fingerprint().unwrap(),
+    )
+    .unwrap();
     let thief = device("thief");
     let kp = thief.key_package(Some(&stolen), T0).unwrap();
     let b = mallory.commit(&[kp], &[], T0).unwrap();
@@ -135,7 +192,12 @@ fn invite_list_commit_adding_an_uninvited_device_is_rejected_by_every_member() {
     mallory.discard_commit();
 
     // An invite signed by a non-host member (Mallory herself).
-    let forged = Invite::sign(room.devices[1].identity(), "room", thief.identity().fingerprint().unwrap()).unwrap();
+    let forged = Invite::sign(
+        room.devices[1].identity(),
+        "room",
+        thief.identity().fingerprint().unwrap(),
+    )
+    .unwrap();
     let kp = thief.key_package(Some(&forged), T0).unwrap();
     let b = mallory.commit(&[kp], &[], T0).unwrap();
     let err = room.s(0).process(&b.commit, T0).unwrap_err();
@@ -146,11 +208,19 @@ fn invite_list_commit_adding_an_uninvited_device_is_rejected_by_every_member() {
     mallory.discard_commit();
 
     // An invite for another room.
-    let elsewhere = Invite::sign(room.devices[0].identity(), "other-room", thief.identity().fingerprint().unwrap()).unwrap();
+    let elsewhere = Invite::sign(
+        room.devices[0].identity(),
+        "other-room",
+        thief.identity().fingerprint().unwrap(),
+    )
+    .unwrap();
     let kp = thief.key_package(Some(&elsewhere), T0).unwrap();
     let b = mallory.commit(&[kp], &[], T0).unwrap();
     let err = room.s(0).process(&b.commit, T0).unwrap_err();
-    assert!(matches!(err, Error::Policy(PolicyViolation::BadInvite { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Policy(PolicyViolation::BadInvite { .. })),
+        "{err:?}"
+    );
 
     assert_eq!(room.s(0).epoch(), epoch, "nothing was applied");
     assert_eq!(room.s(0).member_count(), 2);
@@ -163,7 +233,10 @@ fn open_room_admits_anyone_but_every_member_sees_them() {
     let idx = room.add(2, vec![device("newcomer")])[0];
     for i in 0..4 {
         let roster = room.s(i).roster().unwrap();
-        assert!(roster.iter().any(|e| e.user_id == "newcomer"), "member {i} sees the newcomer");
+        assert!(
+            roster.iter().any(|e| e.user_id == "newcomer"),
+            "member {i} sees the newcomer"
+        );
     }
     assert_ne!(room.codes()[0], before);
     assert_eq!(room.s(idx).member_count(), 4);

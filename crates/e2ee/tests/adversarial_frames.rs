@@ -38,7 +38,10 @@ fn replayed_frames_are_rejected_and_counted() {
     b.open(&f0, ClearPrefix::None, &mut out, T0).unwrap();
     for f in [&f0, &f1] {
         let err = b.open(f, ClearPrefix::None, &mut out, T0).unwrap_err();
-        assert!(matches!(err, FrameError::Replayed { sender: 0, .. }), "{err:?}");
+        assert!(
+            matches!(err, FrameError::Replayed { sender: 0, .. }),
+            "{err:?}"
+        );
     }
     // Beyond the window: too old.
     let old = seal(&mut a, b"old", ClearPrefix::None);
@@ -56,11 +59,20 @@ fn replayed_frames_are_rejected_and_counted() {
 fn truncated_frames_are_rejected_and_counted() {
     let (_room, mut a, mut b) = pair();
     let mut out = Vec::new();
-    let f = seal(&mut a, b"a frame long enough to cut in many places", ClearPrefix::None);
+    let f = seal(
+        &mut a,
+        b"a frame long enough to cut in many places",
+        ClearPrefix::None,
+    );
     for len in 0..f.len() {
-        let err = b.open(&f[..len], ClearPrefix::None, &mut out, T0).unwrap_err();
+        let err = b
+            .open(&f[..len], ClearPrefix::None, &mut out, T0)
+            .unwrap_err();
         assert!(
-            matches!(err, FrameError::Malformed(_) | FrameError::Authentication { .. }),
+            matches!(
+                err,
+                FrameError::Malformed(_) | FrameError::Authentication { .. }
+            ),
             "len {len}: {err:?}"
         );
         assert!(out.is_empty());
@@ -86,7 +98,10 @@ fn tampered_payload_header_or_clear_prefix_fails_authentication() {
         bad[pos] ^= 0x04;
         let err = b.open(&bad, ClearPrefix::Vp8, &mut out, T0).unwrap_err();
         assert!(
-            matches!(err, FrameError::Authentication { .. } | FrameError::Replayed { .. }),
+            matches!(
+                err,
+                FrameError::Authentication { .. } | FrameError::Replayed { .. }
+            ),
             "pos {pos}: {err:?}"
         );
     }
@@ -110,7 +125,10 @@ fn bogus_kids_are_rejected_without_growing_state() {
     // A leaf that is not in the group.
     let bad = rewrite_kid(&f, 0, kid_of(777, epoch));
     let err = b.open(&bad, ClearPrefix::None, &mut out, T0).unwrap_err();
-    assert!(matches!(err, FrameError::UnknownSender { sender: 777, .. }), "{err:?}");
+    assert!(
+        matches!(err, FrameError::UnknownSender { sender: 777, .. }),
+        "{err:?}"
+    );
     // A non-zero context.
     let bad = rewrite_kid(&f, 0, kid_of(0, epoch) | (5 << 24));
     assert!(matches!(
@@ -147,18 +165,27 @@ fn previous_epoch_keys_open_frames_within_grace_and_are_erased_after() {
     let (mut room, mut a, mut b) = pair();
     let mut out = Vec::new();
     let in_flight = seal(&mut a, b"sealed just before the change", ClearPrefix::None);
-    let late = seal(&mut a, b"sealed before the change, delivered too late", ClearPrefix::None);
+    let late = seal(
+        &mut a,
+        b"sealed before the change, delivered too late",
+        ClearPrefix::None,
+    );
 
     let bundle = room.s(2).self_update(T0).unwrap();
     room.deliver(2, &bundle.commit);
-    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0).unwrap();
-    b.install_epoch(room.s(1).epoch_secrets().unwrap(), T0).unwrap();
+    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0)
+        .unwrap();
+    b.install_epoch(room.s(1).epoch_secrets().unwrap(), T0)
+        .unwrap();
 
     // Inside the grace window (default 2 s) the in-flight frame still opens.
     let t1 = T0.saturating_add(Duration::from_millis(1500));
     b.open(&in_flight, ClearPrefix::None, &mut out, t1).unwrap();
     assert_eq!(b.stats().opened_in_grace, 1);
-    assert_eq!(b.poll_timeout(), Some(T0.saturating_add(Duration::from_secs(2))));
+    assert_eq!(
+        b.poll_timeout(),
+        Some(T0.saturating_add(Duration::from_secs(2)))
+    );
 
     // After it, the old keys are gone.
     let t2 = T0.saturating_add(Duration::from_millis(2001));
@@ -176,7 +203,8 @@ fn frames_for_the_next_epoch_are_held_and_opened_once_the_commit_is_applied() {
     // Member 0 applies the commit first and starts sending under the new epoch...
     room.s(2).confirm_commit().unwrap();
     room.s(0).process(&bundle.commit, T0).unwrap();
-    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0).unwrap();
+    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0)
+        .unwrap();
     let early: Vec<Vec<u8>> = (0..5)
         .map(|i| seal(&mut a, format!("frame {i}").as_bytes(), ClearPrefix::None))
         .collect();
@@ -194,7 +222,8 @@ fn frames_for_the_next_epoch_are_held_and_opened_once_the_commit_is_applied() {
 
     // Member 1 applies the commit: every held frame opens, none is lost.
     room.s(1).process(&bundle.commit, T0).unwrap();
-    b.install_epoch(room.s(1).epoch_secrets().unwrap(), T0).unwrap();
+    b.install_epoch(room.s(1).epoch_secrets().unwrap(), T0)
+        .unwrap();
     let t = T0.saturating_add(Duration::from_millis(80));
     let released = hold.release(&mut b, t);
     assert_eq!(released.len(), 5);
@@ -212,10 +241,16 @@ fn hold_queue_is_bounded_in_count_and_time() {
     let bundle = room.s(2).self_update(T0).unwrap();
     room.s(2).confirm_commit().unwrap();
     room.s(0).process(&bundle.commit, T0).unwrap();
-    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0).unwrap();
+    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0)
+        .unwrap();
     let mut hold = HoldQueue::new(4, Duration::from_millis(500));
     for i in 0..10 {
-        hold.hold(i, seal(&mut a, b"f", ClearPrefix::None), ClearPrefix::None, T0);
+        hold.hold(
+            i,
+            seal(&mut a, b"f", ClearPrefix::None),
+            ClearPrefix::None,
+            T0,
+        );
     }
     assert_eq!(hold.len(), 4);
     assert_eq!(hold.dropped(), 6);
@@ -229,7 +264,10 @@ fn hold_queue_is_bounded_in_count_and_time() {
 fn nothing_is_sealed_before_keys_exist() {
     let mut m = MediaCrypto::default();
     let mut out = vec![1, 2, 3];
-    assert_eq!(m.seal(b"hello", ClearPrefix::None, &mut out), Err(FrameError::NotReady));
+    assert_eq!(
+        m.seal(b"hello", ClearPrefix::None, &mut out),
+        Err(FrameError::NotReady)
+    );
     assert!(out.is_empty(), "no clear media comes out");
     assert!(matches!(
         m.open(b"\x00abc", ClearPrefix::None, &mut out, T0),
@@ -242,6 +280,12 @@ fn oversized_frames_are_rejected() {
     let (_room, mut a, mut b) = pair();
     let big = vec![0u8; media::MAX_FRAME_LEN + 1];
     let mut out = Vec::new();
-    assert_eq!(a.seal(&big, ClearPrefix::None, &mut out), Err(FrameError::TooLarge(big.len())));
-    assert!(matches!(b.open(&big, ClearPrefix::None, &mut out, T0), Err(FrameError::TooLarge(_))));
+    assert_eq!(
+        a.seal(&big, ClearPrefix::None, &mut out),
+        Err(FrameError::TooLarge(big.len()))
+    );
+    assert!(matches!(
+        b.open(&big, ClearPrefix::None, &mut out, T0),
+        Err(FrameError::TooLarge(_))
+    ));
 }

@@ -19,18 +19,29 @@ fn commit_with_forged_signature_or_altered_content_is_rejected() {
     let epoch = room.s(1).epoch();
     let code = room.s(1).security_code().unwrap();
     let bundle = room.s(0).self_update(T0).unwrap();
-    for pos in [bundle.commit.len() - 1, bundle.commit.len() - 40, bundle.commit.len() / 2, 30] {
+    for pos in [
+        bundle.commit.len() - 1,
+        bundle.commit.len() - 40,
+        bundle.commit.len() / 2,
+        30,
+    ] {
         let mut bad = bundle.commit.clone();
         bad[pos] ^= 0x01;
         for i in 1..3 {
-            assert!(room.s(i).process(&bad, T0).is_err(), "flip at {pos} rejected by {i}");
+            assert!(
+                room.s(i).process(&bad, T0).is_err(),
+                "flip at {pos} rejected by {i}"
+            );
         }
         unchanged(&mut room, &[1, 2], epoch, &code);
     }
     // Truncated.
     for len in [0, 1, 10, bundle.commit.len() - 1] {
         let err = room.s(1).process(&bundle.commit[..len], T0).unwrap_err();
-        assert!(matches!(err, Error::MalformedMessage(_) | Error::Mls(_)), "{err:?}");
+        assert!(
+            matches!(err, Error::MalformedMessage(_) | Error::Mls(_)),
+            "{err:?}"
+        );
     }
     // The genuine commit still applies afterwards.
     room.deliver(0, &bundle.commit);
@@ -59,10 +70,13 @@ fn commit_from_a_removed_member_is_rejected() {
     let mut m = MediaCrypto::default();
     m.install_epoch(stale.epoch_secrets().unwrap(), T0).unwrap();
     let mut wire = Vec::new();
-    m.seal(b"still here?", ClearPrefix::None, &mut wire).unwrap();
+    m.seal(b"still here?", ClearPrefix::None, &mut wire)
+        .unwrap();
     let mut receiver = room.media(1);
     let mut out = Vec::new();
-    assert!(receiver.open(&wire, ClearPrefix::None, &mut out, T0).is_err());
+    assert!(receiver
+        .open(&wire, ClearPrefix::None, &mut out, T0)
+        .is_err());
 }
 
 #[test]
@@ -115,7 +129,10 @@ fn server_may_only_propose_removals() {
     for i in 0..3 {
         let err = room.s(i).process(&add, T0).unwrap_err();
         assert!(
-            matches!(err, Error::Policy(PolicyViolation::ExternalSenderMayOnlyRemove(_))),
+            matches!(
+                err,
+                Error::Policy(PolicyViolation::ExternalSenderMayOnlyRemove(_))
+            ),
             "{err:?}"
         );
     }
@@ -124,7 +141,12 @@ fn server_may_only_propose_removals() {
     assert!(b.welcome.is_none(), "no Welcome for the ghost");
     room.deliver(0, &b.commit);
     assert_eq!(room.s(1).member_count(), 3);
-    assert!(room.s(2).roster().unwrap().iter().all(|e| e.user_id != "ghost"));
+    assert!(room
+        .s(2)
+        .roster()
+        .unwrap()
+        .iter()
+        .all(|e| e.user_id != "ghost"));
 
     // A removal proposed by the server (member 2 vanished) is accepted and committed.
     let mut view = server
@@ -135,10 +157,18 @@ fn server_may_only_propose_removals() {
         )
         .unwrap();
     let leaf = room.s(2).own_leaf();
-    let remove = view.propose_remove(leaf, vec![]).unwrap().to_bytes().unwrap();
+    let remove = view
+        .propose_remove(leaf, vec![])
+        .unwrap()
+        .to_bytes()
+        .unwrap();
     for i in 0..3 {
         match room.s(i).process(&remove, T0).unwrap() {
-            Incoming::Proposal { kind, target, from_server } => {
+            Incoming::Proposal {
+                kind,
+                target,
+                from_server,
+            } => {
                 assert_eq!((kind, target, from_server), ("remove", Some(leaf), true));
             }
             other => panic!("{other:?}"),
@@ -163,7 +193,9 @@ fn welcome_for_another_room_or_with_a_tampered_tree_is_rejected() {
     let welcome = b.welcome.clone().unwrap();
 
     // The joiner knocked on "elsewhere", the Welcome is for "room".
-    let err = joiner.join("elsewhere", &welcome, &b.ratchet_tree, T0).unwrap_err();
+    let err = joiner
+        .join("elsewhere", &welcome, &b.ratchet_tree, T0)
+        .unwrap_err();
     assert!(matches!(err, Error::Usage(_)), "{err:?}");
 
     // A tree from another epoch (what a lying DS could serve).
@@ -174,18 +206,27 @@ fn welcome_for_another_room_or_with_a_tampered_tree_is_rejected() {
     for pos in [5, b.ratchet_tree.len() / 2, b.ratchet_tree.len() - 3] {
         let mut bad = b.ratchet_tree.clone();
         bad[pos] ^= 0x10;
-        assert!(joiner.join("room", &welcome, &bad, T0).is_err(), "flip at {pos}");
+        assert!(
+            joiner.join("room", &welcome, &bad, T0).is_err(),
+            "flip at {pos}"
+        );
     }
     // The genuine tree works.
     let s = joiner.join("room", &welcome, &b.ratchet_tree, T0).unwrap();
-    assert_eq!(s.security_code().unwrap(), room.s(0).security_code().unwrap());
+    assert_eq!(
+        s.security_code().unwrap(),
+        room.s(0).security_code().unwrap()
+    );
 }
 
 #[test]
 fn oversized_or_garbage_mls_input_is_rejected_with_a_reason() {
     let mut room = Room::open(2);
     let big = vec![0u8; MAX_MLS_MESSAGE_LEN + 1];
-    assert!(matches!(room.s(0).process(&big, T0), Err(Error::MalformedMessage(_))));
+    assert!(matches!(
+        room.s(0).process(&big, T0),
+        Err(Error::MalformedMessage(_))
+    ));
     for garbage in [&b""[..], b"\x00", b"\x00\x01\x00\x01garbage", &[0xff; 64]] {
         assert!(room.s(0).process(garbage, T0).is_err());
     }

@@ -8,8 +8,13 @@ use conclave_e2ee::*;
 fn every_member_designates_the_same_committer() {
     let mut room = Room::open(9);
     let online: Vec<u32> = room.s(0).member_leaves();
-    let choices: Vec<_> = (0..9).map(|i| room.s(i).designated_committer(&online, false)).collect();
-    assert!(choices.iter().all(|c| *c == choices[0] && c.is_some()), "{choices:?}");
+    let choices: Vec<_> = (0..9)
+        .map(|i| room.s(i).designated_committer(&online, false))
+        .collect();
+    assert!(
+        choices.iter().all(|c| *c == choices[0] && c.is_some()),
+        "{choices:?}"
+    );
 }
 
 #[test]
@@ -22,7 +27,11 @@ fn designated_committer_fills_blank_nodes_and_rotates() {
     assert_ne!(first, 0, "the creator just committed; its path is full");
 
     // After the designated member commits, its path is full, so the choice moves on.
-    let i = room.sessions.iter().position(|s| s.as_ref().unwrap().own_leaf() == first).unwrap();
+    let i = room
+        .sessions
+        .iter()
+        .position(|s| s.as_ref().unwrap().own_leaf() == first)
+        .unwrap();
     let b = room.s(i).self_update(T0).unwrap();
     room.deliver(i, &b.commit);
     let second = room.s(0).designated_committer(&online, false).unwrap();
@@ -30,7 +39,10 @@ fn designated_committer_fills_blank_nodes_and_rotates() {
 
     // Offline members are never chosen; with nobody online, nobody is.
     let only = [online[3]];
-    assert_eq!(room.s(0).designated_committer(&only, false), Some(online[3]));
+    assert_eq!(
+        room.s(0).designated_committer(&only, false),
+        Some(online[3])
+    );
     assert_eq!(room.s(0).designated_committer(&[], false), None);
     assert_eq!(room.s(0).designated_committer(&[999], false), None);
 }
@@ -40,7 +52,10 @@ fn in_a_lobby_only_hosts_commit_adds() {
     let mut room = Room::with_policy(4, |h| RoomPolicy::lobby("room", &[h.identity()]), None);
     let online = room.s(1).member_leaves();
     let host_leaf = room.s(0).own_leaf();
-    assert_eq!(room.s(1).designated_committer(&online, true), Some(host_leaf));
+    assert_eq!(
+        room.s(1).designated_committer(&online, true),
+        Some(host_leaf)
+    );
     // Without joiners waiting (removals, updates), anyone may commit.
     assert!(room.s(1).designated_committer(&online, false).is_some());
     // No host online and joiners waiting: nobody can admit them.
@@ -59,7 +74,10 @@ fn losing_a_commit_race_discards_the_pending_commit_and_keeps_the_group_whole() 
         room.s(i).process(&a.commit, T0).unwrap();
     }
     match room.s(2).process(&a.commit, T0).unwrap() {
-        Incoming::Commit { discarded_own_commit, .. } => assert!(discarded_own_commit),
+        Incoming::Commit {
+            discarded_own_commit,
+            ..
+        } => assert!(discarded_own_commit),
         other => panic!("{other:?}"),
     }
     assert!(!room.s(2).has_pending_commit());

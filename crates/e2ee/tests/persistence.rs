@@ -10,10 +10,15 @@ fn client_survives_restart_with_state_on_disk() {
     let mut room = Room::open(2);
 
     // Member 2 keeps its state under `dir`.
-    let identity = DeviceIdentity::generate(SUITE, CredentialInfo::new("disk", "Disk").unwrap()).unwrap();
+    let identity =
+        DeviceIdentity::generate(SUITE, CredentialInfo::new("disk", "Disk").unwrap()).unwrap();
     let identity_file = identity.to_bytes().unwrap();
     let fp = identity.fingerprint().unwrap();
-    let d = Device::new(identity, GroupStore::dir(dir.path().join("groups")).unwrap()).unwrap();
+    let d = Device::new(
+        identity,
+        GroupStore::dir(dir.path().join("groups")).unwrap(),
+    )
+    .unwrap();
     let idx = room.add(0, vec![d])[0];
     room.s(idx).save().unwrap();
     let group_id = room.s(idx).group_id().to_vec();
@@ -30,27 +35,51 @@ fn client_survives_restart_with_state_on_disk() {
     // Restart: identity from its file, state from the directory.
     let identity = DeviceIdentity::from_bytes(&identity_file).unwrap();
     assert_eq!(identity.fingerprint().unwrap(), fp);
-    let d = Device::new(identity, GroupStore::dir(dir.path().join("groups")).unwrap()).unwrap();
+    let d = Device::new(
+        identity,
+        GroupStore::dir(dir.path().join("groups")).unwrap(),
+    )
+    .unwrap();
     let mut s = d.load(&group_id).unwrap();
-    assert_eq!(s.security_code().unwrap(), code, "same state as before the crash");
+    assert_eq!(
+        s.security_code().unwrap(),
+        code,
+        "same state as before the crash"
+    );
     s.process(&b.commit, T0).unwrap();
-    assert_eq!(s.security_code().unwrap(), room.s(0).security_code().unwrap());
+    assert_eq!(
+        s.security_code().unwrap(),
+        room.s(0).security_code().unwrap()
+    );
 
     // And media flows.
     let mut m = MediaCrypto::default();
     m.install_epoch(s.epoch_secrets().unwrap(), T0).unwrap();
     let mut sender = room.media(0);
     let (mut wire, mut out) = (Vec::new(), Vec::new());
-    sender.seal(b"welcome back", ClearPrefix::None, &mut wire).unwrap();
+    sender
+        .seal(b"welcome back", ClearPrefix::None, &mut wire)
+        .unwrap();
     m.open(&wire, ClearPrefix::None, &mut out, T0).unwrap();
     assert_eq!(out, b"welcome back");
 
     // Only the newest epoch record stays on disk.
-    let group_dir = std::fs::read_dir(dir.path().join("groups")).unwrap().next().unwrap().unwrap().path();
+    let group_dir = std::fs::read_dir(dir.path().join("groups"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     s.save().unwrap();
     let epochs = std::fs::read_dir(&group_dir)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("epoch-"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("epoch-")
+        })
         .count();
     assert!(epochs <= 1, "{epochs} epoch records kept");
 }
@@ -63,14 +92,19 @@ fn corrupted_identity_file_is_rejected() {
     let mut bad = bytes.to_vec();
     let n = bad.len();
     bad[n - 1] ^= 1; // public key no longer matches the secret
-    assert!(matches!(DeviceIdentity::from_bytes(&bad), Err(Error::Storage(_))));
+    assert!(matches!(
+        DeviceIdentity::from_bytes(&bad),
+        Err(Error::Storage(_))
+    ));
     assert!(DeviceIdentity::from_bytes(b"").is_err());
 }
 
 #[test]
 fn trust_store_pins_first_key_and_warns_on_change() {
-    let a = DeviceIdentity::generate(SUITE, CredentialInfo::new("alice", "Alice").unwrap()).unwrap();
-    let a2 = DeviceIdentity::generate(SUITE, CredentialInfo::new("alice", "Alice").unwrap()).unwrap();
+    let a =
+        DeviceIdentity::generate(SUITE, CredentialInfo::new("alice", "Alice").unwrap()).unwrap();
+    let a2 =
+        DeviceIdentity::generate(SUITE, CredentialInfo::new("alice", "Alice").unwrap()).unwrap();
     let mut pins = TrustStore::default();
     let fp = a.fingerprint().unwrap();
     assert_eq!(pins.check("alice", fp), PinCheck::FirstSeen);

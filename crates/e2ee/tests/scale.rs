@@ -12,14 +12,19 @@ use std::time::Instant;
 fn group_of_1000_members_built_with_batched_adds() {
     let started = Instant::now();
     let creator = device("creator");
-    let mut host = creator.create_room(RoomPolicy::open("room"), None, T0).unwrap();
+    let mut host = creator
+        .create_room(RoomPolicy::open("room"), None, T0)
+        .unwrap();
     let mut sample: Vec<Session> = Vec::new();
     let mut commit_sizes = Vec::new();
 
     // 999 joiners in 9 batches of 111.
     for batch in 0..9 {
         let joiners: Vec<Device> = (0..111).map(|i| device(&format!("m{batch}-{i}"))).collect();
-        let kps: Vec<Vec<u8>> = joiners.iter().map(|d| d.key_package(None, T0).unwrap()).collect();
+        let kps: Vec<Vec<u8>> = joiners
+            .iter()
+            .map(|d| d.key_package(None, T0).unwrap())
+            .collect();
         let bundle = host.commit(&kps, &[], T0).unwrap();
         host.confirm_commit().unwrap();
         commit_sizes.push(bundle.commit.len());
@@ -51,9 +56,13 @@ fn group_of_1000_members_built_with_batched_adds() {
 
     // Media from the host opens at the sampled members.
     let mut sender = MediaCrypto::default();
-    sender.install_epoch(host.epoch_secrets().unwrap(), T0).unwrap();
+    sender
+        .install_epoch(host.epoch_secrets().unwrap(), T0)
+        .unwrap();
     let mut wire = Vec::new();
-    sender.seal(b"to a thousand", ClearPrefix::None, &mut wire).unwrap();
+    sender
+        .seal(b"to a thousand", ClearPrefix::None, &mut wire)
+        .unwrap();
     for s in &sample {
         let mut m = MediaCrypto::default();
         m.install_epoch(s.epoch_secrets().unwrap(), T0).unwrap();

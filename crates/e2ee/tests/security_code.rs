@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 
-
 #[test]
 fn all_members_derive_the_same_security_code() {
     let room = Room::open(5);
@@ -14,7 +13,9 @@ fn all_members_derive_the_same_security_code() {
     // Six groups of five digits.
     let code = codes[0].as_str();
     assert_eq!(code.split(' ').count(), 6);
-    assert!(code.split(' ').all(|g| g.len() == 5 && g.chars().all(|c| c.is_ascii_digit())));
+    assert!(code
+        .split(' ')
+        .all(|g| g.len() == 5 && g.chars().all(|c| c.is_ascii_digit())));
 }
 
 #[test]
@@ -55,7 +56,11 @@ fn forked_member_gets_a_different_security_code() {
     room.s(3).process(&b.commit, T0).unwrap();
 
     let codes = room.codes();
-    assert_eq!(room.s(0).epoch(), room.s(3).epoch(), "same epoch number on both branches");
+    assert_eq!(
+        room.s(0).epoch(),
+        room.s(3).epoch(),
+        "same epoch number on both branches"
+    );
     assert_eq!(codes[0], codes[1]);
     assert_eq!(codes[2], codes[3]);
     assert_ne!(codes[0], codes[2], "the fork shows in the security code");

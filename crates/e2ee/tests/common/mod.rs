@@ -57,7 +57,10 @@ impl Room {
     /// Member `committer` adds `joiners` in one commit; everyone processes it; joiners join.
     /// Returns the indices of the joiners.
     pub fn add(&mut self, committer: usize, joiners: Vec<Device>) -> Vec<usize> {
-        let kps: Vec<_> = joiners.iter().map(|d| d.key_package(None, T0).unwrap()).collect();
+        let kps: Vec<_> = joiners
+            .iter()
+            .map(|d| d.key_package(None, T0).unwrap())
+            .collect();
         let bundle = self.s(committer).commit(&kps, &[], T0).unwrap();
         self.deliver(committer, &bundle.commit);
         let welcome = bundle.welcome.clone().unwrap();
@@ -88,7 +91,9 @@ impl Room {
         }
         // Drop sessions of members that were removed.
         for s in self.sessions.iter_mut() {
-            if s.as_ref().is_some_and(|s| !s.member_leaves().contains(&s.own_leaf()) ) {
+            if s.as_ref()
+                .is_some_and(|s| !s.member_leaves().contains(&s.own_leaf()))
+            {
                 *s = None;
             }
         }
@@ -121,7 +126,8 @@ impl Room {
 
     pub fn media(&mut self, i: usize) -> MediaCrypto {
         let mut m = MediaCrypto::default();
-        m.install_epoch(self.s(i).epoch_secrets().unwrap(), T0).unwrap();
+        m.install_epoch(self.s(i).epoch_secrets().unwrap(), T0)
+            .unwrap();
         m
     }
 }
