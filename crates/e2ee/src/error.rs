@@ -24,6 +24,9 @@ pub enum Error {
     /// A credential in the group is not a Conclave credential.
     #[error("invalid credential: {0}")]
     Credential(String),
+    /// A Welcome (or message) is for a group or room other than the one expected.
+    #[error("wrong group: {0}")]
+    WrongGroup(String),
     /// A ratchet tree or GroupInfo served out of band does not match what the committer signed.
     #[error("ratchet tree rejected: {0}")]
     Tree(String),

@@ -336,7 +336,8 @@ pub struct Session {
     group: Group<Config>,
     suite: RoomCipherSuite,
     policy: RoomPolicy,
-    pending_epoch: Option<u64>,
+    /// Our commit waiting for the DS's verdict, as sent.
+    pending_commit: Option<Vec<u8>>,
     /// The roster by leaf index, kept in step with the group (credentials never change inside
     /// a group, so only adds and removes touch it). Saves decoding and hashing every member's
     /// credential on every commit.
@@ -370,7 +371,7 @@ impl Session {
             group,
             suite,
             policy,
-            pending_epoch: None,
+            pending_commit: None,
             roster: Vec::new(),
         };
         session.fill_roster()?;
@@ -403,7 +404,7 @@ impl Session {
             group: self.group.clone(),
             suite: self.suite,
             policy: self.policy.clone(),
-            pending_epoch: self.pending_epoch,
+            pending_commit: self.pending_commit.clone(),
             roster: self.roster.clone(),
         }
     }
@@ -512,9 +513,10 @@ impl Session {
             _ => Vec::new(),
         };
         let new_epoch = self.epoch() + 1;
-        self.pending_epoch = Some(new_epoch);
+        let commit = to_bytes(out.commit_message())?;
+        self.pending_commit = Some(commit.clone());
         Ok(CommitBundle {
-            commit: to_bytes(out.commit_message())?,
+            commit,
             welcome,
             ratchet_tree,
             new_epoch,
@@ -534,14 +536,14 @@ impl Session {
     /// Applies our pending commit after the DS accepted it.
     pub fn confirm_commit(&mut self) -> Result<EpochChange> {
         let desc = self.group.apply_pending_commit().map_err(map_mls)?;
-        self.pending_epoch = None;
+        self.pending_commit = None;
         self.describe(desc.committer, &desc.effect)
     }
 
     /// Drops our pending commit (the DS refused it, or another commit won).
     pub fn discard_commit(&mut self) {
         self.group.clear_pending_commit();
-        self.pending_epoch = None;
+        self.pending_commit = None;
     }
 
     /// A proposal to remove ourselves (a clean leave); the designated committer commits it.
@@ -602,6 +604,13 @@ impl Session {
     /// A commit that breaks the room's policy, is not signed by a member, or is for another
     /// group or epoch is rejected with an error and not applied; the session stays as it was.
     pub fn process(&mut self, message: &[u8], now: Timestamp) -> Result<Incoming> {
+        if self.pending_commit.as_deref() == Some(message) {
+            // The DS relayed our own commit back: it won. Apply it rather than refuse it.
+            return Ok(Incoming::Commit {
+                change: self.confirm_commit()?,
+                discarded_own_commit: false,
+            });
+        }
         let msg = parse_message(message)?;
         let mut discarded = false;
         if self.group.has_pending_commit() {
@@ -615,7 +624,7 @@ impl Session {
                     // Another member's commit for our epoch: ours lost. Drop it, then apply
                     // theirs (if theirs is invalid, ours is gone too and the caller rebuilds).
                     self.group.clear_pending_commit();
-                    self.pending_epoch = None;
+                    self.pending_commit = None;
                     discarded = true;
                 }
             }

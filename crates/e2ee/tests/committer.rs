@@ -89,3 +89,26 @@ fn losing_a_commit_race_discards_the_pending_commit_and_keeps_the_group_whole() 
     let codes = room.codes();
     assert!(codes.windows(2).all(|w| w[0] == w[1]));
 }
+
+#[test]
+fn own_commit_relayed_back_by_the_ds_is_applied_not_refused() {
+    let mut room = Room::open(3);
+    let b = room.s(0).self_update(T0).unwrap();
+    for i in 1..3 {
+        room.s(i).process(&b.commit, T0).unwrap();
+    }
+    // The DS fans the accepted commit out to everyone, the author included.
+    match room.s(0).process(&b.commit, T0).unwrap() {
+        Incoming::Commit {
+            change,
+            discarded_own_commit,
+        } => {
+            assert!(!discarded_own_commit);
+            assert_eq!(change.epoch, room.s(1).epoch());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!room.s(0).has_pending_commit());
+    let codes = room.codes();
+    assert!(codes.windows(2).all(|w| w[0] == w[1]));
+}
