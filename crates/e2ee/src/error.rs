@@ -5,8 +5,9 @@
 //! unacceptable; [`Error::Usage`] says the caller used the API wrongly. Nothing that arrives
 //! from the network can panic this crate: every decode path ends in one of these variants.
 
+use conclave_mls::PolicyViolation;
+
 use crate::media::FrameError;
-use crate::policy::PolicyViolation;
 
 /// Errors of the Conclave E2EE core.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,18 @@ pub enum Error {
     /// A cryptographic backend failed in a way that does not depend on peer input.
     #[error("crypto backend: {0}")]
     Crypto(String),
+}
+
+impl From<conclave_mls::Error> for Error {
+    fn from(e: conclave_mls::Error) -> Self {
+        match e {
+            conclave_mls::Error::Credential(s) => Error::Credential(s),
+            conclave_mls::Error::Malformed(s) => Error::MalformedMessage(s),
+            conclave_mls::Error::Policy(v) => Error::Policy(v),
+            conclave_mls::Error::Usage(s) => Error::Usage(s),
+            other => Error::Crypto(other.to_string()),
+        }
+    }
 }
 
 impl Error {

@@ -1,8 +1,10 @@
 //! # Conclave E2EE core
 //!
 //! Owns everything that touches end-to-end keys: device identities, the MLS group of a room
-//! (RFC 9420, via `mls-rs`), the room's admission policy, the roster and the meeting security
-//! code, and SFrame media encryption (RFC 9605, via `sframe`) with keys from the MLS exporter.
+//! (RFC 9420, via `mls-rs`) with the room's admission policy enforced on every commit, the
+//! roster and the meeting security code, and SFrame media encryption (RFC 9605, via `sframe`)
+//! with keys from the MLS exporter. The public MLS rules it shares with the delivery service
+//! (credentials, policy, committer choice) live in `conclave-mls` and are re-exported here.
 //!
 //! It never does IO: no sockets, no clock, no threads. Time comes in as [`Timestamp`]s; key
 //! material comes from the crypto backends, which draw on the OS CSPRNG. It builds for
@@ -49,31 +51,24 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod committer;
-mod crypto;
 mod error;
 mod identity;
 pub mod media;
-mod policy;
-mod rules;
 mod session;
 mod sframe_backend;
 mod storage;
 mod time;
 
-pub use crypto::RoomCipherSuite;
-pub use error::{Error, Result};
-pub use identity::{
-    CredentialInfo, DeviceIdentity, Fingerprint, PinCheck, TrustStore, MAX_DISPLAY_NAME_LEN,
-    MAX_USER_ID_LEN,
+pub use conclave_mls::{
+    committer, Admission, CredentialInfo, DeviceSigner, Fingerprint, Hosts, Invite, InviteList,
+    PolicyViolation, RoomCipherSuite, RoomPolicy, INVITE_EXTENSION, MAX_DISPLAY_NAME_LEN,
+    MAX_POLICY_ENTRIES, MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
 };
+pub use error::{Error, Result};
+pub use identity::{DeviceIdentity, PinCheck, TrustStore};
 pub use media::{
     ClearPrefix, EpochSecrets, FrameError, FrameInfo, HoldQueue, MediaConfig, MediaCrypto,
     MediaStats,
-};
-pub use policy::{
-    Admission, Hosts, Invite, InviteList, PolicyViolation, RoomPolicy, INVITE_EXTENSION,
-    MAX_POLICY_ENTRIES, ROOM_POLICY_EXTENSION,
 };
 pub use session::{
     CommitBundle, Device, EpochChange, Incoming, RosterEntry, SecurityCode, SelfUpdateTimer,

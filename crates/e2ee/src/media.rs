@@ -24,9 +24,9 @@ use sframe::crypto::{DecryptionBufferView, EncryptionBufferView};
 use sframe::header::SframeHeader;
 use zeroize::Zeroizing;
 
-use crate::crypto::RoomCipherSuite;
 use crate::sframe_backend::{DecryptionKey, EncryptionKey};
 use crate::time::Timestamp;
+use conclave_mls::RoomCipherSuite;
 
 /// Bits of the MLS epoch carried in the KID (RFC 9605 section 5.2's `E`).
 pub const EPOCH_BITS: u8 = 8;
@@ -268,6 +268,19 @@ impl EpochSecrets {
             own_leaf,
             members,
         }
+    }
+}
+
+/// The SFrame suite whose AEAD matches the room's MLS suite (both Conclave suites use
+/// AES-128-GCM with SHA-256).
+pub fn sframe_suite(suite: RoomCipherSuite) -> sframe::CipherSuite {
+    match suite {
+        RoomCipherSuite::Curve25519Aes128 | RoomCipherSuite::MlKem768X25519 => {
+            sframe::CipherSuite::AesGcm128Sha256
+        }
+        // A suite added later must choose its SFrame suite here.
+        #[allow(unreachable_patterns)]
+        _ => sframe::CipherSuite::AesGcm128Sha256,
     }
 }
 
@@ -521,7 +534,7 @@ impl MediaCrypto {
         if self.suite.is_some_and(|s| s != secrets.suite) {
             return Err(crate::Error::Usage("the room's ciphersuite cannot change"));
         }
-        let sframe_suite = secrets.suite.sframe();
+        let sframe_suite = sframe_suite(secrets.suite);
         let own_kid = kid(secrets.own_leaf, secrets.epoch);
         let key = EncryptionKey::derive_from(sframe_suite, own_kid, &*secrets.base_key)
             .map_err(|e| crate::Error::Crypto(e.to_string()))?;
@@ -696,7 +709,7 @@ impl MediaCrypto {
         let n = clear.len_for(wire);
         let (meta, rest) = wire.split_at(n);
         let header = parse_header(rest).ok_or(FrameError::Malformed("SFrame header"))?;
-        if rest.len() < header.len + suite.sframe().auth_tag_len() {
+        if rest.len() < header.len + sframe_suite(suite).auth_tag_len() {
             return Err(FrameError::Malformed("shorter than header and tag"));
         }
         let kid_value = header.kid;
@@ -736,8 +749,9 @@ impl MediaCrypto {
         let receiver = match &mut keys.receivers[slot] {
             Some(r) => r,
             empty @ None => {
-                let key = DecryptionKey::derive_from(suite.sframe(), kid_value, &*keys.base_key)
-                    .map_err(|_| FrameError::Malformed("key derivation"))?;
+                let key =
+                    DecryptionKey::derive_from(sframe_suite(suite), kid_value, &*keys.base_key)
+                        .map_err(|_| FrameError::Malformed("key derivation"))?;
                 empty.insert(Receiver {
                     key,
                     window: ReplayWindow::default(),

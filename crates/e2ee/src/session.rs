@@ -19,17 +19,15 @@ use mls_rs::identity::SigningIdentity;
 use mls_rs::{Client, ExtensionList, Group, MlsMessage};
 use zeroize::Zeroizing;
 
-use crate::committer;
-use crate::crypto::{provider, suite_provider, Provider, RoomCipherSuite};
+use conclave_mls::{
+    committer, digit_groups, policy_of, provider, suite_provider, ConclaveIdentityProvider,
+    ConclaveRules, CredentialInfo, Fingerprint, Invite, PolicyViolation, Provider, RoomCipherSuite,
+    RoomPolicy, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
+};
+
 use crate::error::{Error, Result};
-use crate::identity::{
-    digit_groups, ConclaveIdentityProvider, CredentialInfo, DeviceIdentity, Fingerprint,
-};
-use crate::media::{EpochSecrets, SFRAME_EXPORTER_LABEL};
-use crate::policy::{
-    policy_of, Invite, PolicyViolation, RoomPolicy, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
-};
-use crate::rules::ConclaveRules;
+use crate::identity::DeviceIdentity;
+use crate::media::{sframe_suite, EpochSecrets, SFRAME_EXPORTER_LABEL};
 use crate::storage::GroupStore;
 use crate::time::Timestamp;
 
@@ -468,7 +466,7 @@ impl Session {
     /// The SFrame secrets of the current epoch (RFC 9605 section 5.2), for
     /// [`MediaCrypto::install_epoch`](crate::MediaCrypto::install_epoch).
     pub fn epoch_secrets(&self) -> Result<EpochSecrets> {
-        let nk = self.suite.sframe().key_len();
+        let nk = sframe_suite(self.suite).key_len();
         let base_key = self
             .group
             .export_secret(SFRAME_EXPORTER_LABEL.as_bytes(), b"", nk)
@@ -583,7 +581,7 @@ impl Session {
     pub fn designated_committer(&self, online: &[u32], adds_waiting: bool) -> Option<u32> {
         let tree = self.group.export_tree();
         let hosts_only =
-            adds_waiting && matches!(self.policy.admission, crate::policy::Admission::Lobby(_));
+            adds_waiting && matches!(self.policy.admission, conclave_mls::Admission::Lobby(_));
         let eligible = online.iter().copied().filter(|&leaf| {
             let Some(m) = self.group.member_at_index(leaf) else {
                 return false;

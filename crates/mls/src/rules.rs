@@ -14,10 +14,10 @@ use crate::policy::{check_commit, drop_forbidden_references, policy_of, PolicyVi
 /// Rules shared by all members. Stateless: the policy is read from the group context, so it is
 /// the same on every member.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ConclaveRules {
+pub struct ConclaveRules {
     /// `false` only in a deliberately broken client (adversarial tests model a malicious
-    /// member with it); honest clients always enforce.
-    pub(crate) enforce: bool,
+    /// member with it); honest clients and the delivery service always enforce.
+    pub enforce: bool,
 }
 
 impl Default for ConclaveRules {

@@ -22,7 +22,7 @@ use mls_rs_core::extension::{ExtensionType, MlsCodecExtension};
 
 use crate::crypto::{suite_provider, RoomCipherSuite};
 use crate::error::{Error, Result};
-use crate::identity::{DeviceIdentity, Fingerprint};
+use crate::identity::Fingerprint;
 
 /// Group context extension carrying the [`RoomPolicy`] (private-use range).
 pub const ROOM_POLICY_EXTENSION: ExtensionType = ExtensionType::new(0xF0C1);
@@ -85,8 +85,8 @@ impl RoomPolicy {
         }
     }
 
-    /// A lobby room hosted by `hosts`.
-    pub fn lobby(room_id: &str, hosts: &[&DeviceIdentity]) -> Self {
+    /// A lobby room hosted by the devices with signature keys `hosts`.
+    pub fn lobby<K: AsRef<SignaturePublicKey>>(room_id: &str, hosts: &[K]) -> Self {
         RoomPolicy {
             room_id: room_id.as_bytes().to_vec(),
             admission: Admission::Lobby(Hosts::of(hosts)),
@@ -95,9 +95,9 @@ impl RoomPolicy {
 
     /// An invite-list room hosted by `hosts`, admitting the `allowed` fingerprints and the
     /// bearers of invites signed by a host.
-    pub fn invite_list(
+    pub fn invite_list<K: AsRef<SignaturePublicKey>>(
         room_id: &str,
-        hosts: &[&DeviceIdentity],
+        hosts: &[K],
         allowed: Vec<Fingerprint>,
     ) -> Self {
         RoomPolicy {
@@ -127,7 +127,8 @@ impl RoomPolicy {
         }
     }
 
-    pub(crate) fn check_size(&self) -> Result<()> {
+    /// Refuses policies that list more than [`MAX_POLICY_ENTRIES`].
+    pub fn check_size(&self) -> Result<()> {
         let n = match &self.admission {
             Admission::Open => 0,
             Admission::Lobby(h) => h.keys.len(),
@@ -141,11 +142,11 @@ impl RoomPolicy {
 }
 
 impl Hosts {
-    fn of(hosts: &[&DeviceIdentity]) -> Self {
+    fn of<K: AsRef<SignaturePublicKey>>(hosts: &[K]) -> Self {
         Hosts {
             keys: hosts
                 .iter()
-                .map(|h| h.public_key().as_bytes().to_vec())
+                .map(|h| h.as_ref().as_bytes().to_vec())
                 .collect(),
         }
     }
@@ -153,6 +154,17 @@ impl Hosts {
     fn contains(&self, key: &SignaturePublicKey) -> bool {
         self.keys.iter().any(|k| k.as_slice() == key.as_bytes())
     }
+}
+
+/// Something that holds a device's signature key and can sign with it (without handing the
+/// key out): the client's device identity.
+pub trait DeviceSigner {
+    /// The key's ciphersuite.
+    fn suite(&self) -> RoomCipherSuite;
+    /// The public half.
+    fn public_key(&self) -> &SignaturePublicKey;
+    /// Signs `data` with the secret half.
+    fn sign(&self, data: &[u8]) -> Result<Vec<u8>>;
 }
 
 /// An invitation, signed by a host device, that admits the device with fingerprint `invitee`
@@ -187,29 +199,25 @@ impl Invite {
     }
 
     /// A host signs an invite for `invitee` into `room_id`.
-    pub fn sign(host: &DeviceIdentity, room_id: &str, invitee: Fingerprint) -> Result<Self> {
-        let cs = suite_provider(host.suite())?;
+    pub fn sign(host: &impl DeviceSigner, room_id: &str, invitee: Fingerprint) -> Result<Self> {
         let content = Self::signed_content(room_id.as_bytes(), &invitee);
-        let signature = cs
-            .sign(host.secret_key(), &content)
-            .map_err(|e| Error::Crypto(format!("{e:?}")))?;
         Ok(Invite {
             room_id: room_id.as_bytes().to_vec(),
             invitee,
             host_key: host.public_key().as_bytes().to_vec(),
-            signature,
+            signature: host.sign(&content)?,
         })
     }
 
     /// Serializes for transport (e.g. in a link).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         self.mls_encode_to_vec()
-            .map_err(|e| Error::MalformedMessage(e.to_string()))
+            .map_err(|e| Error::Malformed(e.to_string()))
     }
 
     /// Parses an invite.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Self::mls_decode(&mut &*bytes).map_err(|e| Error::MalformedMessage(e.to_string()))
+        Self::mls_decode(&mut &*bytes).map_err(|e| Error::Malformed(e.to_string()))
     }
 
     fn verify(
@@ -295,9 +303,7 @@ impl mls_rs_core::error::IntoAnyError for PolicyViolation {
 }
 
 /// Reads the room policy from group context extensions.
-pub(crate) fn policy_of(
-    extensions: &ExtensionList,
-) -> core::result::Result<RoomPolicy, PolicyViolation> {
+pub fn policy_of(extensions: &ExtensionList) -> core::result::Result<RoomPolicy, PolicyViolation> {
     extensions
         .get_as::<RoomPolicy>()
         .ok()
@@ -322,7 +328,7 @@ fn proposal_name(p: &BorrowedProposal<'_>) -> &'static str {
 
 /// Checks a received commit's proposals (and its committer) against the room's policy. Pure:
 /// the same inputs give the same verdict on every member, which keeps the group from forking.
-pub(crate) fn check_commit(
+pub fn check_commit(
     suite: RoomCipherSuite,
     policy: &RoomPolicy,
     source: &CommitSource,
@@ -338,7 +344,7 @@ pub(crate) fn check_commit(
 /// Before building a commit: leaves out proposals received by reference that the policy
 /// forbids (a hostile server's add proposal, say), so that they cannot jam the group. What the
 /// committer itself put in by value is checked by [`check_commit`] and refused loudly.
-pub(crate) fn drop_forbidden_references(
+pub fn drop_forbidden_references(
     suite: RoomCipherSuite,
     policy: &RoomPolicy,
     source: &CommitSource,

@@ -11,12 +11,15 @@ use mls_rs::CipherSuite;
 
 use crate::error::{Error, Result};
 
+/// The mls-rs crypto provider of this build.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) type Provider = mls_rs_crypto_awslc::AwsLcCryptoProvider;
+pub type Provider = mls_rs_crypto_awslc::AwsLcCryptoProvider;
+/// The mls-rs crypto provider of this build.
 #[cfg(target_arch = "wasm32")]
-pub(crate) type Provider = mls_rs_crypto_rustcrypto::RustCryptoProvider;
+pub type Provider = mls_rs_crypto_rustcrypto::RustCryptoProvider;
 
-pub(crate) fn provider() -> Provider {
+/// The crypto provider of this build.
+pub fn provider() -> Provider {
     Provider::default()
 }
 
@@ -53,11 +56,6 @@ impl RoomCipherSuite {
         }
     }
 
-    /// The SFrame suite whose AEAD matches the MLS suite's (both suites use AES-128-GCM).
-    pub fn sframe(self) -> sframe::CipherSuite {
-        sframe::CipherSuite::AesGcm128Sha256
-    }
-
     /// Whether this build can run the suite (the post-quantum suite needs AWS-LC).
     pub fn is_supported(self) -> bool {
         use mls_rs::CryptoProvider;
@@ -73,7 +71,8 @@ impl RoomCipherSuite {
     }
 }
 
-pub(crate) fn suite_provider(
+/// The provider of one ciphersuite, if this build supports it.
+pub fn suite_provider(
     suite: RoomCipherSuite,
 ) -> Result<<Provider as mls_rs::CryptoProvider>::CipherSuiteProvider> {
     use mls_rs::CryptoProvider;

@@ -1,0 +1,29 @@
+//! # Conclave's public MLS layer
+//!
+//! What every party to a Conclave room checks the same way, members and the delivery service
+//! alike: Conclave credentials and device fingerprints, the room admission policy kept in the
+//! group context, the [`ConclaveRules`] that enforce it on every commit, and the deterministic
+//! designated committer. It holds no private group state and knows nothing of SFrame, so the
+//! delivery service can depend on it without being able to reach a media key.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod committer;
+mod crypto;
+mod error;
+mod identity;
+mod policy;
+mod rules;
+
+pub use crypto::{provider, suite_provider, Provider, RoomCipherSuite};
+pub use error::{Error, Result};
+pub use identity::{
+    digit_groups, ConclaveIdentityProvider, CredentialInfo, Fingerprint, IdentityError,
+    MAX_DISPLAY_NAME_LEN, MAX_USER_ID_LEN,
+};
+pub use policy::{
+    check_commit, drop_forbidden_references, policy_of, Admission, DeviceSigner, Hosts, Invite,
+    InviteList, PolicyViolation, RoomPolicy, INVITE_EXTENSION, MAX_POLICY_ENTRIES,
+    ROOM_POLICY_EXTENSION,
+};
+pub use rules::ConclaveRules;
