@@ -57,12 +57,11 @@ pub mod media;
 mod session;
 mod sframe_backend;
 mod storage;
-mod time;
 
 pub use conclave_mls::{
     committer, Admission, CredentialInfo, DeviceSigner, Fingerprint, Hosts, Invite, InviteList,
-    PolicyViolation, RoomCipherSuite, RoomPolicy, INVITE_EXTENSION, MAX_DISPLAY_NAME_LEN,
-    MAX_POLICY_ENTRIES, MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
+    PolicyViolation, RoomCipherSuite, RoomPolicy, Timestamp, INVITE_EXTENSION,
+    MAX_DISPLAY_NAME_LEN, MAX_POLICY_ENTRIES, MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
 };
 pub use error::{Error, Result};
 pub use identity::{DeviceIdentity, PinCheck, TrustStore};
@@ -75,7 +74,6 @@ pub use session::{
     Session, MAX_MLS_MESSAGE_LEN, MAX_TREE_LEN,
 };
 pub use storage::{DirStore, GroupStore};
-pub use time::Timestamp;
 
 /// Re-exports of the mls-rs types that appear in this crate's API.
 pub mod mls {

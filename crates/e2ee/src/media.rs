@@ -25,8 +25,8 @@ use sframe::header::SframeHeader;
 use zeroize::Zeroizing;
 
 use crate::sframe_backend::{DecryptionKey, EncryptionKey};
-use crate::time::Timestamp;
 use conclave_mls::RoomCipherSuite;
+use conclave_mls::Timestamp;
 
 /// Bits of the MLS epoch carried in the KID (RFC 9605 section 5.2's `E`).
 pub const EPOCH_BITS: u8 = 8;

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::identity::DeviceIdentity;
 use crate::media::{sframe_suite, EpochSecrets, SFRAME_EXPORTER_LABEL};
 use crate::storage::GroupStore;
-use crate::time::Timestamp;
+use conclave_mls::Timestamp;
 
 /// Largest MLS message accepted from the network (a Welcome for 1,000 joiners is ~0.5 MB).
 pub const MAX_MLS_MESSAGE_LEN: usize = 8 << 20;

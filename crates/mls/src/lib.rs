@@ -14,6 +14,7 @@ mod error;
 mod identity;
 mod policy;
 mod rules;
+mod time;
 
 pub use crypto::{provider, suite_provider, Provider, RoomCipherSuite};
 pub use error::{Error, Result};
@@ -27,3 +28,4 @@ pub use policy::{
     ROOM_POLICY_EXTENSION,
 };
 pub use rules::ConclaveRules;
+pub use time::Timestamp;

@@ -1,0 +1,483 @@
+//! # Conclave participant core
+//!
+//! Sans-IO: [`Participant::handle`] takes a [`ServerMsg`] and the time; [`Participant::poll_transmit`]
+//! yields the [`ClientMsg`]s to send and [`Participant::poll_event`] what a UI should show
+//! (epoch changes with the security code, knocks to admit, alarms). The tokio runtime and the
+//! media path sit around it.
+//!
+//! What it does with each server message:
+//! - `Joined { create_group: true }`: creates the room's group with the configured policy and
+//!   the server as external sender, uploads GroupInfo and tree;
+//! - `Joined { create_group: false }`: knocks with a fresh KeyPackage;
+//! - `CommitRequest`: commits the knocks it may admit (all, in an open or invite-list room;
+//!   those the person approved, in a lobby) plus the pending proposals;
+//! - `CommitAccepted` / `CommitRejected`: applies or drops its pending commit;
+//! - `Commit`, `Proposal`, `Application`: processes them; a refused one raises
+//!   [`Event::Alarm`] and changes nothing;
+//! - `Welcome`: joins, checking the tree against the signed GroupInfo.
+//!
+//! Every epoch change installs the new SFrame keys in [`Participant::media`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use conclave_e2ee::{
+    Device, EpochChange, Incoming, MediaCrypto, RoomPolicy, RosterEntry, SecurityCode, Session,
+    Timestamp,
+};
+use conclave_proto::{Bytes, ClientMsg, KnockId, KnockInfo, ServerMsg};
+use mls_rs::identity::SigningIdentity;
+use mls_rs_codec::MlsDecode;
+use tracing::{debug, info, warn};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The E2EE core refused something.
+    #[error(transparent)]
+    E2ee(#[from] conclave_e2ee::Error),
+    /// The server sent something that makes no sense here.
+    #[error("unexpected from the server: {0}")]
+    Unexpected(String),
+}
+
+/// Which admission policy a room this participant creates gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NewRoomPolicy {
+    /// Anyone the server lets knock is admitted automatically.
+    Open,
+    /// This device is the host; it admits each knock (see [`AdmitMode`]).
+    Lobby,
+}
+
+/// How this participant admits knocks when it is asked to commit them in a lobby room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmitMode {
+    /// Admit every knock.
+    Auto,
+    /// Wait for [`Participant::admit`] or [`Participant::deny`] per knock.
+    Ask,
+}
+
+/// What a UI should show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// We are in the group (created it or joined it).
+    Joined {
+        /// The epoch.
+        epoch: u64,
+        /// The security code.
+        security_code: SecurityCode,
+    },
+    /// A new epoch: membership changed or a member refreshed its keys.
+    EpochChanged {
+        /// What changed.
+        change: EpochChange,
+        /// The new security code.
+        security_code: SecurityCode,
+    },
+    /// Someone knocks (lobby hosts decide with [`Participant::admit`] / [`Participant::deny`]).
+    Knock {
+        /// The knock.
+        knock: KnockId,
+        /// User id.
+        user_id: String,
+        /// Display name.
+        name: String,
+    },
+    /// Something was refused that an honest server and honest members would not send: a
+    /// policy-breaking commit, a forged message, a server proposal other than a removal.
+    Alarm {
+        /// What.
+        reason: String,
+    },
+    /// We were removed from the group, or turned away.
+    Ended {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One participant of one room.
+pub struct Participant {
+    device: Device,
+    room: String,
+    policy: NewRoomPolicy,
+    admit_mode: AdmitMode,
+    session: Option<Session>,
+    media: MediaCrypto,
+    knocks: BTreeMap<KnockId, KnockInfo>,
+    approved: Vec<KnockId>,
+    out: VecDeque<ClientMsg>,
+    events: VecDeque<Event>,
+    left: bool,
+}
+
+impl core::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Participant")
+            .field("room", &self.room)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Participant {
+    /// A participant for `room` on `device`.
+    pub fn new(device: Device, room: &str, policy: NewRoomPolicy, admit_mode: AdmitMode) -> Self {
+        Participant {
+            device,
+            room: room.to_owned(),
+            policy,
+            admit_mode,
+            session: None,
+            media: MediaCrypto::default(),
+            knocks: BTreeMap::new(),
+            approved: Vec::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            left: false,
+        }
+    }
+
+    /// The group session, once in.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// Mutable access to the group session: only for adversarial tests that model a member
+    /// running modified software.
+    #[doc(hidden)]
+    pub fn danger_session_mut(&mut self) -> Option<&mut Session> {
+        self.session.as_mut()
+    }
+
+    /// The SFrame key ring (keys of the current epoch and those in their grace window).
+    pub fn media(&mut self) -> &mut MediaCrypto {
+        &mut self.media
+    }
+
+    /// The current epoch, once in.
+    pub fn epoch(&self) -> Option<u64> {
+        self.session.as_ref().map(Session::epoch)
+    }
+
+    /// The security code, once in.
+    pub fn security_code(&self) -> Option<SecurityCode> {
+        self.session.as_ref().and_then(|s| s.security_code().ok())
+    }
+
+    /// The roster, once in.
+    pub fn roster(&self) -> Vec<RosterEntry> {
+        self.session
+            .as_ref()
+            .and_then(|s| s.roster().ok())
+            .unwrap_or_default()
+    }
+
+    /// Next message to send.
+    pub fn poll_transmit(&mut self) -> Option<ClientMsg> {
+        self.out.pop_front()
+    }
+
+    /// Next event for the UI.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Knocks waiting for this host's decision.
+    pub fn pending_knocks(&self) -> Vec<KnockInfo> {
+        self.knocks
+            .values()
+            .filter(|k| !self.approved.contains(&k.knock))
+            .cloned()
+            .collect()
+    }
+
+    /// The host admits a knock: commits its add now (with any other approved knocks and
+    /// pending proposals). If a commit is already in flight, the add goes into the next one.
+    pub fn admit(&mut self, knock: KnockId, now: Timestamp) -> Result<(), Error> {
+        if !self.knocks.contains_key(&knock) {
+            return Err(Error::Unexpected(format!("no knock {knock}")));
+        }
+        if !self.approved.contains(&knock) {
+            self.approved.push(knock);
+        }
+        let Some(epoch) = self.epoch() else {
+            return Ok(());
+        };
+        let knocks: Vec<KnockInfo> = self.knocks.values().cloned().collect();
+        self.commit_requested(epoch, knocks, now)
+    }
+
+    /// The host turns a knock away.
+    pub fn deny(&mut self, knock: KnockId) {
+        self.knocks.remove(&knock);
+        self.approved.retain(|k| *k != knock);
+        self.out.push_back(ClientMsg::Deny { knock });
+    }
+
+    /// Leaves cleanly: proposes our own removal, which the next committer commits.
+    pub fn leave(&mut self) -> Result<(), Error> {
+        if let Some(s) = self.session.as_mut() {
+            let proposal = s.propose_leave()?;
+            self.out.push_back(ClientMsg::Proposal {
+                proposal: Bytes(proposal),
+            });
+        }
+        self.left = true;
+        self.media.clear();
+        Ok(())
+    }
+
+    fn alarm(&mut self, reason: String) {
+        warn!(%reason, "alarm");
+        self.events.push_back(Event::Alarm { reason });
+    }
+
+    fn install_keys(&mut self, now: Timestamp) -> Result<(), Error> {
+        if let Some(s) = self.session.as_ref() {
+            self.media.install_epoch(s.epoch_secrets()?, now)?;
+        }
+        Ok(())
+    }
+
+    fn epoch_changed(&mut self, change: EpochChange, now: Timestamp) -> Result<(), Error> {
+        if change.removed_self {
+            self.session = None;
+            self.media.clear();
+            self.events.push_back(Event::Ended {
+                reason: "removed from the group".into(),
+            });
+            return Ok(());
+        }
+        for r in &change.removed {
+            debug!(leaf = r.leaf, name = %r.display_name, "member removed");
+        }
+        self.install_keys(now)?;
+        let code = self
+            .session
+            .as_ref()
+            .map(Session::security_code)
+            .transpose()?;
+        if let Some(security_code) = code {
+            info!(epoch = change.epoch, %security_code, "new epoch");
+            self.events.push_back(Event::EpochChanged {
+                change,
+                security_code,
+            });
+        }
+        Ok(())
+    }
+
+    /// Handles one message from the server. Errors that a hostile peer can cause become
+    /// [`Event::Alarm`]s, never panics; the participant stays usable.
+    pub fn handle(&mut self, msg: ServerMsg, now: Timestamp) -> Result<(), Error> {
+        match msg {
+            ServerMsg::Joined {
+                create_group,
+                server_identity,
+                ..
+            } => {
+                if create_group {
+                    let server = SigningIdentity::mls_decode(&mut server_identity.as_ref())
+                        .map_err(|e| Error::Unexpected(format!("server identity: {e}")))?;
+                    let policy = match self.policy {
+                        NewRoomPolicy::Open => RoomPolicy::open(&self.room),
+                        NewRoomPolicy::Lobby => {
+                            RoomPolicy::lobby(&self.room, &[self.device.identity()])
+                        }
+                    };
+                    let session = self.device.create_room(policy, Some(server), now)?;
+                    self.out.push_back(ClientMsg::CreateGroup {
+                        group_info: Bytes(session.group_info()?),
+                        ratchet_tree: Bytes(session.ratchet_tree()?),
+                    });
+                    let security_code = session.security_code()?;
+                    let epoch = session.epoch();
+                    self.session = Some(session);
+                    self.install_keys(now)?;
+                    self.events.push_back(Event::Joined {
+                        epoch,
+                        security_code,
+                    });
+                } else if self.session.is_none() {
+                    let kp = self.device.key_package(None, now)?;
+                    self.out.push_back(ClientMsg::KeyPackage {
+                        key_package: Bytes(kp),
+                    });
+                }
+            }
+            ServerMsg::Knock { knock } => {
+                self.events.push_back(Event::Knock {
+                    knock: knock.knock,
+                    user_id: knock.user_id.clone(),
+                    name: knock.name.clone(),
+                });
+                self.knocks.insert(knock.knock, knock);
+            }
+            ServerMsg::CommitRequest { epoch, knocks } => {
+                self.commit_requested(epoch, knocks, now)?
+            }
+            ServerMsg::CommitAccepted { .. } => {
+                let Some(s) = self.session.as_mut() else {
+                    return Ok(());
+                };
+                if !s.has_pending_commit() {
+                    return Ok(());
+                }
+                let change = s.confirm_commit()?;
+                for a in &change.added {
+                    self.knocks.retain(|_, k| k.user_id != a.user_id);
+                }
+                self.epoch_changed(change, now)?;
+            }
+            ServerMsg::CommitRejected { reason, .. } => {
+                debug!(%reason, "our commit was refused");
+                if let Some(s) = self.session.as_mut() {
+                    s.discard_commit();
+                }
+            }
+            ServerMsg::Commit { commit } => {
+                let Some(s) = self.session.as_mut() else {
+                    return Ok(());
+                };
+                match s.process(&commit.0, now) {
+                    Ok(Incoming::Commit { change, .. }) => self.epoch_changed(change, now)?,
+                    Ok(other) => self.alarm(format!("expected a commit, got {other:?}")),
+                    Err(e) => self.alarm(format!("refused a commit: {e}")),
+                }
+            }
+            ServerMsg::Proposal { proposal } => {
+                let Some(s) = self.session.as_mut() else {
+                    return Ok(());
+                };
+                match s.process(&proposal.0, now) {
+                    Ok(Incoming::Proposal {
+                        kind,
+                        target,
+                        from_server,
+                    }) => {
+                        debug!(kind, ?target, from_server, "proposal")
+                    }
+                    Ok(other) => self.alarm(format!("expected a proposal, got {other:?}")),
+                    Err(e) => self.alarm(format!("refused a proposal: {e}")),
+                }
+            }
+            ServerMsg::Application { message } => {
+                let Some(s) = self.session.as_mut() else {
+                    return Ok(());
+                };
+                if let Err(e) = s.process(&message.0, now) {
+                    self.alarm(format!("refused an application message: {e}"));
+                }
+            }
+            ServerMsg::Welcome {
+                welcome,
+                ratchet_tree,
+            } => {
+                if self.session.is_some() {
+                    return Err(Error::Unexpected(
+                        "a Welcome while already in the group".into(),
+                    ));
+                }
+                let session = self
+                    .device
+                    .join(&self.room, &welcome.0, &ratchet_tree.0, now)?;
+                let epoch = session.epoch();
+                let security_code = session.security_code()?;
+                self.session = Some(session);
+                self.install_keys(now)?;
+                info!(epoch, %security_code, "joined");
+                self.events.push_back(Event::Joined {
+                    epoch,
+                    security_code,
+                });
+            }
+            ServerMsg::Denied { reason } => self.events.push_back(Event::Ended { reason }),
+            ServerMsg::Error { code, reason } => debug!(?code, %reason, "server error"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn commit_requested(
+        &mut self,
+        epoch: u64,
+        knocks: Vec<KnockInfo>,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        if self.left {
+            return Ok(());
+        }
+        let Some(s) = self.session.as_mut() else {
+            return Ok(());
+        };
+        if s.epoch() != epoch || s.has_pending_commit() {
+            return Ok(());
+        }
+        for k in &knocks {
+            self.knocks.entry(k.knock).or_insert_with(|| k.clone());
+        }
+        let admit: Vec<&KnockInfo> = knocks
+            .iter()
+            .filter(|k| self.admit_mode == AdmitMode::Auto || self.approved.contains(&k.knock))
+            .collect();
+        let kps: Vec<Vec<u8>> = admit.iter().map(|k| k.key_package.0.clone()).collect();
+        if kps.is_empty() && s.pending_proposals() == 0 && !knocks.is_empty() {
+            // Nothing we may admit yet (a host has not decided): do not burn an epoch.
+            return Ok(());
+        }
+        match s.commit(&kps, &[], now) {
+            Ok(bundle) => {
+                self.out.push_back(ClientMsg::Commit {
+                    epoch,
+                    commit: Bytes(bundle.commit),
+                    welcome: bundle.welcome.map(Bytes),
+                });
+            }
+            Err(e) => {
+                // One bad KeyPackage must not block the others: retry without it.
+                warn!(error = %e, "commit failed; retrying knock by knock");
+                let mut good = Vec::new();
+                for kp in &kps {
+                    let mut probe = s.danger_clone();
+                    let mut trial = good.clone();
+                    trial.push(kp.clone());
+                    if probe.commit(&trial, &[], now).is_ok() {
+                        good.push(kp.clone());
+                    }
+                }
+                let bundle = s.commit(&good, &[], now)?;
+                self.out.push_back(ClientMsg::Commit {
+                    epoch,
+                    commit: Bytes(bundle.commit),
+                    welcome: bundle.welcome.map(Bytes),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a self-update (post-compromise security); the DS decides if it wins the epoch.
+    pub fn self_update(&mut self, now: Timestamp) -> Result<(), Error> {
+        let Some(s) = self.session.as_mut() else {
+            return Ok(());
+        };
+        if s.has_pending_commit() {
+            return Ok(());
+        }
+        let epoch = s.epoch();
+        let bundle = s.self_update(now)?;
+        self.out.push_back(ClientMsg::Commit {
+            epoch,
+            commit: Bytes(bundle.commit),
+            welcome: None,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,1103 @@
+//! # Conclave delivery service core
+//!
+//! Orders and fans out the MLS handshake of every room, and nothing more: it follows each
+//! group's **public** state through mls-rs's `ExternalClient` (commits and proposals are MLS
+//! public messages), so it can check and order commits, serve the ratchet tree to joiners and
+//! propose removals as the group's external sender, but it never holds a member's private
+//! state, an exporter secret or a media key. It enforces the room's admission policy with the
+//! same [`ConclaveRules`] as the members, so a member's commit that honest members would refuse
+//! is refused here first instead of wedging the room.
+//!
+//! Sans-IO, in the style of quinn-proto: the runtime feeds it connections, messages,
+//! disconnections and timeouts, all with the current [`Timestamp`], and drains what to send.
+//!
+//! - inputs: [`Ds::connect`] (after the runtime checked the join token), [`Ds::handle`],
+//!   [`Ds::disconnect`], [`Ds::handle_timeout`];
+//! - outputs: [`Ds::poll_output`] until `None` after every input, and [`Ds::poll_timeout`] for
+//!   when to call [`Ds::handle_timeout`] next.
+//!
+//! One room's flow: the first connection is asked to create the group and uploads its GroupInfo
+//! and tree ([`ClientMsg::CreateGroup`]); later connections knock with a KeyPackage; after a
+//! short batching window the designated committer (most blank nodes on its path, hosts only
+//! for adds in lobby rooms) gets a [`ServerMsg::CommitRequest`]; the first valid commit of the
+//! epoch wins and is fanned out, its Welcome and the tree go to the joiners, and any other
+//! commit for that epoch is refused (its author receives the winner like everyone else and
+//! rebuilds). A member whose connection stays gone past a timeout is proposed for removal.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use conclave_mls::{
+    committer, policy_of, provider, suite_provider, Admission, ConclaveIdentityProvider,
+    ConclaveRules, CredentialInfo, Provider, RoomCipherSuite, Timestamp, INVITE_EXTENSION,
+    ROOM_POLICY_EXTENSION,
+};
+use conclave_proto::{
+    Bytes, ClientMsg, ErrorCode, KnockId, KnockInfo, ServerMsg, PROTOCOL_VERSION,
+};
+use mls_rs::extension::built_in::ExternalSendersExt;
+use mls_rs::external_client::builder::{
+    ExternalBaseConfig, WithCryptoProvider, WithIdentityProvider, WithMlsRules,
+};
+use mls_rs::external_client::{ExternalClient, ExternalGroup, ExternalReceivedMessage};
+use mls_rs::group::proposal::Proposal;
+use mls_rs::group::{CommitEffect, ExportedTree};
+use mls_rs::identity::basic::BasicCredential;
+use mls_rs::identity::SigningIdentity;
+use mls_rs::{CipherSuiteProvider, MlsMessage};
+use mls_rs_core::crypto::SignatureSecretKey;
+use tracing::{debug, info, warn};
+
+type ExtConfig = WithMlsRules<
+    ConclaveRules,
+    WithIdentityProvider<
+        ConclaveIdentityProvider,
+        WithCryptoProvider<Provider, ExternalBaseConfig>,
+    >,
+>;
+
+/// A connection, as the runtime numbers them.
+pub type ConnId = u64;
+
+/// Errors of this crate (setup only: everything a peer sends is answered, never raised).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server's signing key could not be made or used.
+    #[error("server key: {0}")]
+    ServerKey(String),
+}
+
+/// Tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct DsConfig {
+    /// How long knocks are collected before a commit is requested (one commit adds them all).
+    pub batch_window: Duration,
+    /// How long the designated committer has before another member is asked.
+    pub commit_timeout: Duration,
+    /// How long a member's connection may stay gone before the server proposes its removal.
+    pub remove_after: Duration,
+    /// Most members plus knocks per room.
+    pub max_room_size: usize,
+}
+
+impl Default for DsConfig {
+    fn default() -> Self {
+        DsConfig {
+            batch_window: Duration::from_millis(50),
+            commit_timeout: Duration::from_secs(5),
+            remove_after: Duration::from_secs(10),
+            max_room_size: 2000,
+        }
+    }
+}
+
+/// What the runtime must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send `msg` on `conn`.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: ServerMsg,
+    },
+    /// Close `conn` (after sending what was queued before).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DsStats {
+    /// Commits accepted.
+    pub commits_accepted: u64,
+    /// Commits refused (lost the race or invalid).
+    pub commits_rejected: u64,
+    /// Removals proposed by the server.
+    pub removals_proposed: u64,
+    /// Messages refused as malformed or unexpected.
+    pub refused: u64,
+}
+
+/// A generated server signing identity (for the group's external-sender list).
+pub fn generate_server_identity(
+    suite: RoomCipherSuite,
+) -> Result<(SignatureSecretKey, SigningIdentity), Error> {
+    let cs = suite_provider(suite).map_err(|e| Error::ServerKey(e.to_string()))?;
+    let (secret, public) = cs
+        .signature_key_generate()
+        .map_err(|e| Error::ServerKey(format!("{e:?}")))?;
+    Ok((secret, server_signing_identity(public.as_bytes())))
+}
+
+/// The server's signing identity for a public key.
+pub fn server_signing_identity(public_key: &[u8]) -> SigningIdentity {
+    SigningIdentity::new(
+        BasicCredential::new(b"conclave-server".to_vec()).into_credential(),
+        public_key.to_vec().into(),
+    )
+}
+
+#[derive(Debug)]
+struct Conn {
+    room: String,
+    user_id: String,
+    state: ConnState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// Asked to create the room's group.
+    Creating,
+    /// Joined signaling, has not knocked yet.
+    Waiting,
+    /// Knocked; waiting to be added.
+    Knocking(KnockId),
+    /// A member at this leaf.
+    Member(u32),
+}
+
+#[derive(Debug)]
+struct Knock {
+    id: KnockId,
+    conn: ConnId,
+    info: KnockInfo,
+    signature_key: Vec<u8>,
+}
+
+struct Request {
+    conn: ConnId,
+    epoch: u64,
+    deadline: Timestamp,
+}
+
+#[derive(Default)]
+struct Room {
+    group: Option<ExternalGroup<ExtConfig>>,
+    conns: Vec<ConnId>,
+    knocks: Vec<Knock>,
+    next_knock: KnockId,
+    /// Members whose connection went away, by leaf, and since when.
+    offline: HashMap<u32, Timestamp>,
+    /// Leaves the server proposed to remove in this epoch.
+    proposed_removals: Vec<u32>,
+    /// Proposals (ours or members') waiting for a commit.
+    pending_proposals: usize,
+    /// When work appeared that a commit should pick up.
+    work_since: Option<Timestamp>,
+    request: Option<Request>,
+    /// Members that did not answer a commit request in time this epoch.
+    skipped: Vec<ConnId>,
+}
+
+impl Room {
+    fn epoch(&self) -> Option<u64> {
+        self.group.as_ref().map(|g| g.group_context().epoch)
+    }
+}
+
+/// The delivery service.
+pub struct Ds {
+    config: DsConfig,
+    client: ExternalClient<ExtConfig>,
+    server_identity: SigningIdentity,
+    rooms: HashMap<String, Room>,
+    conns: HashMap<ConnId, Conn>,
+    out: VecDeque<Output>,
+    stats: DsStats,
+}
+
+impl core::fmt::Debug for Ds {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ds")
+            .field("rooms", &self.rooms.len())
+            .field("conns", &self.conns.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tree_of(group: &ExternalGroup<ExtConfig>) -> Vec<u8> {
+    group.export_tree().unwrap_or_default()
+}
+
+impl Ds {
+    /// A delivery service signing its removal proposals with `secret` / `identity`.
+    pub fn new(config: DsConfig, secret: SignatureSecretKey, identity: SigningIdentity) -> Self {
+        let client = ExternalClient::builder()
+            .crypto_provider(provider())
+            .identity_provider(ConclaveIdentityProvider)
+            .mls_rules(ConclaveRules::default())
+            .extension_type(ROOM_POLICY_EXTENSION)
+            .extension_type(INVITE_EXTENSION)
+            .cache_proposals(true)
+            .signer(secret, identity.clone())
+            .build();
+        Ds {
+            config,
+            client,
+            server_identity: identity,
+            rooms: HashMap::new(),
+            conns: HashMap::new(),
+            out: VecDeque::new(),
+            stats: DsStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DsStats {
+        self.stats
+    }
+
+    /// Rooms with a group or a connection.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Connections known.
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The epoch of a room's group, if it has one.
+    pub fn epoch(&self, room: &str) -> Option<u64> {
+        self.rooms.get(room).and_then(Room::epoch)
+    }
+
+    /// Members of a room's group.
+    pub fn member_count(&self, room: &str) -> usize {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.group.as_ref())
+            .map_or(0, |g| g.roster().members_iter().count())
+    }
+
+    /// Next output to act on.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ServerMsg) {
+        self.out.push_back(Output::Send { conn, msg });
+    }
+
+    fn refuse(&mut self, conn: ConnId, code: ErrorCode, reason: impl Into<String>) {
+        let reason = reason.into();
+        debug!(conn, ?code, %reason, "refused");
+        self.stats.refused += 1;
+        self.send(conn, ServerMsg::Error { code, reason });
+    }
+
+    /// A connection whose token the runtime verified: `user_id` in `room`.
+    pub fn connect(&mut self, conn: ConnId, room: &str, user_id: &str, now: Timestamp) {
+        let max = self.config.max_room_size;
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        let size = r
+            .group
+            .as_ref()
+            .map_or(0, |g| g.roster().members_iter().count())
+            + r.knocks.len();
+        if size >= max {
+            self.refuse(
+                conn,
+                ErrorCode::RoomFull,
+                format!("room {room} is full ({max})"),
+            );
+            self.out.push_back(Output::Close {
+                conn,
+                reason: "room full".into(),
+            });
+            return;
+        }
+        let creating = r.group.is_none()
+            && !r.conns.iter().any(|c| {
+                self.conns
+                    .get(c)
+                    .is_some_and(|c| c.state == ConnState::Creating)
+            });
+        r.conns.push(conn);
+        let state = if creating {
+            ConnState::Creating
+        } else {
+            ConnState::Waiting
+        };
+        self.conns.insert(
+            conn,
+            Conn {
+                room: room.to_owned(),
+                user_id: user_id.to_owned(),
+                state,
+            },
+        );
+        let server_identity =
+            mls_rs_codec::MlsEncode::mls_encode_to_vec(&self.server_identity).unwrap_or_default();
+        info!(conn, room, user_id, creating, "connected");
+        let _ = now;
+        self.send(
+            conn,
+            ServerMsg::Joined {
+                version: PROTOCOL_VERSION,
+                room: room.to_owned(),
+                user_id: user_id.to_owned(),
+                server_identity: Bytes(server_identity),
+                create_group: creating,
+            },
+        );
+    }
+
+    /// A connection went away.
+    pub fn disconnect(&mut self, conn: ConnId, now: Timestamp) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&c.room) else {
+            return;
+        };
+        room.conns.retain(|x| *x != conn);
+        info!(conn, room = %c.room, state = ?c.state, "disconnected");
+        match c.state {
+            ConnState::Member(leaf) => {
+                room.offline.insert(leaf, now);
+            }
+            ConnState::Knocking(id) => room.knocks.retain(|k| k.id != id),
+            ConnState::Creating | ConnState::Waiting => {}
+        }
+        if room.request.as_ref().is_some_and(|r| r.conn == conn) {
+            room.request = None;
+            room.work_since.get_or_insert(now);
+        }
+        let empty = room.conns.is_empty();
+        let name = c.room.clone();
+        if empty && room.group.is_none() {
+            self.rooms.remove(&name);
+        } else {
+            self.schedule(&name, now);
+        }
+        // A room whose creator left before creating the group: ask the next connection.
+        self.promote_creator(&name);
+    }
+
+    fn promote_creator(&mut self, room_name: &str) {
+        let Some(room) = self.rooms.get(room_name) else {
+            return;
+        };
+        if room.group.is_some() {
+            return;
+        }
+        let has_creator = room.conns.iter().any(|c| {
+            self.conns
+                .get(c)
+                .is_some_and(|c| c.state == ConnState::Creating)
+        });
+        if has_creator {
+            return;
+        }
+        if let Some(&next) = room.conns.first() {
+            if let Some(c) = self.conns.get_mut(&next) {
+                c.state = ConnState::Creating;
+                let user_id = c.user_id.clone();
+                let server_identity =
+                    mls_rs_codec::MlsEncode::mls_encode_to_vec(&self.server_identity)
+                        .unwrap_or_default();
+                self.send(
+                    next,
+                    ServerMsg::Joined {
+                        version: PROTOCOL_VERSION,
+                        room: room_name.to_owned(),
+                        user_id,
+                        server_identity: Bytes(server_identity),
+                        create_group: true,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A message from a connection.
+    pub fn handle(&mut self, conn: ConnId, msg: ClientMsg, now: Timestamp) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let room = c.room.clone();
+        let state = c.state;
+        match (msg, state) {
+            (
+                ClientMsg::CreateGroup {
+                    group_info,
+                    ratchet_tree,
+                },
+                ConnState::Creating,
+            ) => self.create_group(conn, &room, &group_info.0, &ratchet_tree.0, now),
+            (ClientMsg::KeyPackage { key_package }, ConnState::Waiting) => {
+                self.knock(conn, &room, key_package.0, now)
+            }
+            (
+                ClientMsg::Commit {
+                    epoch,
+                    commit,
+                    welcome,
+                },
+                ConnState::Member(leaf),
+            ) => self.commit(
+                conn,
+                leaf,
+                &room,
+                epoch,
+                &commit.0,
+                welcome.map(|w| w.0),
+                now,
+            ),
+            (ClientMsg::Proposal { proposal }, ConnState::Member(_)) => {
+                self.proposal(conn, &room, &proposal.0, now)
+            }
+            (ClientMsg::Application { message }, ConnState::Member(_)) => {
+                self.application(conn, &room, message)
+            }
+            (ClientMsg::Deny { knock }, ConnState::Member(leaf)) => {
+                self.deny(conn, leaf, &room, knock, now)
+            }
+            (ClientMsg::Hello { .. }, _) => {
+                self.refuse(conn, ErrorCode::Unexpected, "already said hello")
+            }
+            (other, state) => self.refuse(
+                conn,
+                ErrorCode::Unexpected,
+                format!("{} is not expected while {state:?}", kind(&other)),
+            ),
+        }
+    }
+
+    fn create_group(
+        &mut self,
+        conn: ConnId,
+        room_name: &str,
+        group_info: &[u8],
+        tree: &[u8],
+        now: Timestamp,
+    ) {
+        let observed = MlsMessage::from_bytes(group_info)
+            .map_err(|e| e.to_string())
+            .and_then(|gi| {
+                let tree = ExportedTree::from_bytes(tree).map_err(|e| e.to_string())?;
+                self.client
+                    .observe_group(gi, Some(tree), Some(now.into()))
+                    .map_err(|e| e.to_string())
+            });
+        let group = match observed {
+            Ok(g) => g,
+            Err(e) => return self.refuse(conn, ErrorCode::Rejected, format!("group info: {e}")),
+        };
+        let ctx = group.group_context();
+        // The room's group must name this room, name the server as its (only) external sender,
+        // and have exactly one member: the creator.
+        let policy = match policy_of(&ctx.extensions) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(conn, ErrorCode::Rejected, e.to_string()),
+        };
+        if policy.room_id != room_name.as_bytes() {
+            return self.refuse(
+                conn,
+                ErrorCode::Rejected,
+                "the group's policy names another room",
+            );
+        }
+        let senders = ctx.extensions.get_as::<ExternalSendersExt>().ok().flatten();
+        if senders.is_none_or(|s| s.allowed_senders != [self.server_identity.clone()]) {
+            return self.refuse(
+                conn,
+                ErrorCode::Rejected,
+                "the server must be the group's only external sender",
+            );
+        }
+        let members: Vec<_> = group.roster().members_iter().collect();
+        if members.len() != 1 || ctx.epoch != 0 {
+            return self.refuse(
+                conn,
+                ErrorCode::Rejected,
+                "a new room's group has exactly its creator",
+            );
+        }
+        let leaf = members[0].index;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.state = ConnState::Member(leaf);
+        }
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        info!(room = room_name, policy = policy.kind(), "group created");
+        room.group = Some(group);
+        // Everyone who was waiting may knock now.
+        self.schedule(room_name, now);
+    }
+
+    fn knock(&mut self, conn: ConnId, room_name: &str, key_package: Vec<u8>, now: Timestamp) {
+        let parsed = MlsMessage::from_bytes(&key_package).ok();
+        let Some(kp) = parsed.as_ref().and_then(|m| m.as_key_package()) else {
+            return self.refuse(conn, ErrorCode::Malformed, "not a KeyPackage");
+        };
+        // The credential must carry the user id the token named: members see the identity
+        // the server vouched for, and cannot be shown another.
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let info = match CredentialInfo::from_credential(&kp.signing_identity().credential) {
+            Ok(i) => i,
+            Err(e) => return self.refuse(conn, ErrorCode::Rejected, e.to_string()),
+        };
+        if info.user_id != c.user_id {
+            return self.refuse(
+                conn,
+                ErrorCode::Rejected,
+                format!(
+                    "the KeyPackage names {:?}, the token {:?}",
+                    info.user_id, c.user_id
+                ),
+            );
+        }
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_ref() else {
+            return self.refuse(
+                conn,
+                ErrorCode::Unexpected,
+                "the room's group does not exist yet",
+            );
+        };
+        if kp.cipher_suite() != group.group_context().cipher_suite {
+            return self.refuse(
+                conn,
+                ErrorCode::Rejected,
+                "the KeyPackage is for another ciphersuite",
+            );
+        }
+        let id = room.next_knock;
+        room.next_knock += 1;
+        let signature_key = kp.signing_identity().signature_key.as_bytes().to_vec();
+        let knock = KnockInfo {
+            knock: id,
+            user_id: info.user_id.clone(),
+            name: info.display_name.clone(),
+            key_package: Bytes(key_package),
+        };
+        room.knocks.push(Knock {
+            id,
+            conn,
+            info: knock.clone(),
+            signature_key,
+        });
+        room.work_since.get_or_insert(now);
+        let members: Vec<ConnId> = room.conns.clone();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.state = ConnState::Knocking(id);
+        }
+        for m in members {
+            if matches!(
+                self.conns.get(&m).map(|c| c.state),
+                Some(ConnState::Member(_))
+            ) {
+                self.send(
+                    m,
+                    ServerMsg::Knock {
+                        knock: knock.clone(),
+                    },
+                );
+            }
+        }
+        self.schedule(room_name, now);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        conn: ConnId,
+        leaf: u32,
+        room_name: &str,
+        epoch: u64,
+        commit: &[u8],
+        welcome: Option<Vec<u8>>,
+        now: Timestamp,
+    ) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_mut() else {
+            return;
+        };
+        let current = group.group_context().epoch;
+        let reject = |ds: &mut Ds, reason: String| {
+            ds.stats.commits_rejected += 1;
+            debug!(conn, epoch, %reason, "commit rejected");
+            ds.send(conn, ServerMsg::CommitRejected { epoch, reason });
+        };
+        if epoch != current {
+            return reject(
+                self,
+                format!("epoch {epoch} is over; the group is at {current}"),
+            );
+        }
+        let msg = match MlsMessage::from_bytes(commit) {
+            Ok(m) => m,
+            Err(e) => return reject(self, format!("undecodable commit: {e}")),
+        };
+        let before: HashMap<u32, Vec<u8>> = group
+            .roster()
+            .members_iter()
+            .map(|m| {
+                (
+                    m.index,
+                    m.signing_identity.signature_key.as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        let desc = match group.process_incoming_message_with_time(msg, now.into()) {
+            Ok(ExternalReceivedMessage::Commit(d)) => d,
+            Ok(_) => return reject(self, "not a commit".into()),
+            Err(e) => return reject(self, format!("invalid commit: {e}")),
+        };
+        if desc.committer != leaf {
+            // Cannot happen for a valid commit signed by this member's leaf; refuse loudly.
+            warn!(
+                conn,
+                leaf,
+                committer = desc.committer,
+                "commit signed by another leaf"
+            );
+        }
+        let new_epoch = match &desc.effect {
+            CommitEffect::NewEpoch(e) | CommitEffect::Removed { new_epoch: e, .. } => e.clone(),
+            CommitEffect::ReInit(_) => return reject(self, "re-init is not allowed".into()),
+        };
+        let mut added_keys = Vec::new();
+        let mut removed = Vec::new();
+        for p in &new_epoch.applied_proposals {
+            match (&p.proposal, p.sender) {
+                (Proposal::Add(a), _) => {
+                    added_keys.push(a.signing_identity().signature_key.as_bytes().to_vec())
+                }
+                (Proposal::Remove(r), _) => removed.push(r.to_remove()),
+                (Proposal::SelfRemove(_), mls_rs::group::Sender::Member(l)) => removed.push(l),
+                _ => {}
+            }
+        }
+        self.stats.commits_accepted += 1;
+        info!(
+            room = room_name,
+            epoch = new_epoch.epoch,
+            committer = leaf,
+            added = added_keys.len(),
+            removed = removed.len(),
+            "commit accepted"
+        );
+
+        // Map joiners to their knocks and their new leaves.
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_ref() else {
+            return;
+        };
+        let after: HashMap<Vec<u8>, u32> = group
+            .roster()
+            .members_iter()
+            .map(|m| {
+                (
+                    m.signing_identity.signature_key.as_bytes().to_vec(),
+                    m.index,
+                )
+            })
+            .collect();
+        let tree = if added_keys.is_empty() {
+            Vec::new()
+        } else {
+            tree_of(group)
+        };
+        let mut joined: Vec<(ConnId, u32)> = Vec::new();
+        room.knocks.retain(|k| {
+            if added_keys.contains(&k.signature_key) {
+                if let Some(&l) = after.get(&k.signature_key) {
+                    joined.push((k.conn, l));
+                }
+                false
+            } else {
+                true
+            }
+        });
+        for l in &removed {
+            room.offline.remove(l);
+        }
+        room.proposed_removals.clear();
+        room.pending_proposals = 0;
+        room.request = None;
+        room.skipped.clear();
+        room.work_since = if room.knocks.is_empty() {
+            None
+        } else {
+            Some(now)
+        };
+        let conns = room.conns.clone();
+        let _ = before;
+
+        self.send(
+            conn,
+            ServerMsg::CommitAccepted {
+                epoch: new_epoch.epoch,
+            },
+        );
+        for other in conns {
+            if other == conn {
+                continue;
+            }
+            if let Some(ConnState::Member(l)) = self.conns.get(&other).map(|c| c.state) {
+                {
+                    self.send(
+                        other,
+                        ServerMsg::Commit {
+                            commit: Bytes(commit.to_vec()),
+                        },
+                    );
+                    if removed.contains(&l) {
+                        if let Some(c) = self.conns.get_mut(&other) {
+                            c.state = ConnState::Waiting;
+                        }
+                        self.out.push_back(Output::Close {
+                            conn: other,
+                            reason: "removed from the group".into(),
+                        });
+                    }
+                }
+            }
+        }
+        if removed.contains(&leaf) {
+            self.out.push_back(Output::Close {
+                conn,
+                reason: "removed from the group".into(),
+            });
+        }
+        match (&welcome, joined.is_empty()) {
+            (Some(w), false) => {
+                for (jc, l) in joined {
+                    if let Some(c) = self.conns.get_mut(&jc) {
+                        c.state = ConnState::Member(l);
+                    }
+                    self.send(
+                        jc,
+                        ServerMsg::Welcome {
+                            welcome: Bytes(w.clone()),
+                            ratchet_tree: Bytes(tree.clone()),
+                        },
+                    );
+                }
+            }
+            (None, false) => warn!(room = room_name, "a commit added members without a Welcome"),
+            _ => {}
+        }
+        self.schedule(room_name, now);
+    }
+
+    fn proposal(&mut self, conn: ConnId, room_name: &str, proposal: &[u8], now: Timestamp) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_mut() else {
+            return;
+        };
+        let msg = match MlsMessage::from_bytes(proposal) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.refuse(
+                    conn,
+                    ErrorCode::Malformed,
+                    format!("undecodable proposal: {e}"),
+                )
+            }
+        };
+        match group.process_incoming_message_with_time(msg, now.into()) {
+            Ok(ExternalReceivedMessage::Proposal(_)) => {}
+            Ok(_) => return self.refuse(conn, ErrorCode::Rejected, "not a proposal"),
+            Err(e) => {
+                return self.refuse(conn, ErrorCode::Rejected, format!("invalid proposal: {e}"))
+            }
+        }
+        room.pending_proposals += 1;
+        room.work_since.get_or_insert(now);
+        let conns = room.conns.clone();
+        for other in conns {
+            if other != conn
+                && matches!(
+                    self.conns.get(&other).map(|c| c.state),
+                    Some(ConnState::Member(_))
+                )
+            {
+                self.send(
+                    other,
+                    ServerMsg::Proposal {
+                        proposal: Bytes(proposal.to_vec()),
+                    },
+                );
+            }
+        }
+        self.schedule(room_name, now);
+    }
+
+    fn application(&mut self, conn: ConnId, room_name: &str, message: Bytes) {
+        let Some(room) = self.rooms.get(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_ref() else {
+            return;
+        };
+        let ok = MlsMessage::from_bytes(&message.0)
+            .ok()
+            .and_then(|m| {
+                m.group_id()
+                    .map(|g| g == group.group_context().group_id.as_slice())
+            })
+            .unwrap_or(false);
+        if !ok {
+            return self.refuse(
+                conn,
+                ErrorCode::Malformed,
+                "not an MLS message of this group",
+            );
+        }
+        let conns = room.conns.clone();
+        for other in conns {
+            if other != conn
+                && matches!(
+                    self.conns.get(&other).map(|c| c.state),
+                    Some(ConnState::Member(_))
+                )
+            {
+                self.send(
+                    other,
+                    ServerMsg::Application {
+                        message: message.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn deny(&mut self, conn: ConnId, leaf: u32, room_name: &str, knock: KnockId, now: Timestamp) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_ref() else {
+            return;
+        };
+        // Only a host may turn a knock away (in an open room, nobody needs to).
+        let is_host = policy_of(&group.group_context().extensions)
+            .ok()
+            .is_some_and(|p| {
+                group
+                    .roster()
+                    .members_iter()
+                    .find(|m| m.index == leaf)
+                    .is_some_and(|m| p.is_host(&m.signing_identity.signature_key))
+            });
+        if !is_host {
+            return self.refuse(conn, ErrorCode::Rejected, "only a host may deny a knock");
+        }
+        let Some(pos) = room.knocks.iter().position(|k| k.id == knock) else {
+            return self.refuse(conn, ErrorCode::Unexpected, format!("no knock {knock}"));
+        };
+        let k = room.knocks.remove(pos);
+        if room.knocks.is_empty() && room.pending_proposals == 0 {
+            room.work_since = None;
+        }
+        self.send(
+            k.conn,
+            ServerMsg::Denied {
+                reason: "a host turned the knock away".into(),
+            },
+        );
+        self.out.push_back(Output::Close {
+            conn: k.conn,
+            reason: "denied".into(),
+        });
+        self.schedule(room_name, now);
+    }
+
+    /// Asks the designated committer to commit when there is work and nobody is on it.
+    fn schedule(&mut self, room_name: &str, now: Timestamp) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_ref() else {
+            return;
+        };
+        if room.request.is_some() {
+            return;
+        }
+        let Some(since) = room.work_since else { return };
+        if now < since.saturating_add(self.config.batch_window) {
+            return;
+        }
+        let epoch = group.group_context().epoch;
+        let adds = !room.knocks.is_empty();
+        let lobby = policy_of(&group.group_context().extensions)
+            .ok()
+            .filter(|p| matches!(p.admission, Admission::Lobby(_)));
+        let mut online: Vec<(u32, ConnId)> = Vec::new();
+        for c in &room.conns {
+            if room.skipped.contains(c) {
+                continue;
+            }
+            if let Some(ConnState::Member(l)) = self.conns.get(c).map(|c| c.state) {
+                let eligible = match (&lobby, adds) {
+                    (Some(p), true) => group
+                        .roster()
+                        .members_iter()
+                        .find(|m| m.index == l)
+                        .is_some_and(|m| p.is_host(&m.signing_identity.signature_key)),
+                    _ => true,
+                };
+                if eligible {
+                    online.push((l, *c));
+                }
+            }
+        }
+        let tree = group.exported_tree();
+        let Some(leaf) = committer::designated(&tree, online.iter().map(|(l, _)| *l)) else {
+            debug!(
+                room = room_name,
+                "work waiting, but no member can commit it"
+            );
+            return;
+        };
+        let Some(&(_, conn)) = online.iter().find(|(l, _)| *l == leaf) else {
+            return;
+        };
+        let knocks: Vec<KnockInfo> = room.knocks.iter().map(|k| k.info.clone()).collect();
+        room.request = Some(Request {
+            conn,
+            epoch,
+            deadline: now.saturating_add(self.config.commit_timeout),
+        });
+        self.send(conn, ServerMsg::CommitRequest { epoch, knocks });
+    }
+
+    /// Time passed: batching windows close, slow committers are passed over, members gone
+    /// too long are proposed for removal.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            // Commit requests not answered in time.
+            if let Some(room) = self.rooms.get_mut(&name) {
+                if let Some(req) = &room.request {
+                    let stale = room.epoch() != Some(req.epoch);
+                    if now >= req.deadline || stale {
+                        if !stale {
+                            room.skipped.push(req.conn);
+                        }
+                        room.request = None;
+                        room.work_since.get_or_insert(now);
+                    }
+                }
+            }
+            self.propose_removals(&name, now);
+            self.schedule(&name, now);
+        }
+    }
+
+    fn propose_removals(&mut self, room_name: &str, now: Timestamp) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_mut() else {
+            return;
+        };
+        let due: Vec<u32> = room
+            .offline
+            .iter()
+            .filter(|(l, since)| {
+                now >= since.saturating_add(self.config.remove_after)
+                    && !room.proposed_removals.contains(l)
+            })
+            .map(|(l, _)| *l)
+            .collect();
+        let mut proposals = Vec::new();
+        for leaf in due {
+            match group
+                .propose_remove(leaf, vec![])
+                .and_then(|m| m.to_bytes())
+            {
+                Ok(bytes) => {
+                    room.proposed_removals.push(leaf);
+                    room.pending_proposals += 1;
+                    proposals.push(bytes);
+                    info!(
+                        room = room_name,
+                        leaf, "server proposes removal of a vanished member"
+                    );
+                }
+                Err(e) => {
+                    warn!(room = room_name, leaf, error = %e, "could not propose removal");
+                    room.offline.remove(&leaf);
+                }
+            }
+        }
+        if proposals.is_empty() {
+            return;
+        }
+        self.stats.removals_proposed += proposals.len() as u64;
+        room.work_since.get_or_insert(now);
+        let conns = room.conns.clone();
+        for c in conns {
+            if matches!(
+                self.conns.get(&c).map(|c| c.state),
+                Some(ConnState::Member(_))
+            ) {
+                for p in &proposals {
+                    self.send(
+                        c,
+                        ServerMsg::Proposal {
+                            proposal: Bytes(p.clone()),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// When [`Ds::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut at = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
+        for room in self.rooms.values() {
+            if let Some(r) = &room.request {
+                at(r.deadline);
+            } else if let Some(s) = room.work_since {
+                at(s.saturating_add(self.config.batch_window));
+            }
+            for (l, since) in &room.offline {
+                if !room.proposed_removals.contains(l) {
+                    at(since.saturating_add(self.config.remove_after));
+                }
+            }
+        }
+        next
+    }
+}
+
+fn kind(msg: &ClientMsg) -> &'static str {
+    match msg {
+        ClientMsg::Hello { .. } => "hello",
+        ClientMsg::CreateGroup { .. } => "create_group",
+        ClientMsg::KeyPackage { .. } => "key_package",
+        ClientMsg::Commit { .. } => "commit",
+        ClientMsg::Proposal { .. } => "proposal",
+        ClientMsg::Application { .. } => "application",
+        ClientMsg::Deny { .. } => "deny",
+        _ => "message",
+    }
+}

@@ -1,0 +1,461 @@
+//! The delivery service with real participants (the client core and the E2EE core) on an
+//! in-memory network, driven by simulated time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use conclave_client::{AdmitMode, Event, NewRoomPolicy, Participant};
+use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
+use conclave_e2ee::{
+    ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
+};
+use conclave_proto::{Bytes, ClientMsg, ErrorCode, ServerMsg};
+
+const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+const SUITE: RoomCipherSuite = RoomCipherSuite::Curve25519Aes128;
+
+fn device(name: &str) -> Device {
+    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new(name, name).unwrap()).unwrap();
+    Device::new(id, GroupStore::memory()).unwrap()
+}
+
+struct Net {
+    ds: Ds,
+    parts: BTreeMap<ConnId, Participant>,
+    closed: Vec<ConnId>,
+    /// Every message the server sent, per connection (for assertions).
+    seen: BTreeMap<ConnId, Vec<ServerMsg>>,
+    events: BTreeMap<ConnId, Vec<Event>>,
+    now: Timestamp,
+}
+
+impl Net {
+    fn new() -> Net {
+        let (secret, identity) = generate_server_identity(SUITE).unwrap();
+        Net {
+            ds: Ds::new(DsConfig::default(), secret, identity),
+            parts: BTreeMap::new(),
+            closed: Vec::new(),
+            seen: BTreeMap::new(),
+            events: BTreeMap::new(),
+            now: T0,
+        }
+    }
+
+    fn join(&mut self, conn: ConnId, user: &str, policy: NewRoomPolicy, admit: AdmitMode) {
+        self.join_with(conn, user, device(user), policy, admit)
+    }
+
+    fn join_with(
+        &mut self,
+        conn: ConnId,
+        user: &str,
+        d: Device,
+        policy: NewRoomPolicy,
+        admit: AdmitMode,
+    ) {
+        self.parts
+            .insert(conn, Participant::new(d, "room", policy, admit));
+        self.ds.connect(conn, "room", user, self.now);
+        self.settle();
+    }
+
+    /// Delivers everything until quiet, then lets time run to each pending timeout (up to 1 s
+    /// of simulated time, enough for batching windows).
+    fn settle(&mut self) {
+        self.pump();
+        for _ in 0..20 {
+            match self.ds.poll_timeout() {
+                Some(t) if t <= self.now.saturating_add(Duration::from_secs(1)) => {
+                    self.now = self.now.max(t);
+                    self.ds.handle_timeout(self.now);
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now.saturating_add(d);
+        self.ds.handle_timeout(self.now);
+        self.settle();
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(o) = self.ds.poll_output() {
+                progressed = true;
+                match o {
+                    Output::Send { conn, msg } => {
+                        self.seen.entry(conn).or_default().push(msg.clone());
+                        if let Some(p) = self.parts.get_mut(&conn) {
+                            let _ = p.handle(msg, self.now);
+                        }
+                    }
+                    Output::Close { conn, .. } => {
+                        self.closed.push(conn);
+                        if self.parts.remove(&conn).is_some() {
+                            self.ds.disconnect(conn, self.now);
+                        }
+                    }
+                    other => panic!("unexpected output {other:?}"),
+                }
+            }
+            let conns: Vec<ConnId> = self.parts.keys().copied().collect();
+            for c in conns {
+                let p = self.parts.get_mut(&c).unwrap();
+                let mut msgs = Vec::new();
+                while let Some(m) = p.poll_transmit() {
+                    msgs.push(m);
+                }
+                while let Some(e) = p.poll_event() {
+                    self.events.entry(c).or_default().push(e);
+                }
+                for m in msgs {
+                    progressed = true;
+                    self.ds.handle(c, m, self.now);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn p(&mut self, conn: ConnId) -> &mut Participant {
+        self.parts.get_mut(&conn).unwrap()
+    }
+
+    fn codes(&self) -> Vec<String> {
+        self.parts
+            .values()
+            .map(|p| p.security_code().map(|c| c.to_string()).unwrap_or_default())
+            .collect()
+    }
+
+    fn alarms(&self, conn: ConnId) -> usize {
+        self.events.get(&conn).map_or(0, |e| {
+            e.iter()
+                .filter(|e| matches!(e, Event::Alarm { .. }))
+                .count()
+        })
+    }
+}
+
+fn open_room(n: u64) -> Net {
+    let mut net = Net::new();
+    for i in 1..=n {
+        net.join(i, &format!("user{i}"), NewRoomPolicy::Open, AdmitMode::Auto);
+    }
+    net
+}
+
+#[test]
+fn members_join_through_the_ds_and_agree_on_the_security_code() {
+    let mut net = open_room(3);
+    assert_eq!(net.ds.member_count("room"), 3);
+    let codes = net.codes();
+    assert!(!codes[0].is_empty());
+    assert!(codes.windows(2).all(|w| w[0] == w[1]), "{codes:?}");
+    let epoch = net.p(1).epoch().unwrap();
+    assert_eq!(net.ds.epoch("room"), Some(epoch));
+
+    // Media keys are in place on everyone: a frame from 1 opens at 2 and 3.
+    let mut wire = Vec::new();
+    net.p(1)
+        .media()
+        .seal(b"hello", ClearPrefix::None, &mut wire)
+        .unwrap();
+    let now = net.now;
+    for c in [2, 3] {
+        let mut out = Vec::new();
+        net.p(c)
+            .media()
+            .open(&wire, ClearPrefix::None, &mut out, now)
+            .unwrap();
+        assert_eq!(out, b"hello");
+    }
+}
+
+#[test]
+fn knocks_arriving_together_are_added_in_one_commit() {
+    let mut net = open_room(1);
+    // Three knock within the batching window.
+    for i in 2..=4 {
+        net.parts.insert(
+            i,
+            Participant::new(
+                device(&format!("user{i}")),
+                "room",
+                NewRoomPolicy::Open,
+                AdmitMode::Auto,
+            ),
+        );
+        net.ds.connect(i, "room", &format!("user{i}"), net.now);
+        net.pump();
+    }
+    assert_eq!(
+        net.ds.member_count("room"),
+        1,
+        "nothing committed inside the window"
+    );
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 4);
+    assert_eq!(
+        net.ds.stats().commits_accepted,
+        1,
+        "one commit added all three"
+    );
+    let codes = net.codes();
+    assert!(codes.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn vanished_member_is_removed_by_a_server_proposal_within_bounded_time() {
+    let mut net = open_room(3);
+    let epoch = net.ds.epoch("room").unwrap();
+    // Member 3's connection drops (killed process).
+    let victim_leaf = net.p(3).session().unwrap().own_leaf();
+    let mut victim = net.parts.remove(&3).unwrap();
+    net.ds.disconnect(3, net.now);
+    net.settle();
+    assert_eq!(net.ds.epoch("room"), Some(epoch), "not before the timeout");
+
+    // After the timeout the server proposes the removal and the designated committer commits.
+    net.advance(DsConfig::default().remove_after);
+    assert_eq!(net.ds.stats().removals_proposed, 1);
+    assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
+    assert_eq!(net.ds.member_count("room"), 2);
+    for c in [1, 2] {
+        assert!(net.p(c).roster().iter().all(|e| e.leaf != victim_leaf));
+        assert_eq!(net.alarms(c), 0);
+    }
+    let codes = net.codes();
+    assert_eq!(codes[0], codes[1]);
+
+    // The killed client's keys do not open the new epoch's frames.
+    let mut wire = Vec::new();
+    net.p(1)
+        .media()
+        .seal(b"after", ClearPrefix::None, &mut wire)
+        .unwrap();
+    let mut out = Vec::new();
+    let later = net.now.saturating_add(Duration::from_secs(30));
+    assert!(victim
+        .media()
+        .open(&wire, ClearPrefix::None, &mut out, later)
+        .is_err());
+}
+
+#[test]
+fn concurrent_commits_exactly_one_wins_and_nobody_forks() {
+    let mut net = open_room(4);
+    let epoch = net.ds.epoch("room").unwrap();
+    let accepted = net.ds.stats().commits_accepted;
+    // Two members self-update at the same time; both commits reach the DS before any answer.
+    let now = net.now;
+    net.p(2).self_update(now).unwrap();
+    net.p(3).self_update(now).unwrap();
+    let a = net.p(2).poll_transmit().unwrap();
+    let b = net.p(3).poll_transmit().unwrap();
+    net.ds.handle(2, a, net.now);
+    net.ds.handle(3, b, net.now);
+    net.settle();
+    assert_eq!(net.ds.stats().commits_accepted, accepted + 1);
+    assert_eq!(net.ds.stats().commits_rejected, 1);
+    assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
+    let codes = net.codes();
+    assert!(codes.windows(2).all(|w| w[0] == w[1]), "no fork: {codes:?}");
+    for c in 1..=4 {
+        assert_eq!(net.p(c).epoch(), Some(epoch + 1));
+        assert!(!net.p(c).session().unwrap().has_pending_commit());
+    }
+}
+
+#[test]
+fn clean_leave_is_committed_and_the_leaver_is_told() {
+    let mut net = open_room(3);
+    let epoch = net.ds.epoch("room").unwrap();
+    net.p(2).leave().unwrap();
+    net.settle();
+    assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
+    assert_eq!(net.ds.member_count("room"), 2);
+    assert!(net.closed.contains(&2));
+}
+
+#[test]
+fn lobby_knock_waits_for_the_host_and_can_be_denied() {
+    let mut net = Net::new();
+    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    net.join(2, "guest", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(
+        net.ds.member_count("room"),
+        1,
+        "nobody gets in before the host decides"
+    );
+    let knocks = net.p(1).pending_knocks();
+    assert_eq!(knocks.len(), 1);
+    assert_eq!(knocks[0].user_id, "guest");
+
+    // The host admits: its client commits the add at once.
+    let now = net.now;
+    net.p(1).admit(knocks[0].knock, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 2);
+    assert_eq!(net.codes()[0], net.codes()[1]);
+
+    // A second guest is turned away.
+    net.join(3, "intruder", NewRoomPolicy::Open, AdmitMode::Auto);
+    let k = net.p(1).pending_knocks()[0].knock;
+    net.p(1).deny(k);
+    net.settle();
+    assert!(net.seen[&3]
+        .iter()
+        .any(|m| matches!(m, ServerMsg::Denied { .. })));
+    assert!(net.closed.contains(&3));
+    assert_eq!(net.ds.member_count("room"), 2);
+}
+
+#[test]
+fn commit_breaking_the_policy_is_refused_by_the_ds_and_the_room_goes_on() {
+    let mut net = Net::new();
+    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Auto);
+    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new("mallory", "Mallory").unwrap())
+        .unwrap();
+    let bad = Device::danger_without_policy_checks(id, GroupStore::memory()).unwrap();
+    net.join_with(2, "mallory", bad, NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(net.ds.member_count("room"), 2);
+    let epoch = net.ds.epoch("room").unwrap();
+
+    // Mallory (not a host) commits an add of a ghost.
+    let ghost = device("ghost");
+    let kp = ghost.key_package(None, net.now).unwrap();
+    let now = net.now;
+    let bundle = net
+        .p(2)
+        .danger_session_mut()
+        .unwrap()
+        .commit(&[kp], &[], now)
+        .unwrap();
+    net.ds.handle(
+        2,
+        ClientMsg::Commit {
+            epoch,
+            commit: Bytes(bundle.commit),
+            welcome: bundle.welcome.map(Bytes),
+        },
+        net.now,
+    );
+    net.settle();
+    let refused = net.seen[&2].iter().any(|m| matches!(m, ServerMsg::CommitRejected { reason, .. } if reason.contains("only a host may admit")));
+    assert!(refused, "{:?}", net.seen[&2]);
+    assert_eq!(net.ds.epoch("room"), Some(epoch));
+    assert_eq!(net.ds.member_count("room"), 2);
+    // The host never saw it, and the room still works.
+    assert_eq!(net.alarms(1), 0);
+    net.p(2).danger_session_mut().unwrap().discard_commit();
+    net.join(3, "friend", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(net.ds.member_count("room"), 3);
+}
+
+#[test]
+fn malformed_and_unexpected_messages_are_refused_with_a_reason() {
+    let mut net = open_room(2);
+    let epoch = net.ds.epoch("room").unwrap();
+    let cases = vec![
+        ClientMsg::Commit {
+            epoch,
+            commit: Bytes(vec![1, 2, 3]),
+            welcome: None,
+        },
+        ClientMsg::Commit {
+            epoch: epoch + 5,
+            commit: Bytes(vec![]),
+            welcome: None,
+        },
+        ClientMsg::Proposal {
+            proposal: Bytes(vec![0xff; 100]),
+        },
+        ClientMsg::Application {
+            message: Bytes(vec![7; 10]),
+        },
+        ClientMsg::KeyPackage {
+            key_package: Bytes(vec![1]),
+        },
+        ClientMsg::CreateGroup {
+            group_info: Bytes(vec![]),
+            ratchet_tree: Bytes(vec![]),
+        },
+        ClientMsg::Deny { knock: 99 },
+        ClientMsg::Hello {
+            version: 1,
+            token: "x".into(),
+        },
+    ];
+    for m in cases {
+        let before = net.seen.get(&1).map_or(0, Vec::len);
+        net.ds.handle(1, m.clone(), net.now);
+        net.pump();
+        let answers = &net.seen[&1][before..];
+        assert!(
+            answers.iter().any(|a| matches!(
+                a,
+                ServerMsg::Error { .. } | ServerMsg::CommitRejected { .. }
+            )),
+            "{m:?} got {answers:?}"
+        );
+    }
+    // The call goes on.
+    assert_eq!(net.ds.epoch("room"), Some(epoch));
+    net.join(3, "user3", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(net.ds.member_count("room"), 3);
+}
+
+#[test]
+fn keypackage_naming_someone_else_than_the_token_is_refused() {
+    let mut net = open_room(1);
+    // The token says "eve", the KeyPackage's credential says "alice".
+    net.parts.insert(
+        2,
+        Participant::new(
+            device("alice"),
+            "room",
+            NewRoomPolicy::Open,
+            AdmitMode::Auto,
+        ),
+    );
+    net.ds.connect(2, "room", "eve", net.now);
+    net.settle();
+    assert!(net.seen[&2].iter().any(|m| matches!(
+        m,
+        ServerMsg::Error {
+            code: ErrorCode::Rejected,
+            ..
+        }
+    )));
+    assert_eq!(net.ds.member_count("room"), 1);
+}
+
+#[test]
+fn creator_vanishing_before_creating_hands_creation_to_the_next() {
+    let mut net = Net::new();
+    // Connection 1 is asked to create but never answers and goes away.
+    net.ds.connect(1, "room", "ghost", net.now);
+    net.ds.connect(2, "room", "user2", net.now);
+    while net.ds.poll_output().is_some() {}
+    net.parts.insert(
+        2,
+        Participant::new(
+            device("user2"),
+            "room",
+            NewRoomPolicy::Open,
+            AdmitMode::Auto,
+        ),
+    );
+    net.ds.disconnect(1, net.now);
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 1);
+    assert!(net.p(2).epoch().is_some());
+}
