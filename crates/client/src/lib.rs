@@ -20,6 +20,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod net;
+
 use std::collections::{BTreeMap, VecDeque};
 
 use conclave_e2ee::{

@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod join;
+mod serve;
 
 /// End-to-end encrypted group calls that anyone can host.
 #[derive(Debug, Parser)]
@@ -14,6 +16,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server (signaling, delivery service) on embedded defaults; prints the URL.
+    Serve(conclave_server::ServeArgs),
+    /// Print a join token (or a join link) signed by this server's key.
+    Token(serve::TokenArgs),
+    /// Join a room as a participant.
+    Join(join::JoinArgs),
     /// Run a local meeting of in-process members through the real E2EE core: joins, a leave,
     /// a self-update, encrypted frames, and the security code at every epoch.
     Demo(demo::DemoArgs),
@@ -21,7 +29,23 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let quiet_logs = matches!(&cli.command, Command::Join(a) if a.json)
+        || matches!(cli.command, Command::Token(_) | Command::Demo(_));
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
+        if quiet_logs {
+            "warn".into()
+        } else {
+            "info".into()
+        }
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
+        Command::Serve(args) => serve::serve(args),
+        Command::Token(args) => serve::token(args),
+        Command::Join(args) => join::join(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -821,7 +821,14 @@ impl Ds {
             }
         };
         match group.process_incoming_message_with_time(msg, now.into()) {
-            Ok(ExternalReceivedMessage::Proposal(_)) => {}
+            Ok(ExternalReceivedMessage::Proposal(p)) => {
+                // A member leaving cleanly: the server need not propose its removal too.
+                if let (Proposal::SelfRemove(_), mls_rs::group::ProposalSender::Member(l)) =
+                    (&p.proposal, &p.sender)
+                {
+                    room.proposed_removals.push(*l);
+                }
+            }
             Ok(_) => return self.refuse(conn, ErrorCode::Rejected, "not a proposal"),
             Err(e) => {
                 return self.refuse(conn, ErrorCode::Rejected, format!("invalid proposal: {e}"))

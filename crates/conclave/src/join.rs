@@ -1,0 +1,192 @@
+//! `conclave join`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use conclave_client::net::{token_identity, Control, JoinOptions};
+use conclave_client::{AdmitMode, Event, NewRoomPolicy};
+use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
+
+/// `conclave join` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct JoinArgs {
+    /// The server URL (as `conclave serve` printed it).
+    url: String,
+    /// The room.
+    #[arg(long)]
+    room: String,
+    /// Display name [default: the token's name].
+    #[arg(long)]
+    name: Option<String>,
+    /// The join token (`conclave token`).
+    #[arg(long)]
+    token: String,
+    /// Leave after this long (e.g. 30s); default: until Ctrl-C.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Print one JSON summary as the last line at exit.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// If this participant creates the room: open (default) or lobby (it becomes the host).
+    #[arg(long, default_value = "open")]
+    policy: String,
+    /// How to admit knocks in a lobby room this participant hosts: auto or ask.
+    #[arg(long, default_value = "auto")]
+    admit: String,
+    /// Keep this device's identity here (created if missing) so its fingerprint stays the same
+    /// across calls; default: a fresh identity for this call.
+    #[arg(long)]
+    identity_file: Option<PathBuf>,
+    /// Media source: only `none` exists yet (the media path is being built).
+    #[arg(long, default_value = "none")]
+    media: String,
+}
+
+fn device(args: &JoinArgs, user_id: &str, name: &str) -> Result<Device> {
+    let suite = RoomCipherSuite::Curve25519Aes128;
+    let identity = match &args.identity_file {
+        Some(path) if path.exists() => {
+            let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+            DeviceIdentity::from_bytes(&bytes)?.with_display_name(name)?
+        }
+        Some(path) => {
+            let id = DeviceIdentity::generate(suite, CredentialInfo::new(user_id, name)?)?;
+            std::fs::write(path, &*id.to_bytes()?)
+                .with_context(|| format!("{}", path.display()))?;
+            id
+        }
+        None => DeviceIdentity::generate(suite, CredentialInfo::new(user_id, name)?)?,
+    };
+    Ok(Device::new(identity, GroupStore::memory())?)
+}
+
+pub(crate) fn join(args: JoinArgs) -> Result<()> {
+    if args.media != "none" {
+        bail!(
+            "--media {}: only `none` is available until the media path lands",
+            args.media
+        );
+    }
+    let (user_id, token_name) = token_identity(&args.token).context("the token does not parse")?;
+    let name = args.name.clone().unwrap_or(token_name);
+    let policy = match args.policy.as_str() {
+        "open" => NewRoomPolicy::Open,
+        "lobby" => NewRoomPolicy::Lobby,
+        other => bail!("--policy {other}: open or lobby"),
+    };
+    let admit = match args.admit.as_str() {
+        "auto" => AdmitMode::Auto,
+        "ask" => AdmitMode::Ask,
+        other => bail!("--admit {other}: auto or ask"),
+    };
+    let duration = args
+        .duration
+        .as_deref()
+        .map(crate::serve::parse_duration)
+        .transpose()?;
+    let device = device(&args, &user_id, &name)?;
+    let fingerprint = device.identity().fingerprint()?;
+    let json = args.json;
+    if !json {
+        println!(
+            "joining {} as {name} ({user_id}), device fingerprint {fingerprint}",
+            args.room
+        );
+    }
+    let opts = JoinOptions {
+        url: args.url.clone(),
+        room: args.room.clone(),
+        token: args.token.clone(),
+        policy,
+        admit,
+        duration,
+        self_update_every: std::time::Duration::from_secs(300),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let summary = rt.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let ctrl = tx.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = ctrl.send(Control::Leave).await;
+            }
+        });
+        if admit == AdmitMode::Ask {
+            // Admit/deny prompts on the terminal: "y" admits, anything else denies.
+            let (ask_tx, mut ask_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
+            let ctrl = tx.clone();
+            std::thread::spawn(move || {
+                let stdin = std::io::stdin();
+                while let Some((knock, who)) = ask_rx.blocking_recv() {
+                    eprint!("{who} is knocking. Admit? [y/N] ");
+                    let mut line = String::new();
+                    let _ = stdin.lock().read_line(&mut line);
+                    let c = if line.trim().eq_ignore_ascii_case("y") {
+                        Control::Admit(knock)
+                    } else {
+                        Control::Deny(knock)
+                    };
+                    let _ = ctrl.blocking_send(c);
+                }
+            });
+            conclave_client::net::run(device, opts, rx, move |p, e| {
+                report(p, e, json);
+                if let Event::Knock {
+                    knock,
+                    user_id,
+                    name,
+                } = e
+                {
+                    let _ = ask_tx.send((*knock, format!("{name} ({user_id})")));
+                }
+            })
+            .await
+        } else {
+            conclave_client::net::run(device, opts, rx, move |p, e| report(p, e, json)).await
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("call ended: {}", summary.ended);
+    }
+    Ok(())
+}
+
+fn report(p: &conclave_client::Participant, e: &Event, json: bool) {
+    if json {
+        return;
+    }
+    match e {
+        Event::Joined {
+            epoch,
+            security_code,
+        } => {
+            println!("in the call (epoch {epoch}); security code {security_code}");
+            print_roster(p);
+        }
+        Event::EpochChanged {
+            change,
+            security_code,
+        } => {
+            for a in &change.added {
+                println!("+ {} ({}) [{}]", a.display_name, a.user_id, a.fingerprint);
+            }
+            for r in &change.removed {
+                println!("- {} ({})", r.display_name, r.user_id);
+            }
+            println!("epoch {}; security code {security_code}", change.epoch);
+        }
+        Event::Knock { user_id, name, .. } => println!("knock: {name} ({user_id})"),
+        Event::Alarm { reason } => println!("ALARM: {reason}"),
+        Event::Ended { reason } => println!("ended: {reason}"),
+        _ => {}
+    }
+}
+
+fn print_roster(p: &conclave_client::Participant) {
+    for e in p.roster() {
+        println!("  {} ({}) [{}]", e.display_name, e.user_id, e.fingerprint);
+    }
+}

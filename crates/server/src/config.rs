@@ -1,0 +1,129 @@
+//! Server configuration: embedded defaults, an optional TOML file, command-line flags on top
+//! (flags win; unknown keys in the file are refused).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `conclave serve` flags. Every flag is optional; unset ones come from the file or defaults.
+#[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML config file (keys as the long flags, with `_` for `-`).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address for HTTP and WebSocket signaling [default: 127.0.0.1:8480].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Where the server keeps its keys [default: $XDG_DATA_HOME/conclave or ~/.local/share/conclave].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The URL people use to reach this server (printed, and put in join links)
+    /// [default: http://<listen>].
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Most members plus knocks per room [default: 1000].
+    #[arg(long)]
+    pub max_room_size: Option<usize>,
+    /// Seconds a member's connection may stay gone before the server proposes its removal
+    /// [default: 10].
+    #[arg(long)]
+    pub remove_after_secs: Option<u64>,
+    /// New WebSocket connections per IP per minute [default: 120].
+    #[arg(long)]
+    pub connections_per_ip_per_minute: Option<u32>,
+}
+
+/// Resolved configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// HTTP/WebSocket address.
+    pub listen: SocketAddr,
+    /// Key directory.
+    pub data_dir: PathBuf,
+    /// Public URL.
+    pub public_url: Option<String>,
+    /// Room size limit.
+    pub max_room_size: usize,
+    /// Removal timeout.
+    pub remove_after: Duration,
+    /// Connection rate limit per IP.
+    pub connections_per_ip_per_minute: u32,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("conclave");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/conclave"),
+        None => PathBuf::from("conclave-data"),
+    }
+}
+
+fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
+    flag.clone().or_else(|| file.clone())
+}
+
+impl ServeArgs {
+    /// Flags over the file over the defaults.
+    pub fn resolve(&self) -> anyhow::Result<ServerConfig> {
+        let file: ServeArgs = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        Ok(ServerConfig {
+            listen: pick(&self.listen, &file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8480))),
+            data_dir: pick(&self.data_dir, &file.data_dir).unwrap_or_else(default_data_dir),
+            public_url: pick(&self.public_url, &file.public_url),
+            max_room_size: pick(&self.max_room_size, &file.max_room_size).unwrap_or(1000),
+            remove_after: Duration::from_secs(
+                pick(&self.remove_after_secs, &file.remove_after_secs).unwrap_or(10),
+            ),
+            connections_per_ip_per_minute: pick(
+                &self.connections_per_ip_per_minute,
+                &file.connections_per_ip_per_minute,
+            )
+            .unwrap_or(120),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("conclave-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nmax_room_size = 50\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            max_room_size: Some(7),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_room_size, 7);
+        std::fs::write(&path, "listne = \"127.0.0.1:9000\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let d = ServeArgs::default().resolve().unwrap();
+        assert_eq!(d.listen, SocketAddr::from(([127, 0, 0, 1], 8480)));
+    }
+}

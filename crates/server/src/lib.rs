@@ -1,0 +1,516 @@
+//! # Conclave server runtime
+//!
+//! The tokio/axum shell around the delivery-service core ([`conclave_ds::Ds`]): it accepts
+//! WebSocket connections at `/ws/<room>`, checks the join token of the first message, feeds
+//! the core, and writes what the core says to the right sockets. One task owns the core (no
+//! locks around protocol state); each connection has a reader, a bounded outbound queue and a
+//! writer task, so one slow client is disconnected rather than slowing the room.
+//!
+//! The SFU (media relay) is not part of this runtime yet.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod metrics;
+pub mod token;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use conclave_ds::{ConnId, Ds, DsConfig, Output};
+use conclave_mls::{RoomCipherSuite, Timestamp};
+use conclave_proto::{ClientMsg, ErrorCode, ServerMsg, MAX_MESSAGE_LEN};
+use futures_util::{SinkExt, StreamExt};
+use mls_rs_core::crypto::SignatureSecretKey;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+pub use config::{ServeArgs, ServerConfig};
+use metrics::Metrics;
+pub use token::{Claims, TokenError, TokenKey};
+
+/// Outbound queue per connection; a client this far behind is disconnected.
+const OUTBOUND_QUEUE: usize = 4096;
+/// Time a new connection has to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages per second a connection may send (sustained), and its burst.
+const MSG_RATE: f64 = 50.0;
+const MSG_BURST: f64 = 200.0;
+
+fn now_ts() -> Timestamp {
+    Timestamp::from_millis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// The server's long-lived keys, kept in its data directory.
+pub struct ServerKeys {
+    /// Signs join tokens.
+    pub token: TokenKey,
+    mls_secret: SignatureSecretKey,
+    mls_public: Vec<u8>,
+}
+
+impl core::fmt::Debug for ServerKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ServerKeys(..)")
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+impl ServerKeys {
+    /// Loads the keys from `dir`, generating (from the OS CSPRNG) and saving any that are
+    /// missing.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let token_path = dir.join("token-key.pk8");
+        let token = match std::fs::read(&token_path) {
+            Ok(b) => TokenKey::from_pkcs8(&b)?,
+            Err(_) => {
+                let k = TokenKey::generate()?;
+                write_private(&token_path, k.pkcs8())?;
+                k
+            }
+        };
+        let (sk, pk) = (
+            dir.join("mls-external-sender.key"),
+            dir.join("mls-external-sender.pub"),
+        );
+        let (mls_secret, mls_public) = match (std::fs::read(&sk), std::fs::read(&pk)) {
+            (Ok(s), Ok(p)) => (SignatureSecretKey::new(s), p),
+            _ => {
+                let (secret, identity) =
+                    conclave_ds::generate_server_identity(RoomCipherSuite::Curve25519Aes128)?;
+                let public = identity.signature_key.as_bytes().to_vec();
+                let _ = std::fs::remove_file(&sk);
+                let _ = std::fs::remove_file(&pk);
+                write_private(&sk, secret.as_bytes())?;
+                std::fs::write(&pk, &public)?;
+                (secret, public)
+            }
+        };
+        Ok(ServerKeys {
+            token,
+            mls_secret,
+            mls_public,
+        })
+    }
+}
+
+enum Outbound {
+    Msg(ServerMsg),
+    Close(String),
+}
+
+enum DsCmd {
+    Connect {
+        conn: ConnId,
+        room: String,
+        user: String,
+        out: mpsc::Sender<Outbound>,
+    },
+    Msg {
+        conn: ConnId,
+        msg: ClientMsg,
+    },
+    Gone {
+        conn: ConnId,
+    },
+}
+
+struct AppState {
+    token: TokenKey,
+    ds_tx: mpsc::Sender<DsCmd>,
+    next_conn: AtomicU64,
+    limiter: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    per_minute: u32,
+    metrics: Arc<Metrics>,
+    public_url: String,
+}
+
+impl AppState {
+    /// Per-IP connection rate limit (fixed one-minute windows).
+    fn allow(&self, ip: IpAddr) -> bool {
+        let Ok(mut map) = self.limiter.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if map.len() > 100_000 {
+            map.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        let entry = map.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.per_minute
+    }
+}
+
+/// A server running on the tokio runtime.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The URL to print and to put in links.
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, closes connections, and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        let _ = self.join.await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(self) {
+        let _ = self.join.await;
+    }
+}
+
+/// Starts the server: binds, spawns the delivery-service task and the HTTP server.
+pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<RunningServer> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let identity = conclave_ds::server_signing_identity(&keys.mls_public);
+    let ds = Ds::new(
+        DsConfig {
+            remove_after: config.remove_after,
+            max_room_size: config.max_room_size,
+            ..DsConfig::default()
+        },
+        keys.mls_secret,
+        identity,
+    );
+    let metrics = Arc::new(Metrics::default());
+    let (ds_tx, ds_rx) = mpsc::channel(65_536);
+    tokio::spawn(ds_task(ds, ds_rx, metrics.clone()));
+    let state = Arc::new(AppState {
+        token: keys.token,
+        ds_tx,
+        next_conn: AtomicU64::new(1),
+        limiter: Mutex::new(HashMap::new()),
+        per_minute: config.connections_per_ip_per_minute,
+        metrics,
+        public_url: url.clone(),
+    });
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/metrics", get(metrics_handler))
+        .route("/ws/{room}", get(ws_handler))
+        .with_state(state);
+    let (tx, rx) = oneshot::channel::<()>();
+    let join = tokio::spawn(async move {
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        });
+        if let Err(e) = server.await {
+            warn!(error = %e, "http server stopped");
+        }
+    });
+    info!(%addr, "listening");
+    Ok(RunningServer {
+        addr,
+        url,
+        shutdown: Some(tx),
+        join,
+    })
+}
+
+async fn index(State(state): State<Arc<AppState>>) -> Html<String> {
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><title>Conclave</title>\
+         <h1>Conclave</h1><p>This server relays end-to-end encrypted calls; it holds no key \
+         that opens them.</p><p>Join from the command line: <code>conclave join {} --room ROOM \
+         --token TOKEN</code>. (The browser client is not built yet.)</p>",
+        state.public_url
+    ))
+}
+
+async fn metrics_handler(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}
+
+fn valid_room(room: &str) -> bool {
+    !room.is_empty()
+        && room.len() <= 128
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+async fn ws_handler(
+    ws: WebSocketUpgrade,
+    UrlPath(room): UrlPath<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<Arc<AppState>>,
+) -> Response {
+    if !state.allow(peer.ip()) {
+        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        warn!(%peer, "connection rate limit");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address",
+        )
+            .into_response();
+    }
+    if !valid_room(&room) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "room names are 1-128 of [A-Za-z0-9._-]",
+        )
+            .into_response();
+    }
+    ws.max_message_size(MAX_MESSAGE_LEN)
+        .max_frame_size(MAX_MESSAGE_LEN)
+        .on_upgrade(move |socket| connection(socket, room, peer, state))
+}
+
+async fn send_now(socket: &mut WebSocket, msg: ServerMsg) {
+    let _ = socket.send(Message::Text(msg.encode().into())).await;
+}
+
+async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state: Arc<AppState>) {
+    // The first message must be a Hello with a valid token for this room.
+    let first = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await;
+    let token = match first {
+        Ok(Some(Ok(Message::Text(t)))) => match ClientMsg::decode(&t) {
+            Ok(ClientMsg::Hello { token, .. }) => token,
+            Ok(_) => String::new(),
+            Err(e) => {
+                state.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                let code = if matches!(e, conclave_proto::ProtoError::Version { .. }) {
+                    ErrorCode::Version
+                } else {
+                    ErrorCode::Malformed
+                };
+                send_now(
+                    &mut socket,
+                    ServerMsg::Error {
+                        code,
+                        reason: e.to_string(),
+                    },
+                )
+                .await;
+                return;
+            }
+        },
+        _ => {
+            warn!(%peer, "no hello");
+            return;
+        }
+    };
+    let now_unix = now_ts().as_millis() / 1000;
+    let claims = match state.token.verify(&token, &room, now_unix) {
+        Ok(c) => c,
+        Err(e) => {
+            state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, %room, reason = %e, "token refused");
+            send_now(
+                &mut socket,
+                ServerMsg::Error {
+                    code: ErrorCode::Unauthorized,
+                    reason: e.to_string(),
+                },
+            )
+            .await;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1008,
+                    reason: "unauthorized".into(),
+                })))
+                .await;
+            return;
+        }
+    };
+    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    if state
+        .ds_tx
+        .send(DsCmd::Connect {
+            conn,
+            room: room.clone(),
+            user: claims.sub.clone(),
+            out: tx.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    info!(conn, %peer, %room, user = %claims.sub, "authenticated");
+    let (mut sink, mut stream) = socket.split();
+    let writer = tokio::spawn(async move {
+        while let Some(o) = rx.recv().await {
+            match o {
+                Outbound::Msg(m) => {
+                    if sink.send(Message::Text(m.encode().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Outbound::Close(reason) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 1000,
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    break;
+                }
+            }
+        }
+    });
+    let (mut tokens, mut last) = (MSG_BURST, Instant::now());
+    while let Some(Ok(msg)) = stream.next().await {
+        let reply = |code, reason: String| Outbound::Msg(ServerMsg::Error { code, reason });
+        let now = Instant::now();
+        tokens = (tokens + now.duration_since(last).as_secs_f64() * MSG_RATE).min(MSG_BURST);
+        last = now;
+        if tokens < 1.0 {
+            let _ = tx.try_send(reply(ErrorCode::RateLimited, "slow down".into()));
+            continue;
+        }
+        tokens -= 1.0;
+        match msg {
+            Message::Text(t) => match ClientMsg::decode(&t) {
+                Ok(m) => {
+                    if state.ds_tx.send(DsCmd::Msg { conn, msg: m }).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    state.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                    warn!(conn, reason = %e, "malformed message");
+                    let _ = tx.try_send(reply(ErrorCode::Malformed, e.to_string()));
+                }
+            },
+            Message::Binary(_) => {
+                state.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.try_send(reply(
+                    ErrorCode::Malformed,
+                    "signaling is JSON text frames".into(),
+                ));
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let _ = state.ds_tx.send(DsCmd::Gone { conn }).await;
+    state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    drop(tx);
+    let _ = writer.await;
+    info!(conn, "closed");
+}
+
+fn until(t: Timestamp) -> tokio::time::Instant {
+    let now = now_ts();
+    tokio::time::Instant::now() + t.saturating_since(now)
+}
+
+async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics>) {
+    let mut routes: HashMap<ConnId, mpsc::Sender<Outbound>> = HashMap::new();
+    loop {
+        let deadline = ds.poll_timeout().map(until);
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    DsCmd::Connect { conn, room, user, out } => {
+                        routes.insert(conn, out);
+                        ds.connect(conn, &room, &user, now_ts());
+                    }
+                    DsCmd::Msg { conn, msg } => {
+                        let commit = matches!(msg, ClientMsg::Commit { .. });
+                        let started = Instant::now();
+                        ds.handle(conn, msg, now_ts());
+                        if commit {
+                            metrics.observe_commit(started.elapsed());
+                        }
+                    }
+                    DsCmd::Gone { conn } => {
+                        routes.remove(&conn);
+                        ds.disconnect(conn, now_ts());
+                    }
+                }
+            }
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                ds.handle_timeout(now_ts());
+            }
+        }
+        let mut slow = Vec::new();
+        while let Some(o) = ds.poll_output() {
+            match o {
+                Output::Send { conn, msg } => {
+                    if let Some(r) = routes.get(&conn) {
+                        if r.try_send(Outbound::Msg(msg)).is_err() {
+                            slow.push(conn);
+                        }
+                    }
+                }
+                Output::Close { conn, reason } => {
+                    if let Some(r) = routes.remove(&conn) {
+                        let _ = r.try_send(Outbound::Close(reason));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for conn in slow {
+            warn!(conn, "client too slow; disconnecting it");
+            if let Some(r) = routes.remove(&conn) {
+                drop(r);
+            }
+            ds.disconnect(conn, now_ts());
+        }
+        metrics.update(&ds);
+    }
+}

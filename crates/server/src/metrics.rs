@@ -1,0 +1,121 @@
+//! `/metrics` in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use conclave_ds::{Ds, DsStats};
+
+const BUCKETS_MS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+
+#[derive(Default)]
+pub(crate) struct Metrics {
+    pub(crate) connections: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    rooms: AtomicU64,
+    ds: Mutex<DsStats>,
+    commit_hist: Mutex<([u64; BUCKETS_MS.len()], u64, f64)>,
+}
+
+impl Metrics {
+    pub(crate) fn observe_commit(&self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        if let Ok(mut h) = self.commit_hist.lock() {
+            for (i, b) in BUCKETS_MS.iter().enumerate() {
+                if ms <= *b {
+                    h.0[i] += 1;
+                }
+            }
+            h.1 += 1;
+            h.2 += ms / 1000.0;
+        }
+    }
+
+    pub(crate) fn update(&self, ds: &Ds) {
+        self.rooms.store(ds.room_count() as u64, Ordering::Relaxed);
+        if let Ok(mut s) = self.ds.lock() {
+            *s = ds.stats();
+        }
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        counter(
+            "conclave_rooms",
+            "Rooms with a group or a connection.",
+            "gauge",
+            self.rooms.load(Ordering::Relaxed),
+        );
+        counter(
+            "conclave_connections",
+            "Authenticated signaling connections.",
+            "gauge",
+            self.connections.load(Ordering::Relaxed),
+        );
+        counter(
+            "conclave_tokens_refused_total",
+            "Connections refused for their token.",
+            "counter",
+            self.unauthorized.load(Ordering::Relaxed),
+        );
+        counter(
+            "conclave_rate_limited_total",
+            "Connections refused by the per-IP rate limit.",
+            "counter",
+            self.rate_limited.load(Ordering::Relaxed),
+        );
+        counter(
+            "conclave_messages_refused_total",
+            "Malformed signaling messages.",
+            "counter",
+            self.refused.load(Ordering::Relaxed),
+        );
+        let s = self.ds.lock().map(|s| *s).unwrap_or_default();
+        counter(
+            "conclave_commits_accepted_total",
+            "Commits that won their epoch.",
+            "counter",
+            s.commits_accepted,
+        );
+        counter(
+            "conclave_commits_rejected_total",
+            "Commits refused (lost the race or invalid).",
+            "counter",
+            s.commits_rejected,
+        );
+        counter(
+            "conclave_removals_proposed_total",
+            "Removals proposed by the server for vanished members.",
+            "counter",
+            s.removals_proposed,
+        );
+        counter(
+            "conclave_ds_refused_total",
+            "Messages the delivery service refused.",
+            "counter",
+            s.refused,
+        );
+        if let Ok(h) = self.commit_hist.lock() {
+            let name = "conclave_commit_seconds";
+            let _ = writeln!(out, "# HELP {name} Delivery-service time to validate and fan out a commit.\n# TYPE {name} histogram");
+            for (i, b) in BUCKETS_MS.iter().enumerate() {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {}", b / 1000.0, h.0[i]);
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+                h.1, h.2, h.1
+            );
+        }
+        out
+    }
+}

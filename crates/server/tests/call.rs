@@ -1,0 +1,355 @@
+//! Real calls on loopback: `conclave serve`'s runtime and participants' runtimes over real
+//! WebSockets.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use conclave_client::net::{self, Control, JoinOptions, Summary};
+use conclave_client::{AdmitMode, Event, NewRoomPolicy};
+use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
+use conclave_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
+use conclave_server::{Claims, RunningServer, ServeArgs, ServerKeys};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Server {
+    running: RunningServer,
+    keys_dir: std::path::PathBuf,
+}
+
+async fn server(remove_after_secs: u64) -> Server {
+    let dir = std::env::temp_dir().join(format!(
+        "conclave-it-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let config = ServeArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.clone()),
+        remove_after_secs: Some(remove_after_secs),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let keys = ServerKeys::load_or_create(&dir).unwrap();
+    Server {
+        running: conclave_server::start(config, keys).await.unwrap(),
+        keys_dir: dir,
+    }
+}
+
+impl Server {
+    fn token(&self, room: &str, user: &str, ttl: i64) -> String {
+        let keys = ServerKeys::load_or_create(&self.keys_dir).unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        keys.token.issue(&Claims {
+            room: room.into(),
+            sub: user.into(),
+            name: user.to_uppercase(),
+            exp: (now + ttl) as u64,
+        })
+    }
+
+    fn url(&self) -> String {
+        self.running.url.clone()
+    }
+}
+
+/// What a client's event stream says, as (epoch, security code, roster size) after each change.
+type Seen = mpsc::UnboundedReceiver<(u64, String, usize, Vec<String>)>;
+
+struct Client {
+    task: JoinHandle<Result<Summary, net::NetError>>,
+    control: mpsc::Sender<Control>,
+    seen: Seen,
+    last: Option<(u64, String, usize, Vec<String>)>,
+}
+
+fn device(user: &str) -> Device {
+    let id = DeviceIdentity::generate(
+        RoomCipherSuite::Curve25519Aes128,
+        CredentialInfo::new(user, &user.to_uppercase()).unwrap(),
+    )
+    .unwrap();
+    Device::new(id, GroupStore::memory()).unwrap()
+}
+
+fn client(s: &Server, room: &str, user: &str) -> Client {
+    let opts = JoinOptions {
+        url: s.url(),
+        room: room.into(),
+        token: s.token(room, user, 3600),
+        policy: NewRoomPolicy::Open,
+        admit: AdmitMode::Auto,
+        duration: None,
+        self_update_every: Duration::from_secs(3600),
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let (etx, erx) = mpsc::unbounded_channel();
+    let d = device(user);
+    let task = tokio::spawn(net::run(d, opts, rx, move |p, e| {
+        if matches!(e, Event::Joined { .. } | Event::EpochChanged { .. }) {
+            let roster: Vec<String> = p.roster().into_iter().map(|r| r.user_id).collect();
+            let _ = etx.send((
+                p.epoch().unwrap_or(0),
+                p.security_code().map(|c| c.to_string()).unwrap_or_default(),
+                roster.len(),
+                roster,
+            ));
+        }
+    }));
+    Client {
+        task,
+        control: tx,
+        seen: erx,
+        last: None,
+    }
+}
+
+impl Client {
+    /// Waits until this client is at a state with `members` members.
+    async fn until_members(&mut self, members: usize) -> (u64, String) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = &self.last {
+                if l.2 == members {
+                    return (l.0, l.1.clone());
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.seen.recv()).await {
+                Ok(Some(s)) => self.last = Some(s),
+                _ => panic!("no state with {members} members; last {:?}", self.last),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_join_and_show_the_same_security_code_and_roster() {
+    let s = server(10).await;
+    let mut a = client(&s, "r", "alice");
+    a.until_members(1).await;
+    let mut b = client(&s, "r", "bob");
+    let mut c = client(&s, "r", "carol");
+    let (ea, ca) = a.until_members(3).await;
+    let (eb, cb) = b.until_members(3).await;
+    let (ec, cc) = c.until_members(3).await;
+    assert_eq!((ea, &ca), (eb, &cb));
+    assert_eq!((eb, &cb), (ec, &cc));
+    let mut roster = a.last.as_ref().unwrap().3.clone();
+    roster.sort();
+    assert_eq!(roster, ["alice", "bob", "carol"]);
+
+    // A fourth joins late: everyone moves to a new epoch and a new code, and agrees.
+    let mut d = client(&s, "r", "dave");
+    let (e4, c4) = d.until_members(4).await;
+    for x in [&mut a, &mut b, &mut c] {
+        assert_eq!(x.until_members(4).await, (e4, c4.clone()));
+    }
+    assert_ne!(c4, ca);
+
+    // Everyone leaves cleanly.
+    for x in [a, b, c, d] {
+        let _ = x.control.send(Control::Leave).await;
+        let summary = x.task.await.unwrap().unwrap();
+        assert!(summary.alarms.is_empty(), "{:?}", summary.alarms);
+    }
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_client_is_removed_within_bounded_time() {
+    let s = server(1).await;
+    let mut a = client(&s, "k", "alice");
+    a.until_members(1).await;
+    let mut b = client(&s, "k", "bob");
+    let c = client(&s, "k", "carol");
+    let (epoch3, _) = a.until_members(3).await;
+    b.until_members(3).await;
+
+    // Kill carol's client: no leave, the connection just drops.
+    let started = tokio::time::Instant::now();
+    c.task.abort();
+    let (epoch2, code_a) = a.until_members(2).await;
+    let (_, code_b) = b.until_members(2).await;
+    let took = started.elapsed();
+    assert!(epoch2 > epoch3);
+    assert_eq!(code_a, code_b);
+    assert!(took < Duration::from_secs(5), "removed after {took:?}");
+    assert!(!a.last.as_ref().unwrap().3.contains(&"carol".to_string()));
+    s.running.stop().await;
+}
+
+async fn raw(
+    s: &Server,
+    room: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("{}/ws/{room}", s.url().replace("http://", "ws://"));
+    tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap()
+        .0
+}
+
+async fn next_server_msg(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<ServerMsg> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .ok()??
+        {
+            Ok(Message::Text(t)) => return ServerMsg::decode(&t).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_a_reason_and_the_call_goes_on() {
+    let s = server(10).await;
+    let mut a = client(&s, "t", "alice");
+    a.until_members(1).await;
+
+    let other = server(10).await;
+    let cases = [
+        ("no token", String::new()),
+        ("garbage", "not-a-token".to_string()),
+        ("another room", s.token("elsewhere", "eve", 3600)),
+        ("expired", s.token("t", "eve", -10)),
+        ("another server", other.token("t", "eve", 3600)),
+    ];
+    for (what, token) in cases {
+        let mut ws = raw(&s, "t").await;
+        ws.send(Message::Text(
+            ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+                token,
+            }
+            .encode()
+            .into(),
+        ))
+        .await
+        .unwrap();
+        match next_server_msg(&mut ws).await {
+            Some(ServerMsg::Error {
+                code: conclave_proto::ErrorCode::Unauthorized,
+                reason,
+            }) => assert!(!reason.is_empty(), "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A wrong protocol version.
+    let mut ws = raw(&s, "t").await;
+    ws.send(Message::Text(
+        r#"{"type":"hello","version":99,"token":"x"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next_server_msg(&mut ws).await,
+        Some(ServerMsg::Error {
+            code: conclave_proto::ErrorCode::Version,
+            ..
+        })
+    ));
+
+    // The call goes on: a good client still gets in.
+    let mut b = client(&s, "t", "bob");
+    let (_, cb) = b.until_members(2).await;
+    let (_, ca) = a.until_members(2).await;
+    assert_eq!(ca, cb);
+    let metrics = reqwest_metrics(&s).await;
+    assert!(
+        metrics.contains("conclave_tokens_refused_total 5"),
+        "{metrics}"
+    );
+    s.running.stop().await;
+    other.running.stop().await;
+}
+
+async fn reqwest_metrics(s: &Server) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.running.addr)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_signaling_is_refused_and_the_call_goes_on() {
+    let s = server(10).await;
+    let mut a = client(&s, "m", "alice");
+    a.until_members(1).await;
+    let mut b = client(&s, "m", "bob");
+    let (e2, c2) = b.until_members(2).await;
+
+    // A member-to-be that sends junk after a valid hello.
+    let mut ws = raw(&s, "m").await;
+    ws.send(Message::Text(
+        ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            token: s.token("m", "mallory", 3600),
+        }
+        .encode()
+        .into(),
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next_server_msg(&mut ws).await,
+        Some(ServerMsg::Joined { .. })
+    ));
+    for junk in [
+        "{",
+        "[]",
+        r#"{"type":"commit"}"#,
+        r#"{"type":"key_package","key_package":"AAAA"}"#,
+        r#"{"type":"deny","knock":1}"#,
+    ] {
+        ws.send(Message::Text(junk.into())).await.unwrap();
+        match next_server_msg(&mut ws).await {
+            Some(ServerMsg::Error { .. }) => {}
+            other => panic!("{junk}: {other:?}"),
+        }
+    }
+    ws.send(Message::Binary(vec![0u8; 100].into()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_server_msg(&mut ws).await,
+        Some(ServerMsg::Error { .. })
+    ));
+    // Oversized: the server drops the connection.
+    let big = format!(
+        r#"{{"type":"key_package","key_package":"{}"}}"#,
+        "A".repeat(conclave_proto::MAX_MESSAGE_LEN + 8)
+    );
+    let _ = ws.send(Message::Text(big.into())).await;
+    assert!(
+        next_server_msg(&mut ws).await.is_none(),
+        "connection closed"
+    );
+
+    // The call is untouched and still admits people.
+    assert_eq!(a.until_members(2).await, (e2, c2));
+    let mut c = client(&s, "m", "carol");
+    let (_, cc) = c.until_members(3).await;
+    assert_eq!(a.until_members(3).await.1, cc);
+    s.running.stop().await;
+}
