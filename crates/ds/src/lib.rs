@@ -960,6 +960,10 @@ impl Ds {
                 continue;
             }
             if let Some(ConnState::Member(l)) = self.conns.get(c).map(|c| c.state) {
+                // A member on its way out (its removal is proposed) does not commit.
+                if room.proposed_removals.contains(&l) {
+                    continue;
+                }
                 let eligible = match (&lobby, adds) {
                     (Some(p), true) => group
                         .roster()

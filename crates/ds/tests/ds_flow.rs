@@ -276,13 +276,21 @@ fn concurrent_commits_exactly_one_wins_and_nobody_forks() {
 
 #[test]
 fn clean_leave_is_committed_and_the_leaver_is_told() {
-    let mut net = open_room(3);
-    let epoch = net.ds.epoch("room").unwrap();
-    net.p(2).leave().unwrap();
-    net.settle();
-    assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
-    assert_eq!(net.ds.member_count("room"), 2);
-    assert!(net.closed.contains(&2));
+    for leaver in 1..=3 {
+        let mut net = open_room(3);
+        let epoch = net.ds.epoch("room").unwrap();
+        net.p(leaver).leave().unwrap();
+        net.settle();
+        // Committed at once, whoever leaves (a leaver is never the one asked to commit).
+        assert_eq!(net.ds.epoch("room"), Some(epoch + 1), "leaver {leaver}");
+        assert_eq!(net.ds.member_count("room"), 2);
+        assert!(net.closed.contains(&leaver));
+        assert_eq!(
+            net.ds.stats().removals_proposed,
+            0,
+            "no duplicate server removal"
+        );
+    }
 }
 
 #[test]
