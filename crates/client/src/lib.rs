@@ -21,6 +21,8 @@
 #![warn(missing_docs)]
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod media_link;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod net;
 
 use std::collections::{BTreeMap, VecDeque};

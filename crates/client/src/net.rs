@@ -7,7 +7,7 @@ use conclave_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{AdmitMode, Error, Event, NewRoomPolicy, Participant};
 
@@ -28,6 +28,9 @@ pub struct JoinOptions {
     pub duration: Option<Duration>,
     /// Self-update period (post-compromise security), jittered by 20%.
     pub self_update_every: Duration,
+    /// Send synthetic audio (every 20 ms) and video (every 33 ms) and receive others' media
+    /// through the SFU.
+    pub media: bool,
 }
 
 /// Requests from the embedding program while the call runs.
@@ -68,6 +71,21 @@ pub struct SenderLine {
     pub frames_decrypted: u64,
     /// Frames that did not.
     pub frames_failed: u64,
+    /// Frames sealed before we joined (unreadable by design).
+    pub frames_before_join: u64,
+    /// Whether the first frame seen from this sender in every epoch was a keyframe (video).
+    pub keyframe_first_in_each_epoch: bool,
+}
+
+/// One epoch this participant was in.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EpochLine {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its security code.
+    pub security_code: String,
+    /// Members in it.
+    pub members: usize,
 }
 
 /// What `conclave join --json` prints at exit.
@@ -85,6 +103,10 @@ pub struct Summary {
     pub alarms: Vec<String>,
     /// Why the call ended.
     pub ended: String,
+    /// Every epoch this participant was in, in order.
+    pub history: Vec<EpochLine>,
+    /// Frames this participant sealed and sent.
+    pub frames_sent: u64,
 }
 
 fn now() -> Timestamp {
@@ -160,7 +182,12 @@ pub async fn run(
         .map_err(|e| NetError::Connect(e.to_string()))?;
 
     let mut p = Participant::new(device, &opts.room, opts.policy.clone(), opts.admit);
-    let mut alarms = Vec::new();
+    let mut state = CallState::default();
+    let mut media = MediaSide::new(&opts.url, opts.media).await?;
+    let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+    let mut video_tick = tokio::time::interval(Duration::from_millis(33));
+    audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    video_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut timer = SelfUpdateTimer::new(opts.self_update_every, 200);
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut leaving: Option<tokio::time::Instant> = None;
@@ -173,19 +200,22 @@ pub async fn run(
             }
         }
         while let Some(e) = p.poll_event() {
-            if let Event::Alarm { reason } = &e {
-                alarms.push(reason.clone());
-            }
+            state.observe(&p, &e);
             if matches!(e, Event::Joined { .. } | Event::EpochChanged { .. }) {
                 timer.arm(now(), rand_u64());
+                media.release_held(&mut p);
             }
             on_event(&p, &e);
             if let Event::Ended { reason } = &e {
                 let _ = sink.close().await;
-                return Ok(summary(&p, alarms, reason.clone()));
+                return Ok(state.summary(&p, &media, reason.clone()));
             }
         }
+        media.flush().await;
         let until_update = timer.poll_timeout().map(|t| t.saturating_since(now()));
+        let (media_active, media_sending, media_deadline) =
+            (media.active(), media.sending(), media.next_timeout());
+        let media_socket = media.socket.clone();
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => match ServerMsg::decode(&t) {
@@ -197,10 +227,19 @@ pub async fn run(
                     }) => {
                         return Err(NetError::Refused(reason));
                     }
+                    Ok(ServerMsg::MediaAnswer { sdp }) => media.answer(&sdp, &mut p),
                     Ok(m) => {
+                        let joined = matches!(m, ServerMsg::Joined { .. });
                         if let Err(e) = p.handle(m, now()) {
                             warn!(error = %e, "could not handle a server message");
-                            alarms.push(e.to_string());
+                            state.alarms.push(e.to_string());
+                        }
+                        if joined {
+                            if let Some(offer) = media.offer()? {
+                                sink.send(Message::Text(ClientMsg::MediaOffer { sdp: offer }.encode().into()))
+                                    .await
+                                    .map_err(|e| NetError::Connect(e.to_string()))?;
+                            }
                         }
                     }
                     Err(e) => warn!(error = %e, "undecodable server message"),
@@ -224,6 +263,10 @@ pub async fn run(
                 Some(Control::Deny(k)) => p.deny(k),
                 Some(Control::SelfUpdate) => p.self_update(now())?,
             },
+            r = recv_owned(media_socket.as_deref()), if media_active => media.received(r, &mut p),
+            _ = sleep_until_opt(media_deadline), if media_active => media.timeout(&mut p),
+            _ = audio_tick.tick(), if media_sending => media.send(str0m::media::MediaKind::Audio, &mut p),
+            _ = video_tick.tick(), if media_sending => media.send(str0m::media::MediaKind::Video, &mut p),
             _ = tokio::time::sleep(until_update.unwrap_or(Duration::from_secs(3600))), if until_update.is_some() => {
                 info!("periodic self-update");
                 p.self_update(now())?;
@@ -244,7 +287,7 @@ pub async fn run(
         let _ = sink.send(Message::Text(m.encode().into())).await;
     }
     let _ = sink.close().await;
-    Ok(summary(&p, alarms, ended))
+    Ok(state.summary(&p, &media, ended))
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
@@ -262,21 +305,235 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-fn summary(p: &Participant, alarms: Vec<String>, ended: String) -> Summary {
-    Summary {
-        epoch: p.epoch(),
-        security_code: p.security_code().map(|c| c.to_string()),
-        roster: p
-            .roster()
+/// What the runtime remembers of the call for its summary.
+#[derive(Default)]
+struct CallState {
+    alarms: Vec<String>,
+    history: Vec<EpochLine>,
+    names: std::collections::BTreeMap<u32, (String, String)>,
+    last_roster: Vec<RosterLine>,
+}
+
+impl CallState {
+    fn observe(&mut self, p: &Participant, e: &Event) {
+        match e {
+            Event::Alarm { reason } => self.alarms.push(reason.clone()),
+            Event::Joined {
+                epoch,
+                security_code,
+            }
+            | Event::EpochChanged {
+                change: conclave_e2ee::EpochChange { epoch, .. },
+                security_code,
+            } => {
+                let roster = p.roster();
+                for r in &roster {
+                    self.names
+                        .insert(r.leaf, (r.user_id.clone(), r.display_name.clone()));
+                }
+                self.last_roster = roster
+                    .iter()
+                    .map(|e| RosterLine {
+                        id: e.user_id.clone(),
+                        name: e.display_name.clone(),
+                        fingerprint: e.fingerprint.short_code(),
+                    })
+                    .collect();
+                self.history.push(EpochLine {
+                    epoch: *epoch,
+                    security_code: security_code.to_string(),
+                    members: roster.len(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn summary(&self, p: &Participant, media: &MediaSide, ended: String) -> Summary {
+        let last = self.history.last();
+        let senders = media
+            .counts()
             .into_iter()
-            .map(|e| RosterLine {
-                id: e.user_id,
-                name: e.display_name,
-                fingerprint: e.fingerprint.short_code(),
+            .map(|(leaf, c)| {
+                let (id, name) = self
+                    .names
+                    .get(&leaf)
+                    .cloned()
+                    .unwrap_or_else(|| (format!("leaf-{leaf}"), String::new()));
+                SenderLine {
+                    id,
+                    name,
+                    frames_received: c.received,
+                    frames_decrypted: c.decrypted,
+                    frames_failed: c.failed,
+                    frames_before_join: c.before_join,
+                    keyframe_first_in_each_epoch: c.keyframe_first_per_epoch,
+                }
             })
-            .collect(),
-        senders: Vec::new(),
-        alarms,
-        ended,
+            .collect();
+        Summary {
+            epoch: p.epoch().or(last.map(|l| l.epoch)),
+            security_code: p
+                .security_code()
+                .map(|c| c.to_string())
+                .or(last.map(|l| l.security_code.clone())),
+            roster: self.last_roster.clone(),
+            senders,
+            alarms: self.alarms.clone(),
+            ended,
+            history: self.history.clone(),
+            frames_sent: media.sent(),
+        }
+    }
+}
+
+/// The participant's media side: UDP socket, str0m session, synthetic sources.
+struct MediaSide {
+    socket: Option<std::sync::Arc<tokio::net::UdpSocket>>,
+    local: Option<std::net::SocketAddr>,
+    link: Option<crate::media_link::MediaLink>,
+}
+
+async fn recv_owned(
+    socket: Option<&tokio::net::UdpSocket>,
+) -> Option<(Vec<u8>, std::net::SocketAddr)> {
+    let socket = match socket {
+        Some(s) => s,
+        None => return std::future::pending().await,
+    };
+    let mut buf = vec![0u8; 2000];
+    let (n, from) = socket.recv_from(&mut buf).await.ok()?;
+    buf.truncate(n);
+    Some((buf, from))
+}
+
+impl MediaSide {
+    async fn new(url: &str, enabled: bool) -> Result<Self, NetError> {
+        let mut side = MediaSide {
+            socket: None,
+            local: None,
+            link: None,
+        };
+        if enabled {
+            // Bind on the interface that routes to the server.
+            let host = url
+                .split("://")
+                .nth(1)
+                .unwrap_or(url)
+                .split('/')
+                .next()
+                .unwrap_or("127.0.0.1:8480")
+                .to_owned();
+            let target = tokio::net::lookup_host(host.as_str())
+                .await
+                .map_err(|e| NetError::Connect(format!("{host}: {e}")))?
+                .next()
+                .ok_or_else(|| NetError::Connect(format!("{host}: no address")))?;
+            let probe =
+                std::net::UdpSocket::bind((if target.is_ipv4() { "0.0.0.0" } else { "::" }, 0))
+                    .and_then(|s| s.connect(target).and(s.local_addr()))
+                    .map_err(|e| NetError::Connect(e.to_string()))?;
+            let socket = tokio::net::UdpSocket::bind((probe.ip(), 0))
+                .await
+                .map_err(|e| NetError::Connect(e.to_string()))?;
+            side.local = socket.local_addr().ok();
+            side.socket = Some(std::sync::Arc::new(socket));
+        }
+        Ok(side)
+    }
+
+    fn offer(&mut self) -> Result<Option<String>, NetError> {
+        let (Some(local), None) = (self.local, self.link.as_ref()) else {
+            return Ok(None);
+        };
+        let (link, sdp) = crate::media_link::MediaLink::offer(
+            local,
+            crate::media_link::DEFAULT_SLOTS,
+            std::time::Instant::now(),
+        )
+        .map_err(NetError::Connect)?;
+        self.link = Some(link);
+        Ok(Some(sdp))
+    }
+
+    fn answer(&mut self, sdp: &str, p: &mut Participant) {
+        if let Some(link) = self.link.as_mut() {
+            if let Err(e) = link.accept_answer(sdp, p.media(), std::time::Instant::now(), now()) {
+                warn!(error = %e, "media answer");
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.link.is_some()
+    }
+
+    fn sending(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.is_connected())
+    }
+
+    fn next_timeout(&self) -> Option<tokio::time::Instant> {
+        self.link
+            .as_ref()
+            .and_then(|l| l.poll_timeout())
+            .map(tokio::time::Instant::from_std)
+    }
+
+    fn received(&mut self, r: Option<(Vec<u8>, std::net::SocketAddr)>, p: &mut Participant) {
+        let (Some((bytes, source)), Some(local), Some(link)) = (r, self.local, self.link.as_mut())
+        else {
+            return;
+        };
+        link.handle_receive(
+            source,
+            local,
+            &bytes,
+            p.media(),
+            std::time::Instant::now(),
+            now(),
+        );
+    }
+
+    fn timeout(&mut self, p: &mut Participant) {
+        if let Some(link) = self.link.as_mut() {
+            link.handle_timeout(p.media(), std::time::Instant::now(), now());
+        }
+    }
+
+    fn send(&mut self, kind: str0m::media::MediaKind, p: &mut Participant) {
+        let Some(leaf) = p.session().map(|s| s.own_leaf()) else {
+            return;
+        };
+        if let Some(link) = self.link.as_mut() {
+            link.send_synthetic(kind, leaf, p.media(), std::time::Instant::now(), now());
+        }
+    }
+
+    fn release_held(&mut self, p: &mut Participant) {
+        if let Some(link) = self.link.as_mut() {
+            link.release_held(p.media(), now());
+        }
+    }
+
+    async fn flush(&mut self) {
+        let (Some(socket), Some(link)) = (self.socket.as_ref(), self.link.as_mut()) else {
+            return;
+        };
+        while let Some((_, dest, bytes)) = link.poll_transmit() {
+            if let Err(e) = socket.send_to(&bytes, dest).await {
+                debug!(error = %e, "media send");
+            }
+        }
+    }
+
+    fn counts(&self) -> Vec<(u32, crate::media_link::SenderCounts)> {
+        self.link
+            .as_ref()
+            .map(|l| l.counts().iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+
+    fn sent(&self) -> u64 {
+        self.link.as_ref().map_or(0, |l| l.sent)
     }
 }

@@ -38,8 +38,10 @@ pub(crate) struct JoinArgs {
     /// across calls; default: a fresh identity for this call.
     #[arg(long)]
     identity_file: Option<PathBuf>,
-    /// Media source: only `none` exists yet (the media path is being built).
-    #[arg(long, default_value = "none")]
+    /// Media to send: `synthetic` (audio every 20 ms, VP8-shaped video every 33 ms, each frame
+    /// checkable by its receivers) or `none` (receive only). Pre-encoded files are not
+    /// supported yet.
+    #[arg(long, default_value = "synthetic")]
     media: String,
 }
 
@@ -62,12 +64,11 @@ fn device(args: &JoinArgs, user_id: &str, name: &str) -> Result<Device> {
 }
 
 pub(crate) fn join(args: JoinArgs) -> Result<()> {
-    if args.media != "none" {
-        bail!(
-            "--media {}: only `none` is available until the media path lands",
-            args.media
-        );
-    }
+    let media = match args.media.as_str() {
+        "synthetic" => true,
+        "none" => false,
+        other => bail!("--media {other}: synthetic or none (file sources are not supported yet)"),
+    };
     let (user_id, token_name) = token_identity(&args.token).context("the token does not parse")?;
     let name = args.name.clone().unwrap_or(token_name);
     let policy = match args.policy.as_str() {
@@ -102,6 +103,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         admit,
         duration,
         self_update_every: std::time::Duration::from_secs(300),
+        media,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let summary = rt.block_on(async move {
@@ -149,7 +151,16 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        println!("call ended: {}", summary.ended);
+        for s in &summary.senders {
+            println!(
+                "from {} ({}): {} frames received, {} decrypted, {} failed",
+                s.name, s.id, s.frames_received, s.frames_decrypted, s.frames_failed
+            );
+        }
+        println!(
+            "call ended: {} ({} frames sent)",
+            summary.ended, summary.frames_sent
+        );
     }
     Ok(())
 }

@@ -196,6 +196,8 @@ struct Room {
     request: Option<Request>,
     /// Members that did not answer a commit request in time this epoch.
     skipped: Vec<ConnId>,
+    /// KeyPackages that arrived before the room's group existed.
+    early: Vec<(ConnId, Vec<u8>)>,
 }
 
 impl Room {
@@ -534,7 +536,13 @@ impl Ds {
         };
         info!(room = room_name, policy = policy.kind(), "group created");
         room.group = Some(group);
-        // Everyone who was waiting may knock now.
+        // Knocks that came before the group existed are taken now.
+        let early = std::mem::take(&mut room.early);
+        for (c, kp) in early {
+            if self.conns.contains_key(&c) {
+                self.knock(c, room_name, kp, now);
+            }
+        }
         self.schedule(room_name, now);
     }
 
@@ -566,11 +574,9 @@ impl Ds {
             return;
         };
         let Some(group) = room.group.as_ref() else {
-            return self.refuse(
-                conn,
-                ErrorCode::Unexpected,
-                "the room's group does not exist yet",
-            );
+            // The creator has not uploaded the group yet: keep the knock until it does.
+            room.early.push((conn, key_package));
+            return;
         };
         if kp.cipher_suite() != group.group_context().cipher_suite {
             return self.refuse(
@@ -1109,6 +1115,7 @@ fn kind(msg: &ClientMsg) -> &'static str {
         ClientMsg::Proposal { .. } => "proposal",
         ClientMsg::Application { .. } => "application",
         ClientMsg::Deny { .. } => "deny",
+        ClientMsg::MediaOffer { .. } => "media_offer",
         _ => "message",
     }
 }

@@ -467,3 +467,40 @@ fn creator_vanishing_before_creating_hands_creation_to_the_next() {
     assert_eq!(net.ds.member_count("room"), 1);
     assert!(net.p(2).epoch().is_some());
 }
+
+#[test]
+fn knocks_before_the_group_exists_are_kept_until_it_does() {
+    let mut net = Net::new();
+    // Alice is asked to create the group; before her upload reaches the DS, Bob knocks.
+    net.parts.insert(
+        1,
+        Participant::new(
+            device("alice"),
+            "room",
+            NewRoomPolicy::Open,
+            AdmitMode::Auto,
+        ),
+    );
+    net.ds.connect(1, "room", "alice", net.now);
+    let joined_alice = net.ds.poll_output().unwrap();
+    net.parts.insert(
+        2,
+        Participant::new(device("bob"), "room", NewRoomPolicy::Open, AdmitMode::Auto),
+    );
+    net.ds.connect(2, "room", "bob", net.now);
+    net.pump(); // Bob knocks (the group does not exist yet)
+    let Output::Send { msg, .. } = joined_alice else {
+        panic!()
+    };
+    let now = net.now;
+    net.p(1).handle(msg, now).unwrap();
+    net.settle(); // Alice's group upload arrives
+    assert_eq!(
+        net.ds.member_count("room"),
+        2,
+        "{:?} / {:?}",
+        net.seen.get(&2),
+        net.seen.get(&1)
+    );
+    assert_eq!(net.codes()[0], net.codes()[1]);
+}

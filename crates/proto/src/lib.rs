@@ -144,6 +144,12 @@ pub enum ClientMsg {
         /// The knock.
         knock: KnockId,
     },
+    /// Opens the media session with the SFU: an SDP offer (our send-only audio and video,
+    /// and receive-only slots).
+    MediaOffer {
+        /// SDP.
+        sdp: String,
+    },
 }
 
 /// Machine-readable reason codes for [`ServerMsg::Error`].
@@ -232,6 +238,11 @@ pub enum ServerMsg {
     Application {
         /// MLS private message.
         message: Bytes,
+    },
+    /// The SFU's SDP answer to [`ClientMsg::MediaOffer`].
+    MediaAnswer {
+        /// SDP.
+        sdp: String,
     },
     /// Our knock was turned away.
     Denied {

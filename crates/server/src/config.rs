@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Address for HTTP and WebSocket signaling [default: 127.0.0.1:8480].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// UDP address of the SFU (all media of all rooms on this one port)
+    /// [default: 127.0.0.1:8481].
+    #[arg(long)]
+    pub media_listen: Option<SocketAddr>,
     /// Where the server keeps its keys [default: $XDG_DATA_HOME/conclave or ~/.local/share/conclave].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -42,6 +46,8 @@ pub struct ServeArgs {
 pub struct ServerConfig {
     /// HTTP/WebSocket address.
     pub listen: SocketAddr,
+    /// SFU UDP address.
+    pub media_listen: SocketAddr,
     /// Key directory.
     pub data_dir: PathBuf,
     /// Public URL.
@@ -52,6 +58,9 @@ pub struct ServerConfig {
     pub remove_after: Duration,
     /// Connection rate limit per IP.
     pub connections_per_ip_per_minute: u32,
+    /// Keep copies of up to this many forwarded frame payloads, as the SFU sees them (0: off).
+    /// For audits and tests of what the server can see.
+    pub media_tap: usize,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -82,6 +91,8 @@ impl ServeArgs {
         Ok(ServerConfig {
             listen: pick(&self.listen, &file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8480))),
+            media_listen: pick(&self.media_listen, &file.media_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8481))),
             data_dir: pick(&self.data_dir, &file.data_dir).unwrap_or_else(default_data_dir),
             public_url: pick(&self.public_url, &file.public_url),
             max_room_size: pick(&self.max_room_size, &file.max_room_size).unwrap_or(1000),
@@ -93,6 +104,7 @@ impl ServeArgs {
                 &file.connections_per_ip_per_minute,
             )
             .unwrap_or(120),
+            media_tap: 0,
         })
     }
 }

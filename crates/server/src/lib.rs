@@ -6,7 +6,9 @@
 //! locks around protocol state); each connection has a reader, a bounded outbound queue and a
 //! writer task, so one slow client is disconnected rather than slowing the room.
 //!
-//! The SFU (media relay) is not part of this runtime yet.
+//! A second task owns the SFU core ([`conclave_sfu::Sfu`]) and the one UDP socket that carries
+//! every participant's media; `media_offer` messages on a signaling connection open that
+//! connection's media session.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -145,9 +147,22 @@ enum DsCmd {
     },
 }
 
+enum SfuCmd {
+    Add {
+        conn: ConnId,
+        room: String,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Remove {
+        conn: ConnId,
+    },
+}
+
 struct AppState {
     token: TokenKey,
     ds_tx: mpsc::Sender<DsCmd>,
+    sfu_tx: mpsc::Sender<SfuCmd>,
     next_conn: AtomicU64,
     limiter: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     per_minute: u32,
@@ -179,6 +194,9 @@ impl AppState {
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The SFU's UDP address.
+    pub media_addr: SocketAddr,
+    tapped: Arc<Mutex<Vec<Vec<u8>>>>,
     /// The URL to print and to put in links.
     pub url: String,
     shutdown: Option<oneshot::Sender<()>>,
@@ -186,6 +204,11 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// Frame payloads the SFU forwarded, as it saw them (only with `media_tap` set).
+    pub fn tapped_payloads(&self) -> Vec<Vec<u8>> {
+        self.tapped.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     /// Stops accepting, closes connections, and waits for the server task.
     pub async fn stop(mut self) {
         if let Some(s) = self.shutdown.take() {
@@ -223,9 +246,21 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
     let metrics = Arc::new(Metrics::default());
     let (ds_tx, ds_rx) = mpsc::channel(65_536);
     tokio::spawn(ds_task(ds, ds_rx, metrics.clone()));
+    let udp = tokio::net::UdpSocket::bind(config.media_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the media port {}: {e}", config.media_listen))?;
+    let media_addr = udp.local_addr()?;
+    let (sfu_tx, sfu_rx) = mpsc::channel(1024);
+    let mut sfu = conclave_sfu::Sfu::new(media_addr);
+    if config.media_tap > 0 {
+        sfu.set_tap(config.media_tap);
+    }
+    let tapped = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(sfu_task(sfu, udp, sfu_rx, metrics.clone(), tapped.clone()));
     let state = Arc::new(AppState {
         token: keys.token,
         ds_tx,
+        sfu_tx,
         next_conn: AtomicU64::new(1),
         limiter: Mutex::new(HashMap::new()),
         per_minute: config.connections_per_ip_per_minute,
@@ -253,6 +288,8 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
     info!(%addr, "listening");
     Ok(RunningServer {
         addr,
+        media_addr,
+        tapped,
         url,
         shutdown: Some(tx),
         join,
@@ -422,6 +459,30 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
         tokens -= 1.0;
         match msg {
             Message::Text(t) => match ClientMsg::decode(&t) {
+                Ok(ClientMsg::MediaOffer { sdp }) => {
+                    let (rtx, rrx) = oneshot::channel();
+                    let _ = state
+                        .sfu_tx
+                        .send(SfuCmd::Add {
+                            conn,
+                            room: room.clone(),
+                            sdp,
+                            reply: rtx,
+                        })
+                        .await;
+                    let answer = match rrx.await {
+                        Ok(Ok(sdp)) => ServerMsg::MediaAnswer { sdp },
+                        Ok(Err(reason)) => ServerMsg::Error {
+                            code: ErrorCode::Rejected,
+                            reason,
+                        },
+                        Err(_) => ServerMsg::Error {
+                            code: ErrorCode::Rejected,
+                            reason: "media unavailable".into(),
+                        },
+                    };
+                    let _ = tx.try_send(Outbound::Msg(answer));
+                }
                 Ok(m) => {
                     if state.ds_tx.send(DsCmd::Msg { conn, msg: m }).await.is_err() {
                         break;
@@ -445,6 +506,7 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
         }
     }
     let _ = state.ds_tx.send(DsCmd::Gone { conn }).await;
+    let _ = state.sfu_tx.send(SfuCmd::Remove { conn }).await;
     state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     drop(tx);
     let _ = writer.await;
@@ -512,5 +574,56 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
             ds.disconnect(conn, now_ts());
         }
         metrics.update(&ds);
+    }
+}
+
+async fn sfu_task(
+    mut sfu: conclave_sfu::Sfu,
+    socket: tokio::net::UdpSocket,
+    mut rx: mpsc::Receiver<SfuCmd>,
+    metrics: Arc<Metrics>,
+    tapped: Arc<Mutex<Vec<Vec<u8>>>>,
+) {
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut buf = vec![0u8; 2000];
+    loop {
+        let now = Instant::now();
+        let next = sfu
+            .poll_timeout()
+            .map_or(now + conclave_sfu::MAX_TIMEOUT, |t| {
+                t.min(now + conclave_sfu::MAX_TIMEOUT)
+            });
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => break,
+                Some(SfuCmd::Add { conn, room, sdp, reply }) => {
+                    let r = sfu.add_participant(conn, &room, &sdp, Instant::now()).map_err(|e| e.to_string());
+                    if let Err(e) = &r {
+                        warn!(conn, error = %e, "media offer refused");
+                    }
+                    let _ = reply.send(r);
+                }
+                Some(SfuCmd::Remove { conn }) => sfu.remove_participant(conn, Instant::now()),
+            },
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, source)) => sfu.handle_receive(Instant::now(), source, local, &buf[..n]),
+                Err(e) => warn!(error = %e, "media socket"),
+            },
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => sfu.handle_timeout(Instant::now()),
+        }
+        while let Some((_, dest, bytes)) = sfu.poll_transmit() {
+            if let Err(e) = socket.send_to(&bytes, dest).await {
+                warn!(error = %e, %dest, "media send");
+            }
+        }
+        metrics.update_sfu(sfu.stats(), sfu.participant_count());
+        let tap = sfu.take_tap();
+        if !tap.is_empty() {
+            if let Ok(mut t) = tapped.lock() {
+                t.extend(tap);
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ pub(crate) struct Metrics {
     pub(crate) rate_limited: AtomicU64,
     pub(crate) refused: AtomicU64,
     rooms: AtomicU64,
+    sfu: Mutex<(conclave_sfu::SfuStats, usize)>,
     ds: Mutex<DsStats>,
     commit_hist: Mutex<([u64; BUCKETS_MS.len()], u64, f64)>,
 }
@@ -38,6 +39,12 @@ impl Metrics {
         self.rooms.store(ds.room_count() as u64, Ordering::Relaxed);
         if let Ok(mut s) = self.ds.lock() {
             *s = ds.stats();
+        }
+    }
+
+    pub(crate) fn update_sfu(&self, stats: conclave_sfu::SfuStats, participants: usize) {
+        if let Ok(mut s) = self.sfu.lock() {
+            *s = (stats, participants);
         }
     }
 
@@ -103,6 +110,43 @@ impl Metrics {
             "Messages the delivery service refused.",
             "counter",
             s.refused,
+        );
+        let (m, n) = self.sfu.lock().map(|s| *s).unwrap_or_default();
+        counter(
+            "conclave_media_participants",
+            "Participants with a media session.",
+            "gauge",
+            n as u64,
+        );
+        counter(
+            "conclave_frames_received_total",
+            "Encrypted frames the SFU received.",
+            "counter",
+            m.frames_in,
+        );
+        counter(
+            "conclave_frames_forwarded_total",
+            "Encrypted frames the SFU forwarded.",
+            "counter",
+            m.frames_out,
+        );
+        counter(
+            "conclave_bytes_forwarded_total",
+            "Frame payload bytes the SFU forwarded.",
+            "counter",
+            m.bytes_out,
+        );
+        counter(
+            "conclave_datagrams_dropped_total",
+            "UDP datagrams no participant accepted.",
+            "counter",
+            m.unrouted,
+        );
+        counter(
+            "conclave_keyframe_requests_total",
+            "Keyframe requests sent to senders.",
+            "counter",
+            m.keyframe_requests,
         );
         if let Ok(h) = self.commit_hist.lock() {
             let name = "conclave_commit_seconds";

@@ -19,6 +19,10 @@ struct Server {
 }
 
 async fn server(remove_after_secs: u64) -> Server {
+    server_with_tap(remove_after_secs, 0).await
+}
+
+async fn server_with_tap(remove_after_secs: u64, tap: usize) -> Server {
     let dir = std::env::temp_dir().join(format!(
         "conclave-it-{}-{}",
         std::process::id(),
@@ -27,14 +31,16 @@ async fn server(remove_after_secs: u64) -> Server {
             .unwrap()
             .as_nanos()
     ));
-    let config = ServeArgs {
+    let mut config = ServeArgs {
         listen: Some("127.0.0.1:0".parse().unwrap()),
+        media_listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(dir.clone()),
         remove_after_secs: Some(remove_after_secs),
         ..Default::default()
     }
     .resolve()
     .unwrap();
+    config.media_tap = tap;
     let keys = ServerKeys::load_or_create(&dir).unwrap();
     Server {
         running: conclave_server::start(config, keys).await.unwrap(),
@@ -90,6 +96,7 @@ fn client(s: &Server, room: &str, user: &str) -> Client {
         admit: AdmitMode::Auto,
         duration: None,
         self_update_every: Duration::from_secs(3600),
+        media: true,
     };
     let (tx, rx) = mpsc::channel(8);
     let (etx, erx) = mpsc::unbounded_channel();
@@ -352,4 +359,100 @@ async fn malformed_and_oversized_signaling_is_refused_and_the_call_goes_on() {
     let (_, cc) = c.until_members(3).await;
     assert_eq!(a.until_members(3).await.1, cc);
     s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_media_flows_through_the_sfu_which_never_sees_plaintext() {
+    let s = server_with_tap(10, 20_000).await;
+    let mut a = client(&s, "media", "alice");
+    a.until_members(1).await;
+    let mut b = client(&s, "media", "bob");
+    let mut c = client(&s, "media", "carol");
+    a.until_members(3).await;
+    b.until_members(3).await;
+    c.until_members(3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A fourth joins late.
+    let mut d = client(&s, "media", "dave");
+    d.until_members(4).await;
+    for x in [&mut a, &mut b, &mut c] {
+        x.until_members(4).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut summaries = Vec::new();
+    for x in [a, b, c, d] {
+        let _ = x.control.send(Control::Leave).await;
+        summaries.push(x.task.await.unwrap().unwrap());
+    }
+    let names = ["alice", "bob", "carol", "dave"];
+    for (i, sum) in summaries.iter().enumerate() {
+        assert!(
+            sum.frames_sent > 50,
+            "{} sent {}",
+            names[i],
+            sum.frames_sent
+        );
+        for other in names.iter().filter(|n| **n != names[i]) {
+            let line = sum
+                .senders
+                .iter()
+                .find(|l| l.id == *other)
+                .unwrap_or_else(|| {
+                    panic!("{} has no frames from {other}: {:?}", names[i], sum.senders)
+                });
+            assert!(
+                line.frames_decrypted > 20,
+                "{} from {other}: {line:?}",
+                names[i]
+            );
+            assert_eq!(line.frames_failed, 0, "{} from {other}: {line:?}", names[i]);
+            assert!(
+                line.keyframe_first_in_each_epoch,
+                "{} from {other}: first video frame of an epoch was not a keyframe",
+                names[i]
+            );
+        }
+    }
+    // The late joiner opened nothing sealed before it joined (that would be a failure of
+    // forward secrecy), only what came after.
+    let dave = &summaries[3];
+    assert!(dave.senders.iter().all(|l| l.frames_failed == 0));
+
+    // What the SFU forwarded is ciphertext: no synthetic frame body appears in any payload.
+    let tapped = s.running.tapped_payloads();
+    assert!(tapped.len() > 500, "the tap saw {} payloads", tapped.len());
+    let mut checked = 0;
+    for payload in &tapped {
+        for w in payload.windows(9) {
+            if (w[0] == b'A' || w[0] == b'V') && w[1..4] == [0, 0, 0] && w[4] < 16 {
+                let leaf = u32::from_be_bytes(w[1..5].try_into().unwrap());
+                let seq = u32::from_be_bytes(w[5..9].try_into().unwrap());
+                for (kind, kf) in [
+                    (str0m_kind(true), false),
+                    (str0m_kind(false), false),
+                    (str0m_kind(false), true),
+                ] {
+                    let body = conclave_client::media_link::synthetic_body(leaf, seq, kind, kf);
+                    let tail = &body[body.len() - 32..];
+                    assert!(
+                        !payload.windows(32).any(|x| x == tail),
+                        "plaintext of leaf {leaf} seq {seq} in an SFU payload"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    let _ = checked;
+    s.running.stop().await;
+}
+
+fn str0m_kind(audio: bool) -> conclave_client::media_link::Kind {
+    if audio {
+        conclave_client::media_link::Kind::Audio
+    } else {
+        conclave_client::media_link::Kind::Video
+    }
 }

@@ -1,0 +1,407 @@
+//! The participant's WebRTC session to the SFU (str0m, sans-IO), and synthetic media whose
+//! frames let every receiver check them byte for byte.
+//!
+//! Every frame is sealed with the participant's [`MediaCrypto`] before it reaches str0m;
+//! nothing is written while there is no media key (the seal fails with `NotReady` and the
+//! frame is dropped, never sent in the clear). Received frames are opened before anything
+//! looks at them; one that fails is counted against its sender, never used.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use conclave_e2ee::{ClearPrefix, FrameError, HoldQueue, MediaCrypto, Timestamp};
+use serde::Serialize;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tracing::{debug, warn};
+
+/// Media kinds (str0m's), re-exported for callers of [`synthetic_body`].
+pub use str0m::media::MediaKind as Kind;
+
+/// Receive-only slots per kind in the offer: how many other senders can be heard and seen at
+/// once.
+pub const DEFAULT_SLOTS: usize = 8;
+
+/// Per remote sender (by leaf index) what arrived and what opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SenderCounts {
+    /// Frames that arrived naming this sender.
+    pub received: u64,
+    /// Frames that opened and whose content checked out.
+    pub decrypted: u64,
+    /// Frames that did not open, or opened to the wrong content.
+    pub failed: u64,
+    /// Frames sealed under an epoch from before we joined (unreadable by design, not a
+    /// failure).
+    pub before_join: u64,
+    /// Of the decrypted video frames, the first one seen in each epoch was a keyframe.
+    pub keyframe_first_per_epoch: bool,
+}
+
+/// The media session.
+pub struct MediaLink {
+    rtc: Rtc,
+    pending: Option<SdpPendingOffer>,
+    audio: Mid,
+    video: Mid,
+    slots: BTreeMap<Mid, MediaKind>,
+    timeout: Option<Instant>,
+    transmits: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    connected: bool,
+    seq: u32,
+    audio_time: u64,
+    video_time: u64,
+    last_video_epoch: Option<u64>,
+    keyframe_wanted: bool,
+    counts: BTreeMap<u32, SenderCounts>,
+    first_in_epoch: BTreeMap<(u32, u64), bool>,
+    held: HoldQueue<MediaKind>,
+    first_epoch: Option<u64>,
+    /// Frames sealed and written.
+    pub sent: u64,
+}
+
+impl core::fmt::Debug for MediaLink {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MediaLink")
+            .field("connected", &self.connected)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+fn clear_for(kind: MediaKind) -> ClearPrefix {
+    if kind == MediaKind::Video {
+        ClearPrefix::Vp8
+    } else {
+        ClearPrefix::None
+    }
+}
+
+/// The synthetic frame body of `(sender leaf, seq, kind)`: receivers regenerate it and compare.
+pub fn synthetic_body(leaf: u32, seq: u32, kind: MediaKind, keyframe: bool) -> Vec<u8> {
+    let (len, tag) = match kind {
+        MediaKind::Audio => (80usize, b'A'),
+        _ => (if keyframe { 4000usize } else { 1200 }, b'V'),
+    };
+    let mut out = Vec::with_capacity(len + 10);
+    if kind == MediaKind::Video {
+        // A VP8 frame tag: P bit clear on keyframes, then (keyframes) start code and size.
+        if keyframe {
+            out.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
+        } else {
+            out.extend_from_slice(&[0x11, 0x02, 0x00]);
+        }
+    }
+    out.push(tag);
+    out.extend_from_slice(&leaf.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    let mut x = u64::from(leaf) << 32 | u64::from(seq);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push(x as u8);
+    }
+    out
+}
+
+/// Checks an opened frame against what its sender must have sent.
+fn check_body(plain: &[u8], sender: u32, kind: MediaKind) -> Option<bool> {
+    let (keyframe, off) = match kind {
+        MediaKind::Video => {
+            let k = plain.first()? & 1 == 0;
+            (k, if k { 10 } else { 3 })
+        }
+        _ => (false, 0),
+    };
+    let body = plain.get(off..)?;
+    let leaf = u32::from_be_bytes(body.get(1..5)?.try_into().ok()?);
+    let seq = u32::from_be_bytes(body.get(5..9)?.try_into().ok()?);
+    (leaf == sender && synthetic_body(leaf, seq, kind, keyframe) == plain).then_some(keyframe)
+}
+
+impl MediaLink {
+    /// A session that offers our audio and video and `slots` receive slots of each kind;
+    /// returns it and the SDP offer.
+    pub fn offer(local: SocketAddr, slots: usize, now: Instant) -> Result<(Self, String), String> {
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(now);
+        let candidate = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
+        rtc.add_local_candidate(candidate);
+        let mut change = rtc.sdp_api();
+        let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let mut slot_mids = BTreeMap::new();
+        for _ in 0..slots {
+            slot_mids.insert(
+                change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None),
+                MediaKind::Audio,
+            );
+            slot_mids.insert(
+                change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None),
+                MediaKind::Video,
+            );
+        }
+        let (offer, pending) = change.apply().ok_or("empty offer")?;
+        let link = MediaLink {
+            rtc,
+            pending: Some(pending),
+            audio,
+            video,
+            slots: slot_mids,
+            timeout: None,
+            transmits: VecDeque::new(),
+            connected: false,
+            seq: 0,
+            audio_time: 0,
+            video_time: 0,
+            last_video_epoch: None,
+            keyframe_wanted: true,
+            counts: BTreeMap::new(),
+            first_in_epoch: BTreeMap::new(),
+            held: HoldQueue::new(512, std::time::Duration::from_secs(3)),
+            first_epoch: None,
+            sent: 0,
+        };
+        Ok((link, offer.to_sdp_string()))
+    }
+
+    /// Applies the SFU's answer.
+    pub fn accept_answer(
+        &mut self,
+        sdp: &str,
+        media: &mut MediaCrypto,
+        now: Instant,
+        ts: Timestamp,
+    ) -> Result<(), String> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+        let pending = self.pending.take().ok_or("no offer pending")?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| e.to_string())?;
+        self.drain(media, now, ts);
+        Ok(())
+    }
+
+    /// Whether ICE and DTLS are up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// A datagram from the SFU.
+    pub fn handle_receive(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+        media: &mut MediaCrypto,
+        now: Instant,
+        ts: Timestamp,
+    ) {
+        let Ok(r) = Receive::new(Protocol::Udp, source, destination, bytes) else {
+            return;
+        };
+        if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
+            warn!(error = %e, "media input");
+        }
+        self.drain(media, now, ts);
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, media: &mut MediaCrypto, now: Instant, ts: Timestamp) {
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            warn!(error = %e, "media timeout");
+        }
+        self.drain(media, now, ts);
+    }
+
+    /// When to call [`MediaLink::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timeout
+    }
+
+    /// Next datagram: (from, to, bytes).
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// Per remote sender counts, by leaf.
+    pub fn counts(&self) -> &BTreeMap<u32, SenderCounts> {
+        &self.counts
+    }
+
+    /// Frames parked for an epoch not reached yet.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Seals and sends one synthetic frame of `kind`. Returns whether it went out (not before
+    /// the link is up and a media key exists).
+    pub fn send_synthetic(
+        &mut self,
+        kind: MediaKind,
+        leaf: u32,
+        media: &mut MediaCrypto,
+        now: Instant,
+        ts: Timestamp,
+    ) -> bool {
+        if !self.connected {
+            return false;
+        }
+        let Some(epoch) = media.sending_epoch() else {
+            return false;
+        };
+        let keyframe = kind == MediaKind::Video
+            && (self.keyframe_wanted
+                || self.last_video_epoch != Some(epoch)
+                || self.seq.is_multiple_of(90));
+        self.seq = self.seq.wrapping_add(1);
+        let frame = synthetic_body(leaf, self.seq, kind, keyframe);
+        let mut wire = Vec::with_capacity(frame.len() + 32);
+        if let Err(e) = media.seal(&frame, clear_for(kind), &mut wire) {
+            debug!(error = %e, "not sending: no media key");
+            return false;
+        }
+        let (mid, time) = if kind == MediaKind::Audio {
+            self.audio_time += 960;
+            (
+                self.audio,
+                MediaTime::new(self.audio_time, Frequency::FORTY_EIGHT_KHZ),
+            )
+        } else {
+            self.video_time += 3000;
+            (
+                self.video,
+                MediaTime::new(self.video_time, Frequency::NINETY_KHZ),
+            )
+        };
+        let Some(writer) = self.rtc.writer(mid) else {
+            return false;
+        };
+        let Some(pt) = writer.payload_params().next().map(|p| p.pt()) else {
+            return false;
+        };
+        if let Err(e) = writer.write(pt, now, time, wire) {
+            warn!(error = %e, "media write");
+            return false;
+        }
+        if kind == MediaKind::Video {
+            self.last_video_epoch = Some(epoch);
+            if keyframe {
+                self.keyframe_wanted = false;
+            }
+        }
+        self.sent += 1;
+        self.drain(media, now, ts);
+        true
+    }
+
+    /// Retries frames held for a future epoch (after a new epoch's keys were installed).
+    pub fn release_held(&mut self, media: &mut MediaCrypto, ts: Timestamp) {
+        for (kind, result) in self.held.release(media, ts) {
+            self.account(
+                kind,
+                result.map(|(info, plain)| (info.sender, info.epoch, plain)),
+            );
+        }
+    }
+
+    fn account(&mut self, kind: MediaKind, result: Result<(u32, u64, Vec<u8>), FrameError>) {
+        match result {
+            Ok((sender, epoch, plain)) => {
+                let c = self.counts.entry(sender).or_default();
+                match check_body(&plain, sender, kind) {
+                    Some(keyframe) => {
+                        c.decrypted += 1;
+                        if kind == MediaKind::Video {
+                            self.first_in_epoch
+                                .entry((sender, epoch))
+                                .or_insert(keyframe);
+                            let all = self
+                                .first_in_epoch
+                                .iter()
+                                .filter(|((s, _), _)| *s == sender)
+                                .all(|(_, k)| *k);
+                            if let Some(c) = self.counts.get_mut(&sender) {
+                                c.keyframe_first_per_epoch = all;
+                            }
+                        }
+                    }
+                    None => c.failed += 1,
+                }
+            }
+            Err(FrameError::UnknownEpoch { epoch_bits, sender })
+                if self.first_epoch.is_some_and(|f| {
+                    (1..=4u64).any(|k| {
+                        f.checked_sub(k)
+                            .is_some_and(|e| (e & 0xff) as u8 == epoch_bits)
+                    })
+                }) =>
+            {
+                self.counts.entry(sender).or_default().before_join += 1;
+            }
+            Err(e) => {
+                if let Some(sender) = e.sender() {
+                    self.counts.entry(sender).or_default().failed += 1;
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, media: &mut MediaCrypto, now: Instant, ts: Timestamp) {
+        let _ = now;
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.timeout = Some(t);
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    self.transmits
+                        .push_back((t.source, t.destination, t.contents.to_vec()))
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => self.connected = true,
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        self.connected = false
+                    }
+                    Event::KeyframeRequest(_) => self.keyframe_wanted = true,
+                    Event::MediaData(d) => {
+                        if self.first_epoch.is_none() {
+                            self.first_epoch = media.live_epochs().first().copied();
+                        }
+                        let Some(&kind) = self.slots.get(&d.mid) else {
+                            continue;
+                        };
+                        let clear = clear_for(kind);
+                        if let Ok((sender, _)) = MediaCrypto::peek(&d.data, clear) {
+                            self.counts.entry(sender).or_default().received += 1;
+                        }
+                        let mut plain = Vec::with_capacity(d.data.len());
+                        match media.open(&d.data, clear, &mut plain, ts) {
+                            Err(FrameError::FutureEpoch { .. }) => {
+                                self.held.hold(kind, d.data.to_vec(), clear, ts)
+                            }
+                            Ok(info) => self.account(kind, Ok((info.sender, info.epoch, plain))),
+                            Err(e) => self.account(kind, Err(e)),
+                        }
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    warn!(error = %e, "media session failed");
+                    self.connected = false;
+                    break;
+                }
+            }
+        }
+    }
+}
