@@ -93,6 +93,9 @@ pub enum Event {
         user_id: String,
         /// Display name.
         name: String,
+        /// Fingerprint of the knocking device's key, from its KeyPackage (`None` if the
+        /// KeyPackage does not parse; such a knock cannot be admitted anyway).
+        fingerprint: Option<conclave_e2ee::Fingerprint>,
     },
     /// Something was refused that an honest server and honest members would not send: a
     /// policy-breaking commit, a forged message, a server proposal other than a removal.
@@ -318,10 +321,22 @@ impl Participant {
                 }
             }
             ServerMsg::Knock { knock } => {
+                let fingerprint = mls_rs::MlsMessage::from_bytes(&knock.key_package.0)
+                    .ok()
+                    .and_then(|m| {
+                        let kp = m.as_key_package()?;
+                        let suite = conclave_e2ee::RoomCipherSuite::from_mls(kp.cipher_suite())?;
+                        conclave_e2ee::Fingerprint::of_key(
+                            suite,
+                            &kp.signing_identity().signature_key,
+                        )
+                        .ok()
+                    });
                 self.events.push_back(Event::Knock {
                     knock: knock.knock,
                     user_id: knock.user_id.clone(),
                     name: knock.name.clone(),
+                    fingerprint,
                 });
                 self.knocks.insert(knock.knock, knock);
             }

@@ -26,7 +26,7 @@ pub use str0m::media::MediaKind as Kind;
 pub const DEFAULT_SLOTS: usize = 8;
 
 /// Per remote sender (by leaf index) what arrived and what opened.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SenderCounts {
     /// Frames that arrived naming this sender.
     pub received: u64,
@@ -34,6 +34,10 @@ pub struct SenderCounts {
     pub decrypted: u64,
     /// Frames that did not open, or opened to the wrong content.
     pub failed: u64,
+    /// Why frames failed, by kind of error.
+    pub failure_kinds: BTreeMap<String, u64>,
+    /// Frames that arrived twice (a retransmission duplicate): the first copy was used.
+    pub duplicates: u64,
     /// Frames sealed under an epoch from before we joined (unreadable by design, not a
     /// failure).
     pub before_join: u64,
@@ -335,8 +339,14 @@ impl MediaLink {
                             }
                         }
                     }
-                    None => c.failed += 1,
+                    None => {
+                        c.failed += 1;
+                        *c.failure_kinds.entry("IntegrityCheck".into()).or_default() += 1;
+                    }
                 }
+            }
+            Err(FrameError::Replayed { sender, .. }) => {
+                self.counts.entry(sender).or_default().duplicates += 1;
             }
             Err(FrameError::UnknownEpoch { epoch_bits, sender })
                 if self.first_epoch.is_some_and(|f| {
@@ -350,7 +360,15 @@ impl MediaLink {
             }
             Err(e) => {
                 if let Some(sender) = e.sender() {
-                    self.counts.entry(sender).or_default().failed += 1;
+                    let c = self.counts.entry(sender).or_default();
+                    c.failed += 1;
+                    let kind = format!("{e:?}");
+                    let kind = kind
+                        .split([' ', '(', '{'])
+                        .next()
+                        .unwrap_or("other")
+                        .to_owned();
+                    *c.failure_kinds.entry(kind).or_default() += 1;
                 }
             }
         }

@@ -75,6 +75,8 @@ pub struct SenderLine {
     pub frames_before_join: u64,
     /// Whether the first frame seen from this sender in every epoch was a keyframe (video).
     pub keyframe_first_in_each_epoch: bool,
+    /// Why frames failed, by kind.
+    pub failure_kinds: std::collections::BTreeMap<String, u64>,
 }
 
 /// One epoch this participant was in.
@@ -368,6 +370,7 @@ impl CallState {
                     frames_failed: c.failed,
                     frames_before_join: c.before_join,
                     keyframe_first_in_each_epoch: c.keyframe_first_per_epoch,
+                    failure_kinds: c.failure_kinds.clone(),
                 }
             })
             .collect();
@@ -529,7 +532,7 @@ impl MediaSide {
     fn counts(&self) -> Vec<(u32, crate::media_link::SenderCounts)> {
         self.link
             .as_ref()
-            .map(|l| l.counts().iter().map(|(k, v)| (*k, *v)).collect())
+            .map(|l| l.counts().iter().map(|(k, v)| (*k, v.clone())).collect())
             .unwrap_or_default()
     }
 

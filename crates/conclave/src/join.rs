@@ -138,9 +138,12 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
                     knock,
                     user_id,
                     name,
+                    fingerprint,
                 } = e
                 {
-                    let _ = ask_tx.send((*knock, format!("{name} ({user_id})")));
+                    let fp =
+                        fingerprint.map_or_else(|| "unknown key".to_owned(), |f| f.short_code());
+                    let _ = ask_tx.send((*knock, format!("{name} ({user_id}, device {fp})")));
                 }
             })
             .await
@@ -189,7 +192,15 @@ fn report(p: &conclave_client::Participant, e: &Event, json: bool) {
             }
             println!("epoch {}; security code {security_code}", change.epoch);
         }
-        Event::Knock { user_id, name, .. } => println!("knock: {name} ({user_id})"),
+        Event::Knock {
+            user_id,
+            name,
+            fingerprint,
+            ..
+        } => println!(
+            "knock: {name} ({user_id}) device {}",
+            fingerprint.map_or_else(|| "?".to_owned(), |f| f.short_code())
+        ),
         Event::Alarm { reason } => println!("ALARM: {reason}"),
         Event::Ended { reason } => println!("ended: {reason}"),
         _ => {}

@@ -353,6 +353,30 @@ async fn malformed_and_oversized_signaling_is_refused_and_the_call_goes_on() {
         "connection closed"
     );
 
+    // Garbage on the media port is dropped and counted.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..200u32 {
+        let junk: Vec<u8> = (0..(i % 300)).map(|j| (j * 7 + i) as u8).collect();
+        udp.send_to(&junk, s.running.media_addr).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = reqwest_metrics(&s).await;
+        let dropped = m
+            .lines()
+            .find_map(|l| l.strip_prefix("conclave_datagrams_dropped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if dropped >= 150 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "garbage not counted: {dropped}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The call is untouched and still admits people.
     assert_eq!(a.until_members(2).await, (e2, c2));
     let mut c = client(&s, "m", "carol");
