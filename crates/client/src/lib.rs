@@ -343,11 +343,12 @@ impl Participant {
             ServerMsg::CommitRequest { epoch, knocks } => {
                 self.commit_requested(epoch, knocks, now)?
             }
-            ServerMsg::CommitAccepted { .. } => {
+            ServerMsg::CommitAccepted { epoch } => {
                 let Some(s) = self.session.as_mut() else {
                     return Ok(());
                 };
-                if !s.has_pending_commit() {
+                // Only the verdict on the commit we have pending (built on `epoch - 1`).
+                if !s.has_pending_commit() || s.epoch() + 1 != epoch {
                     return Ok(());
                 }
                 let change = s.confirm_commit()?;
@@ -356,9 +357,10 @@ impl Participant {
                 }
                 self.epoch_changed(change, now)?;
             }
-            ServerMsg::CommitRejected { reason, .. } => {
-                debug!(%reason, "our commit was refused");
-                if let Some(s) = self.session.as_mut() {
+            ServerMsg::CommitRejected { epoch, reason } => {
+                debug!(epoch, %reason, "our commit was refused");
+                // A late verdict on an older commit must not drop the one we have pending now.
+                if let Some(s) = self.session.as_mut().filter(|s| s.epoch() == epoch) {
                     s.discard_commit();
                 }
             }

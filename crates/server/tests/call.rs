@@ -23,6 +23,10 @@ async fn server(remove_after_secs: u64) -> Server {
 }
 
 async fn server_with_tap(remove_after_secs: u64, tap: usize) -> Server {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = std::env::temp_dir().join(format!(
         "conclave-it-{}-{}",
         std::process::id(),
@@ -479,4 +483,60 @@ fn str0m_kind(audio: bool) -> conclave_client::media_link::Kind {
     } else {
         conclave_client::media_link::Kind::Video
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_commits_over_the_network_never_fork_the_group() {
+    let s = server(10).await;
+    let mut a = client(&s, "race", "alice");
+    a.until_members(1).await;
+    let mut b = client(&s, "race", "bob");
+    let mut c = client(&s, "race", "carol");
+    let (e0, _) = a.until_members(3).await;
+    b.until_members(3).await;
+    c.until_members(3).await;
+    for round in 0..5u64 {
+        // Two members commit at once, several times.
+        let (x, y) = tokio::join!(
+            b.control.send(Control::SelfUpdate),
+            c.control.send(Control::SelfUpdate)
+        );
+        x.unwrap();
+        y.unwrap();
+        let target = e0 + round + 1;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for (name, cl) in [("alice", &mut a), ("bob", &mut b), ("carol", &mut c)] {
+            while cl.last.as_ref().is_none_or(|l| l.0 < target) {
+                match tokio::time::timeout_at(deadline, cl.seen.recv()).await {
+                    Ok(Some(st)) => cl.last = Some(st),
+                    _ => panic!("round {round}: {name} stuck at {:?}", cl.last),
+                }
+            }
+        }
+    }
+    // Let any second commit of a round settle, then compare.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for cl in [&mut a, &mut b, &mut c] {
+        while let Ok(st) = cl.seen.try_recv() {
+            cl.last = Some(st);
+        }
+    }
+    let states: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|cl| cl.last.clone().unwrap())
+        .collect();
+    assert!(
+        states
+            .windows(2)
+            .all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1),
+        "fork: {states:?}"
+    );
+    for cl in [a, b, c] {
+        let _ = cl.control.send(Control::Leave).await;
+        let sum = cl.task.await.unwrap().unwrap();
+        assert!(sum.alarms.is_empty(), "{:?}", sum.alarms);
+    }
+    let m = reqwest_metrics(&s).await;
+    assert!(m.contains("conclave_commits_accepted_total"), "{m}");
+    s.running.stop().await;
 }
