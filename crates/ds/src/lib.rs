@@ -291,6 +291,28 @@ impl Ds {
         self.out.push_back(Output::Send { conn, msg });
     }
 
+    /// Sends `msg` to every member of the room connected now, except `except`.
+    fn send_to_members(&mut self, room_name: &str, except: Option<ConnId>, msg: &ServerMsg) {
+        let Some(room) = self.rooms.get(room_name) else {
+            return;
+        };
+        let targets: Vec<ConnId> = room
+            .conns
+            .iter()
+            .copied()
+            .filter(|c| Some(*c) != except)
+            .filter(|c| {
+                matches!(
+                    self.conns.get(c).map(|c| c.state),
+                    Some(ConnState::Member(_))
+                )
+            })
+            .collect();
+        for c in targets {
+            self.send(c, msg.clone());
+        }
+    }
+
     fn refuse(&mut self, conn: ConnId, code: ErrorCode, reason: impl Into<String>) {
         let reason = reason.into();
         debug!(conn, ?code, %reason, "refused");
@@ -601,23 +623,10 @@ impl Ds {
             signature_key,
         });
         room.work_since.get_or_insert(now);
-        let members: Vec<ConnId> = room.conns.clone();
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::Knocking(id);
         }
-        for m in members {
-            if matches!(
-                self.conns.get(&m).map(|c| c.state),
-                Some(ConnState::Member(_))
-            ) {
-                self.send(
-                    m,
-                    ServerMsg::Knock {
-                        knock: knock.clone(),
-                    },
-                );
-            }
-        }
+        self.send_to_members(room_name, None, &ServerMsg::Knock { knock });
         self.schedule(room_name, now);
     }
 
@@ -654,16 +663,6 @@ impl Ds {
             Ok(m) => m,
             Err(e) => return reject(self, format!("undecodable commit: {e}")),
         };
-        let before: HashMap<u32, Vec<u8>> = group
-            .roster()
-            .members_iter()
-            .map(|m| {
-                (
-                    m.index,
-                    m.signing_identity.signature_key.as_bytes().to_vec(),
-                )
-            })
-            .collect();
         let desc = match group.process_incoming_message_with_time(msg, now.into()) {
             Ok(ExternalReceivedMessage::Commit(d)) => d,
             Ok(_) => return reject(self, "not a commit".into()),
@@ -750,7 +749,6 @@ impl Ds {
             Some(now)
         };
         let conns = room.conns.clone();
-        let _ = before;
 
         self.send(
             conn,
@@ -842,22 +840,13 @@ impl Ds {
         }
         room.pending_proposals += 1;
         room.work_since.get_or_insert(now);
-        let conns = room.conns.clone();
-        for other in conns {
-            if other != conn
-                && matches!(
-                    self.conns.get(&other).map(|c| c.state),
-                    Some(ConnState::Member(_))
-                )
-            {
-                self.send(
-                    other,
-                    ServerMsg::Proposal {
-                        proposal: Bytes(proposal.to_vec()),
-                    },
-                );
-            }
-        }
+        self.send_to_members(
+            room_name,
+            Some(conn),
+            &ServerMsg::Proposal {
+                proposal: Bytes(proposal.to_vec()),
+            },
+        );
         self.schedule(room_name, now);
     }
 
@@ -882,22 +871,7 @@ impl Ds {
                 "not an MLS message of this group",
             );
         }
-        let conns = room.conns.clone();
-        for other in conns {
-            if other != conn
-                && matches!(
-                    self.conns.get(&other).map(|c| c.state),
-                    Some(ConnState::Member(_))
-                )
-            {
-                self.send(
-                    other,
-                    ServerMsg::Application {
-                        message: message.clone(),
-                    },
-                );
-            }
-        }
+        self.send_to_members(room_name, Some(conn), &ServerMsg::Application { message });
     }
 
     fn deny(&mut self, conn: ConnId, leaf: u32, room_name: &str, knock: KnockId, now: Timestamp) {
@@ -1068,21 +1042,8 @@ impl Ds {
         }
         self.stats.removals_proposed += proposals.len() as u64;
         room.work_since.get_or_insert(now);
-        let conns = room.conns.clone();
-        for c in conns {
-            if matches!(
-                self.conns.get(&c).map(|c| c.state),
-                Some(ConnState::Member(_))
-            ) {
-                for p in &proposals {
-                    self.send(
-                        c,
-                        ServerMsg::Proposal {
-                            proposal: Bytes(p.clone()),
-                        },
-                    );
-                }
-            }
+        for p in proposals {
+            self.send_to_members(room_name, None, &ServerMsg::Proposal { proposal: Bytes(p) });
         }
     }
 
