@@ -119,20 +119,20 @@ impl Metrics {
             n as u64,
         );
         counter(
-            "conclave_frames_received_total",
-            "Encrypted frames the SFU received.",
+            "conclave_packets_received_total",
+            "RTP packets (of encrypted frames) the SFU received.",
             "counter",
-            m.frames_in,
+            m.packets_in,
         );
         counter(
-            "conclave_frames_forwarded_total",
-            "Encrypted frames the SFU forwarded.",
+            "conclave_packets_forwarded_total",
+            "RTP packets (of encrypted frames) the SFU forwarded.",
             "counter",
-            m.frames_out,
+            m.packets_out,
         );
         counter(
             "conclave_bytes_forwarded_total",
-            "Frame payload bytes the SFU forwarded.",
+            "RTP payload bytes the SFU forwarded.",
             "counter",
             m.bytes_out,
         );
@@ -147,6 +147,24 @@ impl Metrics {
             "Keyframe requests sent to senders.",
             "counter",
             m.keyframe_requests,
+        );
+        counter(
+            "conclave_keyframe_requests_coalesced_total",
+            "Keyframe requests folded into one sent less than 500 ms before.",
+            "counter",
+            m.keyframe_requests_coalesced,
+        );
+        counter(
+            "conclave_packets_waiting_keyframe_total",
+            "Video packets held back from a receiver until its source's next keyframe.",
+            "counter",
+            m.waiting_keyframe,
+        );
+        counter(
+            "conclave_packets_no_slot_total",
+            "Packets a receiver had no free slot for.",
+            "counter",
+            m.no_slot,
         );
         if let Ok(h) = self.commit_hist.lock() {
             let name = "conclave_commit_seconds";

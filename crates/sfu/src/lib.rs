@@ -7,25 +7,39 @@
 //! Sans-IO, like str0m itself: [`Sfu::add_participant`] (an SDP offer in, an answer out),
 //! [`Sfu::handle_receive`] (a UDP datagram), [`Sfu::handle_timeout`], then drain
 //! [`Sfu::poll_transmit`] and ask [`Sfu::poll_timeout`]. One UDP port serves every participant
-//! (str0m's `accepts` demultiplexes); the SFU side is ICE-lite.
+//! (str0m's `accepts` demultiplexes, with a cache from remote address to participant in front
+//! of it); the SFU side is ICE-lite.
+//!
+//! **RTP mode.** str0m runs in RTP mode: the SFU forwards RTP packets, it never reassembles
+//! frames. Each hop has its own SRTP keys (DTLS-SRTP) and its own loss recovery: str0m answers
+//! a receiver's NACKs from its send buffer (RTX) and NACKs the sender's lost packets itself.
 //!
 //! **Slots.** A participant's offer carries one send-only audio and one send-only video m-line
 //! for its own media, and a fixed number of receive-only *slots* of each kind. The SFU assigns
-//! each other sender's track to a free slot of the same kind (first come), requests a keyframe
-//! from the sender when a video slot is (re)assigned, and frees slots when senders leave. No
-//! renegotiation is needed, and the receiver learns who sent a frame from the frame's SFrame
-//! KID (authenticated end to end), not from anything the SFU says. A fixed number of slots is
-//! also the shape "last N" forwarding takes in large rooms.
+//! each other sender's track to a free slot of the same kind (first come), and frees slots when
+//! senders leave. No renegotiation is needed, and the receiver learns who sent a frame from
+//! the frame's SFrame KID (authenticated end to end), not from anything the SFU says. A fixed
+//! number of slots is also the shape "last N" forwarding takes in large rooms.
+//!
+//! **Rewriting.** Every slot is one outgoing RTP stream with its own sequence numbers and
+//! timestamps. When a slot gets a new source, the SFU rebases both so that the receiver sees
+//! one continuous stream, and for video it forwards nothing until a keyframe starts (it asks
+//! the sender for one, with PLI, at most every [`PLI_INTERVAL`], again while it waits). It can
+//! tell a keyframe because the VP8 payload header stays outside the SFrame ciphertext (and is
+//! authenticated by it); nothing else of the frame is visible.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
-use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::format::{detect_vp8_keyframe, Codec};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
@@ -47,53 +61,154 @@ pub enum SfuError {
 /// Counters for `/metrics` and benches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SfuStats {
-    /// Frames received from senders.
-    pub frames_in: u64,
-    /// Frames written towards receivers.
-    pub frames_out: u64,
-    /// Bytes of frame payload written towards receivers.
+    /// RTP packets received from senders.
+    pub packets_in: u64,
+    /// RTP packets written towards receivers.
+    pub packets_out: u64,
+    /// Bytes of RTP payload written towards receivers.
     pub bytes_out: u64,
-    /// Frames that had no free slot at some receiver.
+    /// Packets that had no slot at some receiver (every slot of the kind taken).
     pub no_slot: u64,
+    /// Video packets held back from a receiver until the source's next keyframe.
+    pub waiting_keyframe: u64,
+    /// Packets of an unknown stream or payload type, dropped.
+    pub unknown_stream: u64,
     /// Datagrams that no participant accepted.
     pub unrouted: u64,
-    /// Keyframe requests forwarded to senders.
+    /// Keyframe requests (PLI) sent to senders.
     pub keyframe_requests: u64,
+    /// Keyframe requests folded into one already sent within [`PLI_INTERVAL`].
+    pub keyframe_requests_coalesced: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Keyframe requests to one sender are at least this far apart.
+pub const PLI_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A slot waiting this long for a keyframe asks again.
+pub const KEYFRAME_RETRY: Duration = Duration::from_millis(1000);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Source {
     from: ParticipantId,
     mid: Mid,
+}
+
+/// One outgoing stream's rewrite state.
+#[derive(Debug, Default)]
+struct Rewrite {
+    /// The next packet forwarded starts a new source: rebase sequence numbers and timestamps.
+    rebase: bool,
+    /// Video: forward nothing until a keyframe starts.
+    need_keyframe: bool,
+    /// When we last asked for the keyframe we wait for.
+    asked: Option<Instant>,
+    /// Anything sent on this stream yet.
+    started: bool,
+    /// Outgoing = incoming + offset (extended sequence numbers).
+    seq_offset: i64,
+    /// Outgoing sequence numbers below this belong to an earlier source.
+    seq_floor: u64,
+    /// The next new outgoing sequence number.
+    seq_next: u64,
+    /// Outgoing = incoming + offset (RTP timestamps, wrapping).
+    ts_offset: u32,
+    /// Timestamp of the newest packet sent.
+    ts_last: u32,
+}
+
+impl Rewrite {
+    fn new_source(&mut self, video: bool, now: Instant) {
+        self.rebase = true;
+        self.need_keyframe = video;
+        self.asked = video.then_some(now);
+    }
+
+    /// Outgoing (sequence number, timestamp) for a packet, or None to drop it.
+    fn map(&mut self, pkt: &Packet, clock: u32) -> Option<(u64, u32)> {
+        if self.need_keyframe && !pkt.keyframe_start {
+            return None;
+        }
+        if self.rebase || self.need_keyframe {
+            let seq_start = self.seq_next.max(1);
+            self.seq_offset = seq_start as i64 - pkt.seq as i64;
+            self.seq_floor = seq_start;
+            // Continue the timeline a nominal frame (audio packet) after the last one sent.
+            let ts_start = if self.started {
+                self.ts_last.wrapping_add(clock / 50)
+            } else {
+                pkt.ts
+            };
+            self.ts_offset = ts_start.wrapping_sub(pkt.ts);
+            self.rebase = false;
+            self.need_keyframe = false;
+            self.asked = None;
+        }
+        let out = pkt.seq as i64 + self.seq_offset;
+        if out < self.seq_floor as i64 {
+            // Reordered from before the switch: those numbers went to the previous source.
+            return None;
+        }
+        let out = out as u64;
+        let ts = pkt.ts.wrapping_add(self.ts_offset);
+        if out >= self.seq_next {
+            self.seq_next = out + 1;
+            self.ts_last = ts;
+        }
+        self.started = true;
+        Some((out, ts))
+    }
 }
 
 struct Slot {
     mid: Mid,
     kind: MediaKind,
     source: Option<Source>,
+    rewrite: Rewrite,
+}
+
+struct Input_ {
+    mid: Mid,
+    kind: MediaKind,
+    /// When we last sent this track's sender a keyframe request.
+    last_pli: Option<Instant>,
+    /// A request arrived within [`PLI_INTERVAL`] of the last: send it when the interval ends.
+    pli_pending: bool,
 }
 
 struct Participant {
     id: ParticipantId,
-    room: String,
+    room: Arc<str>,
     rtc: Rtc,
     /// Our receive side: the participant's send-only m-lines.
-    inputs: Vec<(Mid, MediaKind)>,
+    inputs: Vec<Input_>,
     /// Our send side: the participant's receive-only slots.
     slots: Vec<Slot>,
     timeout: Option<Instant>,
 }
 
-/// Something that has to happen after one participant's `Rtc` produced output.
-enum Forward {
-    Media(ParticipantId, Box<MediaData>),
-    Keyframe(ParticipantId, KeyframeRequest),
+/// A packet to forward, with what the forwarding decisions need.
+struct Packet {
+    src: Source,
+    codec: Codec,
+    clock_rate: Frequency,
+    seq: u64,
+    ts: u32,
+    marker: bool,
+    keyframe_start: bool,
+    arrival: Instant,
+    payload: Arc<[u8]>,
 }
 
-/// The forwarding core.
-pub struct Sfu {
-    local: SocketAddr,
-    participants: Vec<Participant>,
+/// Something that has to happen after one participant's `Rtc` produced output.
+enum Forward {
+    Rtp(Box<Packet>),
+    /// A receiver asked for a keyframe on one of its slots.
+    Keyframe(ParticipantId, Mid),
+}
+
+/// Output shared by all participants.
+#[derive(Default)]
+struct Outbox {
     transmits: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
     forwards: VecDeque<Forward>,
     stats: SfuStats,
@@ -102,12 +217,21 @@ pub struct Sfu {
     dirty: bool,
 }
 
+/// The forwarding core.
+pub struct Sfu {
+    local: SocketAddr,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<Arc<str>, Vec<ParticipantId>>,
+    by_addr: HashMap<SocketAddr, ParticipantId>,
+    out: Outbox,
+}
+
 impl core::fmt::Debug for Sfu {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Sfu")
             .field("local", &self.local)
             .field("participants", &self.participants.len())
-            .field("stats", &self.stats)
+            .field("stats", &self.out.stats)
             .finish()
     }
 }
@@ -117,24 +241,23 @@ impl Sfu {
     pub fn new(local: SocketAddr) -> Self {
         Sfu {
             local,
-            participants: Vec::new(),
-            transmits: VecDeque::new(),
-            forwards: VecDeque::new(),
-            stats: SfuStats::default(),
-            tap: None,
-            dirty: false,
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            by_addr: HashMap::new(),
+            out: Outbox::default(),
         }
     }
 
-    /// Keeps a copy of up to `max` forwarded frame payloads, exactly as the SFU sees them, for
+    /// Keeps a copy of up to `max` forwarded RTP payloads, exactly as the SFU sees them, for
     /// tests and audits that check what the SFU can see (ciphertext only).
     pub fn set_tap(&mut self, max: usize) {
-        self.tap = Some((max, Vec::new()));
+        self.out.tap = Some((max, Vec::new()));
     }
 
     /// The payloads kept by the tap so far.
     pub fn take_tap(&mut self) -> Vec<Vec<u8>> {
-        self.tap
+        self.out
+            .tap
             .as_mut()
             .map(|(_, v)| std::mem::take(v))
             .unwrap_or_default()
@@ -142,7 +265,7 @@ impl Sfu {
 
     /// Counters so far.
     pub fn stats(&self) -> SfuStats {
-        self.stats
+        self.out.stats
     }
 
     /// Participants with a media session.
@@ -158,13 +281,14 @@ impl Sfu {
         offer_sdp: &str,
         now: Instant,
     ) -> Result<String, SfuError> {
-        if self.participants.iter().any(|p| p.id == id) {
+        if self.participants.contains_key(&id) {
             return Err(SfuError::Duplicate(id));
         }
         let offer =
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
+            .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
@@ -176,41 +300,65 @@ impl Sfu {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        let room: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None => room.into(),
+        };
         let mut p = Participant {
             id,
-            room: room.to_owned(),
+            room: room.clone(),
             rtc,
             inputs: Vec::new(),
             slots: Vec::new(),
             timeout: None,
         };
         // The m-lines are known from the offer; str0m also reports them as MediaAdded.
-        self.drain(&mut p);
+        drain(&mut p, &mut self.out);
         info!(
             participant = id,
-            room,
+            room = &*room,
             inputs = p.inputs.len(),
             slots = p.slots.len(),
             "media session"
         );
-        self.participants.push(p);
-        self.dirty = true;
+        self.participants.insert(id, p);
+        self.rooms.entry(room).or_default().push(id);
+        self.out.dirty = true;
         self.flush(now);
         Ok(answer.to_sdp_string())
     }
 
     /// A participant left (or its signaling connection closed).
     pub fn remove_participant(&mut self, id: ParticipantId, now: Instant) {
-        self.participants.retain(|p| p.id != id);
-        for p in &mut self.participants {
-            for s in &mut p.slots {
-                if s.source.is_some_and(|src| src.from == id) {
-                    s.source = None;
+        self.forget(&[id]);
+        self.flush(now);
+    }
+
+    fn forget(&mut self, gone: &[ParticipantId]) {
+        for id in gone {
+            let Some(p) = self.participants.remove(id) else {
+                continue;
+            };
+            if let Some(members) = self.rooms.get_mut(&p.room) {
+                members.retain(|m| m != id);
+                if members.is_empty() {
+                    self.rooms.remove(&p.room);
+                }
+            }
+            self.by_addr.retain(|_, v| v != id);
+            if let Some(members) = self.rooms.get(&p.room) {
+                for m in members {
+                    if let Some(q) = self.participants.get_mut(m) {
+                        for s in &mut q.slots {
+                            if s.source.is_some_and(|src| src.from == *id) {
+                                s.source = None;
+                            }
+                        }
+                    }
                 }
             }
         }
-        self.dirty = true;
-        self.flush(now);
+        self.out.dirty = true;
     }
 
     /// A datagram arrived on the media socket.
@@ -222,153 +370,157 @@ impl Sfu {
         bytes: &[u8],
     ) {
         let Ok(receive) = Receive::new(Protocol::Udp, source, destination, bytes) else {
-            self.stats.unrouted += 1;
+            self.out.stats.unrouted += 1;
             debug!(%source, len = bytes.len(), "undecodable datagram dropped");
             return;
         };
         let input = Input::Receive(now, receive);
-        let Some(i) = self.participants.iter().position(|p| p.rtc.accepts(&input)) else {
-            self.stats.unrouted += 1;
-            debug!(%source, len = bytes.len(), "datagram for no participant dropped");
-            return;
+        let cached = self.by_addr.get(&source).copied().filter(|id| {
+            self.participants
+                .get(id)
+                .is_some_and(|p| p.rtc.accepts(&input))
+        });
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let Some(id) = self
+                    .participants
+                    .values()
+                    .find(|p| p.rtc.accepts(&input))
+                    .map(|p| p.id)
+                else {
+                    self.out.stats.unrouted += 1;
+                    debug!(%source, len = bytes.len(), "datagram for no participant dropped");
+                    return;
+                };
+                self.by_addr.insert(source, id);
+                id
+            }
         };
-        let mut p = self.participants.swap_remove(i);
-        if let Err(e) = p.rtc.handle_input(input) {
-            warn!(participant = p.id, error = %e, "participant's media session failed");
-            p.rtc.disconnect();
+        if let Some(p) = self.participants.get_mut(&id) {
+            if let Err(e) = p.rtc.handle_input(input) {
+                warn!(participant = p.id, error = %e, "participant's media session failed");
+                p.rtc.disconnect();
+            }
+            drain(p, &mut self.out);
         }
-        self.drain(&mut p);
-        self.participants.push(p);
         self.flush(now);
     }
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.participants.len() {
-            let mut p = self.participants.swap_remove(i);
-            if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
-                warn!(participant = p.id, error = %e, "timeout handling failed");
-                p.rtc.disconnect();
+        let mut gone = Vec::new();
+        let mut keyframes = Vec::new();
+        for p in self.participants.values_mut() {
+            if p.timeout.is_none_or(|t| t <= now) {
+                if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                    warn!(participant = p.id, error = %e, "timeout handling failed");
+                    p.rtc.disconnect();
+                }
+                drain(p, &mut self.out);
             }
-            self.drain(&mut p);
-            self.participants.push(p);
-            let last = self.participants.len() - 1;
-            self.participants.swap(i, last);
-        }
-        let before = self.participants.len();
-        self.participants.retain(|p| p.rtc.is_alive());
-        if self.participants.len() != before {
-            let alive: Vec<ParticipantId> = self.participants.iter().map(|p| p.id).collect();
-            for p in &mut self.participants {
-                for s in &mut p.slots {
-                    if s.source.is_some_and(|src| !alive.contains(&src.from)) {
-                        s.source = None;
+            if !p.rtc.is_alive() {
+                gone.push(p.id);
+                continue;
+            }
+            // Slots still waiting for a keyframe ask again.
+            for s in &mut p.slots {
+                if let (Some(src), Some(asked)) = (s.source, s.rewrite.asked) {
+                    if s.rewrite.need_keyframe && now >= asked + KEYFRAME_RETRY {
+                        s.rewrite.asked = Some(now);
+                        keyframes.push(src);
                     }
                 }
             }
-            self.dirty = true;
+        }
+        if !gone.is_empty() {
+            info!(?gone, "media sessions ended");
+            self.forget(&gone);
+        }
+        for src in keyframes {
+            self.request_keyframe(src, now);
+        }
+        // Coalesced keyframe requests whose interval is over.
+        let mut due = Vec::new();
+        for p in self.participants.values() {
+            for i in &p.inputs {
+                if i.pli_pending && i.last_pli.is_none_or(|t| now >= t + PLI_INTERVAL) {
+                    due.push(Source {
+                        from: p.id,
+                        mid: i.mid,
+                    });
+                }
+            }
+        }
+        for src in due {
+            self.request_keyframe(src, now);
         }
         self.flush(now);
     }
 
     /// Next datagram to send: (from our socket address, to, bytes).
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
-        self.transmits.pop_front()
+        self.out.transmits.pop_front()
     }
 
     /// When [`Sfu::handle_timeout`] is next due.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        // str0m reports its timeout through poll_output, which `drain` records.
         self.participants
-            .iter()
-            .filter_map(|p| p.next_timeout())
+            .values()
+            .flat_map(|p| {
+                let pli = p
+                    .inputs
+                    .iter()
+                    .filter(|i| i.pli_pending)
+                    .filter_map(|i| i.last_pli.map(|t| t + PLI_INTERVAL));
+                let retry = p
+                    .slots
+                    .iter()
+                    .filter(|s| s.rewrite.need_keyframe && s.source.is_some())
+                    .filter_map(|s| s.rewrite.asked.map(|t| t + KEYFRAME_RETRY));
+                p.timeout.into_iter().chain(pli).chain(retry)
+            })
             .min()
-    }
-
-    /// Drains one participant's output: datagrams, media and keyframe requests to forward.
-    fn drain(&mut self, p: &mut Participant) {
-        loop {
-            match p.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    p.set_timeout(t);
-                    break;
-                }
-                Ok(Output::Transmit(t)) => {
-                    self.transmits
-                        .push_back((t.source, t.destination, t.contents.to_vec()));
-                }
-                Ok(Output::Event(e)) => match e {
-                    // Directions are ours: the participant's send-only m-line is our receive side.
-                    Event::MediaAdded(m) => {
-                        match m.direction {
-                            Direction::RecvOnly | Direction::SendRecv => {
-                                p.inputs.push((m.mid, m.kind))
-                            }
-                            Direction::SendOnly => p.slots.push(Slot {
-                                mid: m.mid,
-                                kind: m.kind,
-                                source: None,
-                            }),
-                            _ => {}
-                        }
-                        self.dirty = true;
-                    }
-                    Event::MediaData(d) => {
-                        self.stats.frames_in += 1;
-                        self.forwards.push_back(Forward::Media(p.id, Box::new(d)));
-                    }
-                    Event::KeyframeRequest(r) => {
-                        self.forwards.push_back(Forward::Keyframe(p.id, r))
-                    }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        p.rtc.disconnect()
-                    }
-                    _ => {}
-                },
-                Err(e) => {
-                    warn!(participant = p.id, error = %e, "media session failed");
-                    p.rtc.disconnect();
-                    break;
-                }
-            }
-        }
     }
 
     /// Gives every participant's free slots to the room's other senders' tracks.
     fn assign_slots(&mut self, now: Instant) {
-        let sources: Vec<(String, Source, MediaKind)> = self
-            .participants
-            .iter()
-            .flat_map(|p| {
-                p.inputs.iter().map(move |(mid, kind)| {
-                    (
-                        p.room.clone(),
-                        Source {
-                            from: p.id,
-                            mid: *mid,
-                        },
-                        *kind,
-                    )
-                })
-            })
-            .collect();
         let mut keyframes = Vec::new();
-        for p in &mut self.participants {
-            for (room, src, kind) in &sources {
-                if *room != p.room
-                    || src.from == p.id
-                    || p.slots.iter().any(|s| s.source == Some(*src))
-                {
+        for members in self.rooms.values() {
+            let sources: Vec<(Source, MediaKind)> = members
+                .iter()
+                .filter_map(|m| self.participants.get(m))
+                .flat_map(|p| {
+                    p.inputs.iter().map(move |i| {
+                        (
+                            Source {
+                                from: p.id,
+                                mid: i.mid,
+                            },
+                            i.kind,
+                        )
+                    })
+                })
+                .collect();
+            for m in members {
+                let Some(p) = self.participants.get_mut(m) else {
                     continue;
-                }
-                if let Some(slot) = p
-                    .slots
-                    .iter_mut()
-                    .find(|s| s.kind == *kind && s.source.is_none())
-                {
-                    slot.source = Some(*src);
-                    if *kind == MediaKind::Video {
-                        keyframes.push(*src);
+                };
+                for (src, kind) in &sources {
+                    if src.from == p.id || p.slots.iter().any(|s| s.source == Some(*src)) {
+                        continue;
+                    }
+                    if let Some(slot) = p
+                        .slots
+                        .iter_mut()
+                        .find(|s| s.kind == *kind && s.source.is_none())
+                    {
+                        slot.source = Some(*src);
+                        let video = *kind == MediaKind::Video;
+                        slot.rewrite.new_source(video, now);
+                        if video {
+                            keyframes.push(*src);
+                        }
                     }
                 }
             }
@@ -378,98 +530,55 @@ impl Sfu {
         }
     }
 
-    fn request_keyframe(&mut self, src: Source, _now: Instant) {
-        let Some(i) = self.participants.iter().position(|p| p.id == src.from) else {
+    /// Asks a sender for a keyframe on one of its tracks, at most every [`PLI_INTERVAL`].
+    fn request_keyframe(&mut self, src: Source, now: Instant) {
+        let Some(p) = self.participants.get_mut(&src.from) else {
             return;
         };
-        let mut p = self.participants.swap_remove(i);
-        if let Some(mut w) = p.rtc.writer(src.mid) {
-            if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
-                self.stats.keyframe_requests += 1;
+        let Some(input) = p.inputs.iter_mut().find(|i| i.mid == src.mid) else {
+            return;
+        };
+        if input.last_pli.is_some_and(|t| now < t + PLI_INTERVAL) {
+            if !input.pli_pending {
+                input.pli_pending = true;
             }
+            self.out.stats.keyframe_requests_coalesced += 1;
+            return;
         }
-        self.drain(&mut p);
-        self.participants.push(p);
+        input.last_pli = Some(now);
+        input.pli_pending = false;
+        let mut api = p.rtc.direct_api();
+        if let Some(rx) = api.stream_rx_by_mid(src.mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            self.out.stats.keyframe_requests += 1;
+        }
+        drain(p, &mut self.out);
     }
 
     /// Assigns slots that became assignable and forwards everything drained so far.
     fn flush(&mut self, now: Instant) {
         loop {
-            if self.dirty {
-                self.dirty = false;
+            if self.out.dirty {
+                self.out.dirty = false;
                 self.assign_slots(now);
             }
             self.forward_all(now);
-            if !self.dirty && self.forwards.is_empty() {
+            if !self.out.dirty && self.out.forwards.is_empty() {
                 break;
             }
         }
     }
 
     fn forward_all(&mut self, now: Instant) {
-        while let Some(f) = self.forwards.pop_front() {
+        while let Some(f) = self.out.forwards.pop_front() {
             match f {
-                Forward::Media(from, data) => {
-                    if let Some((max, v)) = self.tap.as_mut() {
-                        if v.len() < *max {
-                            v.push(data.data.to_vec());
-                        }
-                    }
-                    let src = Source {
-                        from,
-                        mid: data.mid,
-                    };
-                    let room = match self.participants.iter().find(|p| p.id == from) {
-                        Some(p) => p.room.clone(),
-                        None => continue,
-                    };
-                    for i in 0..self.participants.len() {
-                        if self.participants[i].id == from || self.participants[i].room != room {
-                            continue;
-                        }
-                        let mut p = self.participants.swap_remove(i);
-                        match p
-                            .slots
-                            .iter()
-                            .find(|s| s.source == Some(src))
-                            .map(|s| s.mid)
-                        {
-                            Some(mid) => {
-                                if let Some(w) = p.rtc.writer(mid) {
-                                    if let Some(pt) = w.match_params(data.params) {
-                                        let len = data.data.len() as u64;
-                                        match w.write(
-                                            pt,
-                                            data.network_time,
-                                            data.time,
-                                            data.data.clone(),
-                                        ) {
-                                            Ok(()) => {
-                                                self.stats.frames_out += 1;
-                                                self.stats.bytes_out += len;
-                                            }
-                                            Err(e) => {
-                                                debug!(participant = p.id, error = %e, "write failed")
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                            None => self.stats.no_slot += 1,
-                        }
-                        self.drain(&mut p);
-                        self.participants.push(p);
-                        let last = self.participants.len() - 1;
-                        self.participants.swap(i, last);
-                    }
-                }
-                Forward::Keyframe(at, req) => {
+                Forward::Rtp(pkt) => self.forward(&pkt),
+                Forward::Keyframe(at, mid) => {
                     // A receiver asks for a keyframe on a slot: ask that slot's sender.
                     let src = self
                         .participants
-                        .iter()
-                        .find(|p| p.id == at)
-                        .and_then(|p| p.slots.iter().find(|s| s.mid == req.mid))
+                        .get(&at)
+                        .and_then(|p| p.slots.iter().find(|s| s.mid == mid))
                         .and_then(|s| s.source);
                     if let Some(src) = src {
                         self.request_keyframe(src, now);
@@ -478,17 +587,192 @@ impl Sfu {
             }
         }
     }
+
+    /// Writes one packet to every receiver in the sender's room that has a slot for it.
+    fn forward(&mut self, pkt: &Packet) {
+        if let Some((max, v)) = self.out.tap.as_mut() {
+            if v.len() < *max {
+                v.push(pkt.payload.to_vec());
+            }
+        }
+        let Some(room) = self.participants.get(&pkt.src.from).map(|p| p.room.clone()) else {
+            return;
+        };
+        let Some(members) = self.rooms.get(&room) else {
+            return;
+        };
+        for m in members {
+            if *m == pkt.src.from {
+                continue;
+            }
+            let Some(p) = self.participants.get_mut(m) else {
+                continue;
+            };
+            let Some(slot) = p.slots.iter_mut().find(|s| s.source == Some(pkt.src)) else {
+                self.out.stats.no_slot += 1;
+                continue;
+            };
+            let Some((seq, ts)) = slot.rewrite.map(pkt, pkt.clock_rate.get()) else {
+                self.out.stats.waiting_keyframe += 1;
+                continue;
+            };
+            let video = slot.kind == MediaKind::Video;
+            let mid = slot.mid;
+            let Some(pt) = p
+                .rtc
+                .codec_config()
+                .find(|pp| {
+                    let spec = pp.spec();
+                    spec.codec == pkt.codec && spec.clock_rate == pkt.clock_rate
+                })
+                .map(|pp| pp.pt())
+            else {
+                self.out.stats.unknown_stream += 1;
+                continue;
+            };
+            let mut api = p.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                self.out.stats.unknown_stream += 1;
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(pt, seq.into(), ts, pkt.arrival, pkt.payload.clone())
+                    .marker(pkt.marker)
+                    .nackable(video),
+            );
+            self.out.stats.packets_out += 1;
+            self.out.stats.bytes_out += pkt.payload.len() as u64;
+            drain(p, &mut self.out);
+        }
+    }
 }
 
-impl Participant {
-    fn set_timeout(&mut self, t: Instant) {
-        self.timeout = Some(t);
+/// Drains one participant's output: datagrams, packets and keyframe requests to forward.
+fn drain(p: &mut Participant, out: &mut Outbox) {
+    loop {
+        match p.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                p.timeout = Some(t);
+                break;
+            }
+            Ok(Output::Transmit(t)) => {
+                out.transmits
+                    .push_back((t.source, t.destination, t.contents.to_vec()));
+            }
+            Ok(Output::Event(e)) => match e {
+                // Directions are ours: the participant's send-only m-line is our receive side.
+                Event::MediaAdded(m) => {
+                    match m.direction {
+                        Direction::RecvOnly | Direction::SendRecv => p.inputs.push(Input_ {
+                            mid: m.mid,
+                            kind: m.kind,
+                            last_pli: None,
+                            pli_pending: false,
+                        }),
+                        Direction::SendOnly => p.slots.push(Slot {
+                            mid: m.mid,
+                            kind: m.kind,
+                            source: None,
+                            rewrite: Rewrite::default(),
+                        }),
+                        _ => {}
+                    }
+                    out.dirty = true;
+                }
+                Event::RtpPacket(rtp) => {
+                    out.stats.packets_in += 1;
+                    match packet(p, rtp) {
+                        Some(pkt) => out.forwards.push_back(Forward::Rtp(Box::new(pkt))),
+                        None => out.stats.unknown_stream += 1,
+                    }
+                }
+                Event::KeyframeRequest(r) => {
+                    out.forwards.push_back(Forward::Keyframe(p.id, r.mid));
+                }
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    p.rtc.disconnect()
+                }
+                _ => {}
+            },
+            Err(e) => {
+                warn!(participant = p.id, error = %e, "media session failed");
+                p.rtc.disconnect();
+                break;
+            }
+        }
     }
+}
 
-    fn next_timeout(&self) -> Option<Instant> {
-        self.timeout
-    }
+/// What forwarding needs to know of a received packet, if it belongs to one of the
+/// participant's send-only m-lines and carries a negotiated payload type.
+fn packet(p: &mut Participant, rtp: RtpPacket) -> Option<Packet> {
+    let mid = p.rtc.direct_api().stream_rx(&rtp.header.ssrc)?.mid();
+    p.inputs.iter().find(|i| i.mid == mid)?;
+    let spec = p
+        .rtc
+        .codec_config()
+        .find(|pp| pp.pt() == rtp.header.payload_type)?
+        .spec();
+    let keyframe_start = spec.codec == Codec::Vp8 && detect_vp8_keyframe(&rtp.payload);
+    Some(Packet {
+        src: Source { from: p.id, mid },
+        codec: spec.codec,
+        clock_rate: spec.clock_rate,
+        seq: *rtp.seq_no,
+        ts: rtp.header.timestamp,
+        marker: rtp.header.marker,
+        keyframe_start,
+        arrival: rtp.timestamp,
+        payload: rtp.payload,
+    })
 }
 
 /// How long str0m is given between timeouts at most.
 pub const MAX_TIMEOUT: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(seq: u64, ts: u32, key: bool) -> Packet {
+        Packet {
+            src: Source {
+                from: 1,
+                mid: Mid::from("0"),
+            },
+            codec: Codec::Vp8,
+            clock_rate: Frequency::NINETY_KHZ,
+            seq,
+            ts,
+            marker: false,
+            keyframe_start: key,
+            arrival: Instant::now(),
+            payload: Arc::from(&[][..]),
+        }
+    }
+
+    #[test]
+    fn a_new_source_starts_at_a_keyframe_and_continues_the_stream() {
+        let now = Instant::now();
+        let mut r = Rewrite::default();
+        r.new_source(true, now);
+        assert_eq!(r.map(&pkt(500, 9000, false), 90_000), None);
+        assert_eq!(r.map(&pkt(501, 9000, true), 90_000), Some((1, 9000)));
+        assert_eq!(r.map(&pkt(502, 9000, false), 90_000), Some((2, 9000)));
+        assert_eq!(r.map(&pkt(503, 12000, false), 90_000), Some((3, 12000)));
+        // A second source takes the slot: numbers continue, the timeline moves on.
+        r.new_source(true, now);
+        assert_eq!(r.map(&pkt(70_000, 5, false), 90_000), None);
+        assert_eq!(r.map(&pkt(70_001, 5, true), 90_000), Some((4, 13800)));
+        // Reordered from before the switch: dropped, its number belongs to the first source.
+        assert_eq!(r.map(&pkt(69_999, 2, false), 90_000), None);
+        // Reordering after the switch keeps its place.
+        assert_eq!(r.map(&pkt(70_003, 3005, false), 90_000), Some((6, 16800)));
+        assert_eq!(r.map(&pkt(70_002, 5, false), 90_000), Some((5, 13800)));
+        assert_eq!(r.seq_next, 7);
+        // Timestamps wrap like RTP's.
+        r.new_source(false, now);
+        assert_eq!(r.map(&pkt(10, u32::MAX, false), 90_000), Some((7, 18600)));
+        assert_eq!(r.map(&pkt(11, 959, false), 90_000), Some((8, 19560)));
+    }
+}
