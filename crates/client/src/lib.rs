@@ -135,6 +135,13 @@ impl core::fmt::Debug for Participant {
 }
 
 impl Participant {
+    /// Ends this participant and gives its device back, to join again after a lost connection
+    /// (as a new member: the old session's keys are dropped with it, and the server replaces
+    /// the stale leaf when the device knocks again).
+    pub fn into_device(self) -> Device {
+        self.device
+    }
+
     /// A participant for `room` on `device`.
     pub fn new(device: Device, room: &str, policy: NewRoomPolicy, admit_mode: AdmitMode) -> Self {
         Participant {

@@ -109,6 +109,8 @@ pub struct Summary {
     pub history: Vec<EpochLine>,
     /// Frames this participant sealed and sent.
     pub frames_sent: u64,
+    /// Times the connection was lost and joined again.
+    pub reconnects: u32,
 }
 
 fn now() -> Timestamp {
@@ -162,38 +164,189 @@ pub enum NetError {
     Core(#[from] Error),
 }
 
+/// Reconnection after a lost connection: the first wait, doubled per failed attempt up to
+/// [`RECONNECT_MAX_DELAY`], with 20% jitter; [`RECONNECT_ATTEMPTS`] failures in a row end
+/// the call.
+pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The longest wait between reconnection attempts.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(8);
+/// Failed reconnection attempts in a row before the call is given up.
+pub const RECONNECT_ATTEMPTS: u32 = 8;
+
+/// The wait before reconnection attempt `attempt` (0-based), jittered by `random`.
+pub fn reconnect_delay(attempt: u32, random: u64) -> Duration {
+    let base = RECONNECT_FIRST_DELAY
+        .saturating_mul(1 << attempt.min(16))
+        .min(RECONNECT_MAX_DELAY);
+    // 80% to 120% of the base.
+    let permille = 800 + (random % 401);
+    base * permille as u32 / 1000
+}
+
+/// How one connection ended.
+enum Once {
+    /// The call is over (left, ended, deadline).
+    Done(Summary),
+    /// The connection was lost; the device comes back to join again.
+    Lost {
+        device: Device,
+        summary: Summary,
+        joined: bool,
+    },
+    /// Could not connect at all.
+    Failed { device: Device, error: NetError },
+}
+
 /// Joins and runs the call until it ends; `on_event` sees every event; `control` takes
 /// requests while it runs. Returns the summary.
+///
+/// A connection lost during the call is retried with backoff ([`reconnect_delay`]); the
+/// device joins again as a new member (a new leaf and a new epoch: nothing of the old
+/// session's keys is kept), and the server replaces its stale leaf as soon as it knocks.
+/// Failing to connect the first time is an error.
 pub async fn run(
     device: Device,
     opts: JoinOptions,
     mut control: tokio::sync::mpsc::Receiver<Control>,
     mut on_event: impl FnMut(&Participant, &Event),
 ) -> Result<Summary, NetError> {
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut state = CallState::default();
+    let mut device = device;
+    let mut carried: Option<Summary> = None;
+    let mut failures = 0u32;
+    let mut ever_connected = false;
+    loop {
+        let once = run_once(
+            device,
+            &opts,
+            &mut control,
+            &mut on_event,
+            &mut state,
+            deadline,
+        )
+        .await?;
+        let (d, summary) = match once {
+            Once::Done(s) => return Ok(merge(carried, s)),
+            Once::Failed { device: d, error } => {
+                if !ever_connected {
+                    return Err(error);
+                }
+                warn!(%error, "reconnection failed");
+                failures += 1;
+                (d, None)
+            }
+            Once::Lost {
+                device: d,
+                summary,
+                joined,
+            } => {
+                ever_connected = true;
+                if joined {
+                    failures = 0;
+                } else {
+                    failures += 1;
+                }
+                (d, Some(summary))
+            }
+        };
+        device = d;
+        if let Some(s) = summary {
+            carried = Some(merge(carried, s));
+        }
+        let Some(mut last) = carried.clone() else {
+            return Err(NetError::Connect("lost before the call began".into()));
+        };
+        if failures >= RECONNECT_ATTEMPTS {
+            last.ended = format!("{} (gave up after {failures} attempts)", last.ended);
+            return Ok(last);
+        }
+        let wait = reconnect_delay(failures, rand_u64());
+        info!(?wait, attempt = failures + 1, reason = %last.ended, "connection lost; reconnecting");
+        let until = tokio::time::Instant::now() + wait;
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                last.ended = "left".into();
+                return Ok(last);
+            }
+            c = control.recv() => if matches!(c, Some(Control::Leave) | None) {
+                last.ended = "left".into();
+                return Ok(last);
+            },
+        }
+        state.reconnects += 1;
+    }
+}
+
+/// One summary of a call made of several connections.
+fn merge(earlier: Option<Summary>, mut later: Summary) -> Summary {
+    let Some(earlier) = earlier else {
+        return later;
+    };
+    later.frames_sent += earlier.frames_sent;
+    for old in earlier.senders {
+        match later.senders.iter_mut().find(|l| l.id == old.id) {
+            Some(l) => {
+                l.frames_received += old.frames_received;
+                l.frames_decrypted += old.frames_decrypted;
+                l.frames_failed += old.frames_failed;
+                l.frames_before_join += old.frames_before_join;
+                l.keyframe_first_in_each_epoch &= old.keyframe_first_in_each_epoch;
+                for (k, v) in old.failure_kinds {
+                    *l.failure_kinds.entry(k).or_default() += v;
+                }
+            }
+            None => later.senders.push(old),
+        }
+    }
+    later
+}
+
+async fn run_once(
+    device: Device,
+    opts: &JoinOptions,
+    control: &mut tokio::sync::mpsc::Receiver<Control>,
+    on_event: &mut impl FnMut(&Participant, &Event),
+    state: &mut CallState,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Once, NetError> {
     let url = ws_url(&opts.url, &opts.room);
-    let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .map_err(|e| NetError::Connect(format!("{url}: {e}")))?;
+    let ws = match tokio_tungstenite::connect_async(url.as_str()).await {
+        Ok((ws, _)) => ws,
+        Err(e) => {
+            return Ok(Once::Failed {
+                device,
+                error: NetError::Connect(format!("{url}: {e}")),
+            })
+        }
+    };
     let (mut sink, mut stream) = ws.split();
     let hello = ClientMsg::Hello {
         version: PROTOCOL_VERSION,
         token: opts.token.clone(),
     };
-    sink.send(Message::Text(hello.encode().into()))
-        .await
-        .map_err(|e| NetError::Connect(e.to_string()))?;
+    if let Err(e) = sink.send(Message::Text(hello.encode().into())).await {
+        return Ok(Once::Failed {
+            device,
+            error: NetError::Connect(e.to_string()),
+        });
+    }
 
+    let mut media = match MediaSide::new(&opts.url, opts.media).await {
+        Ok(m) => m,
+        Err(error) => return Ok(Once::Failed { device, error }),
+    };
     let mut p = Participant::new(device, &opts.room, opts.policy.clone(), opts.admit);
-    let mut state = CallState::default();
-    let mut media = MediaSide::new(&opts.url, opts.media).await?;
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     let mut video_tick = tokio::time::interval(Duration::from_millis(33));
     audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     video_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut timer = SelfUpdateTimer::new(opts.self_update_every, 200);
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut leaving: Option<tokio::time::Instant> = None;
+    let mut joined = false;
     let ended;
+    let mut lost = false;
     loop {
         // Flush what the core wants to send; surface events.
         while let Some(m) = p.poll_transmit() {
@@ -204,13 +357,14 @@ pub async fn run(
         while let Some(e) = p.poll_event() {
             state.observe(&p, &e);
             if matches!(e, Event::Joined { .. } | Event::EpochChanged { .. }) {
+                joined = true;
                 timer.arm(now(), rand_u64());
                 media.release_held(&mut p);
             }
             on_event(&p, &e);
             if let Event::Ended { reason } = &e {
                 let _ = sink.close().await;
-                return Ok(state.summary(&p, &media, reason.clone()));
+                return Ok(Once::Done(state.summary(&p, &media, reason.clone())));
             }
         }
         media.flush().await;
@@ -231,27 +385,30 @@ pub async fn run(
                     }
                     Ok(ServerMsg::MediaAnswer { sdp }) => media.answer(&sdp, &mut p),
                     Ok(m) => {
-                        let joined = matches!(m, ServerMsg::Joined { .. });
+                        let hello_answered = matches!(m, ServerMsg::Joined { .. });
                         if let Err(e) = p.handle(m, now()) {
                             warn!(error = %e, "could not handle a server message");
                             state.alarms.push(e.to_string());
                         }
-                        if joined {
+                        if hello_answered {
                             if let Some(offer) = media.offer()? {
-                                sink.send(Message::Text(ClientMsg::MediaOffer { sdp: offer }.encode().into()))
-                                    .await
-                                    .map_err(|e| NetError::Connect(e.to_string()))?;
+                                let msg = ClientMsg::MediaOffer { sdp: offer }.encode();
+                                if let Err(e) = sink.send(Message::Text(msg.into())).await {
+                                    warn!(error = %e, "send failed");
+                                }
                             }
                         }
                     }
                     Err(e) => warn!(error = %e, "undecodable server message"),
                 },
                 Some(Ok(Message::Close(_))) | None => {
-                    ended = if leaving.is_some() { "left".to_owned() } else { "connection closed by the server".to_owned() };
+                    lost = leaving.is_none();
+                    ended = if lost { "connection closed by the server".to_owned() } else { "left".to_owned() };
                     break;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
+                    lost = leaving.is_none();
                     ended = format!("connection lost: {e}");
                     break;
                 }
@@ -285,11 +442,19 @@ pub async fn run(
             }
         }
     }
+    let summary = state.summary(&p, &media, ended);
+    if lost {
+        return Ok(Once::Lost {
+            device: p.into_device(),
+            summary,
+            joined,
+        });
+    }
     while let Some(m) = p.poll_transmit() {
         let _ = sink.send(Message::Text(m.encode().into())).await;
     }
     let _ = sink.close().await;
-    Ok(state.summary(&p, &media, ended))
+    Ok(Once::Done(summary))
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
@@ -314,6 +479,7 @@ struct CallState {
     history: Vec<EpochLine>,
     names: std::collections::BTreeMap<u32, (String, String)>,
     last_roster: Vec<RosterLine>,
+    reconnects: u32,
 }
 
 impl CallState {
@@ -386,6 +552,7 @@ impl CallState {
             ended,
             history: self.history.clone(),
             frames_sent: media.sent(),
+            reconnects: self.reconnects,
         }
     }
 }
@@ -538,5 +705,28 @@ impl MediaSide {
 
     fn sent(&self) -> u64 {
         self.link.as_ref().map_or(0, |l| l.sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_doubles_within_jitter_and_is_capped() {
+        for attempt in 0..12 {
+            let base = RECONNECT_FIRST_DELAY
+                .saturating_mul(1 << attempt)
+                .min(RECONNECT_MAX_DELAY);
+            for r in [0u64, 200, 400, u64::MAX] {
+                let d = reconnect_delay(attempt, r);
+                assert!(
+                    d >= base * 8 / 10 && d <= base * 12 / 10,
+                    "{attempt} {r} {d:?}"
+                );
+            }
+        }
+        assert_eq!(reconnect_delay(0, 200), RECONNECT_FIRST_DELAY);
+        assert_eq!(reconnect_delay(30, 200), RECONNECT_MAX_DELAY);
     }
 }

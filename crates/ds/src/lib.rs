@@ -607,9 +607,29 @@ impl Ds {
                 "the KeyPackage is for another ciphersuite",
             );
         }
+        let signature_key = kp.signing_identity().signature_key.as_bytes().to_vec();
+        // The same device knocking again (it lost its connection and came back with a fresh
+        // KeyPackage): its old leaf is stale, so propose its removal now rather than after
+        // `remove_after`. A device whose leaf is still connected cannot join twice.
+        let stale = group
+            .roster()
+            .members_iter()
+            .find(|m| m.signing_identity.signature_key.as_bytes() == signature_key.as_slice())
+            .map(|m| m.index);
+        let mut returning = false;
+        if let Some(leaf) = stale {
+            if !room.offline.contains_key(&leaf) {
+                return self.refuse(
+                    conn,
+                    ErrorCode::Rejected,
+                    "this device is already in the room on another connection",
+                );
+            }
+            room.offline.insert(leaf, Timestamp::from_millis(0));
+            returning = true;
+        }
         let id = room.next_knock;
         room.next_knock += 1;
-        let signature_key = kp.signing_identity().signature_key.as_bytes().to_vec();
         let knock = KnockInfo {
             knock: id,
             user_id: info.user_id.clone(),
@@ -627,6 +647,13 @@ impl Ds {
             c.state = ConnState::Knocking(id);
         }
         self.send_to_members(room_name, None, &ServerMsg::Knock { knock });
+        if returning {
+            info!(
+                room = room_name,
+                "a member's device is back: its old leaf goes"
+            );
+            self.propose_removals(room_name, now);
+        }
         self.schedule(room_name, now);
     }
 

@@ -504,3 +504,37 @@ fn knocks_before_the_group_exists_are_kept_until_it_does() {
     );
     assert_eq!(net.codes()[0], net.codes()[1]);
 }
+
+#[test]
+fn a_device_that_lost_its_connection_rejoins_and_its_stale_leaf_goes_at_once() {
+    let mut net = open_room(3);
+    let epoch = net.ds.epoch("room").unwrap();
+    let lost = net.parts.remove(&3).unwrap();
+    net.ds.disconnect(3, net.now);
+    net.settle();
+    let start = net.now;
+    net.advance(Duration::from_millis(700));
+    // The same device comes back on a new connection, well before `remove_after`.
+    net.join_with(
+        4,
+        "user3",
+        lost.into_device(),
+        NewRoomPolicy::Open,
+        AdmitMode::Auto,
+    );
+    net.settle();
+    assert!(
+        net.now.saturating_since(start) < DsConfig::default().remove_after,
+        "the stale leaf was not replaced early"
+    );
+    assert_eq!(net.ds.member_count("room"), 3);
+    assert!(net.ds.epoch("room").unwrap() > epoch);
+    for c in [1, 2, 4] {
+        let roster = net.p(c).roster();
+        assert_eq!(roster.len(), 3);
+        assert_eq!(roster.iter().filter(|e| e.user_id == "user3").count(), 1);
+        assert_eq!(net.alarms(c), 0);
+    }
+    let codes = net.codes();
+    assert!(codes.iter().all(|c| !c.is_empty() && *c == codes[0]));
+}

@@ -93,8 +93,13 @@ fn device(user: &str) -> Device {
 }
 
 fn client(s: &Server, room: &str, user: &str) -> Client {
+    client_at(s, &s.url(), room, user)
+}
+
+/// A client that reaches the server's HTTP side through `url` (a relay, say).
+fn client_at(s: &Server, url: &str, room: &str, user: &str) -> Client {
     let opts = JoinOptions {
-        url: s.url(),
+        url: url.into(),
         room: room.into(),
         token: s.token(room, user, 3600),
         policy: NewRoomPolicy::Open,
@@ -126,6 +131,24 @@ fn client(s: &Server, room: &str, user: &str) -> Client {
 }
 
 impl Client {
+    /// Waits until this client reaches a state that `want` accepts.
+    async fn until(
+        &mut self,
+        what: &str,
+        want: impl Fn(&(u64, String, usize, Vec<String>)) -> bool,
+    ) -> (u64, String, Vec<String>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(l) = self.last.as_ref().filter(|l| want(l)) {
+                return (l.0, l.1.clone(), l.3.clone());
+            }
+            match tokio::time::timeout_at(deadline, self.seen.recv()).await {
+                Ok(Some(s)) => self.last = Some(s),
+                _ => panic!("never {what}; last {:?}", self.last),
+            }
+        }
+    }
+
     /// Waits until this client is at a state with `members` members.
     async fn until_members(&mut self, members: usize) -> (u64, String) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -557,5 +580,92 @@ async fn simultaneous_commits_over_the_network_never_fork_the_group() {
     }
     let m = reqwest_metrics(&s).await;
     assert!(m.contains("conclave_commits_accepted_total"), "{m}");
+    s.running.stop().await;
+}
+
+/// A TCP relay in front of the server's HTTP side whose connections can be cut, as a lost
+/// network would cut them.
+struct Relay {
+    url: String,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+async fn relay(to: &str) -> Relay {
+    let upstream: std::net::SocketAddr = to.trim_start_matches("http://").parse().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = conns.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((mut a, _)) = listener.accept().await {
+            let c = tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+            held.lock().unwrap().push(c);
+        }
+    });
+    Relay { url, conns, accept }
+}
+
+impl Relay {
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connection_is_retried_and_the_device_rejoins_as_a_new_member() {
+    // Vanished members are removed after a minute here: carol's stale leaf must go because
+    // her device came back, not because of that timeout.
+    let s = server(60).await;
+    let relay = relay(&s.url()).await;
+    let mut a = client(&s, "lost", "alice");
+    a.until_members(1).await;
+    let mut b = client(&s, "lost", "bob");
+    let mut c = client_at(&s, &relay.url, "lost", "carol");
+    let (e3, _) = a.until_members(3).await;
+    b.until_members(3).await;
+    c.until_members(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let cut = tokio::time::Instant::now();
+    relay.cut();
+    let once = |l: &(u64, String, usize, Vec<String>)| {
+        l.0 > e3 && l.2 == 3 && l.3.iter().filter(|u| *u == "carol").count() == 1
+    };
+    let (ea, code_a, _) = a.until("carol back once", once).await;
+    let took = cut.elapsed();
+    let (eb, code_b, _) = b.until("carol back once", once).await;
+    let (ec, code_c, _) = c.until("carol back once", once).await;
+    assert!(took < Duration::from_secs(10), "rejoined after {took:?}");
+    assert_eq!((ea, &code_a), (eb, &code_b));
+    assert_eq!((eb, &code_b), (ec, &code_c));
+    // Media flows again after the rejoin.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let _ = c.control.send(Control::Leave).await;
+    let sc = c.task.await.unwrap().unwrap();
+    assert!(sc.reconnects >= 1, "{sc:?}");
+    assert!(
+        ["left", "removed from the group"].contains(&sc.ended.as_str()),
+        "{}",
+        sc.ended
+    );
+    for other in ["alice", "bob"] {
+        let line = sc.senders.iter().find(|l| l.id == other).unwrap();
+        assert!(line.frames_decrypted > 20, "{line:?}");
+        assert_eq!(line.frames_failed, 0, "{line:?}");
+    }
+    for x in [a, b] {
+        let _ = x.control.send(Control::Leave).await;
+        let sum = x.task.await.unwrap().unwrap();
+        assert!(sum.alarms.is_empty(), "{:?}", sum.alarms);
+    }
+    relay.accept.abort();
     s.running.stop().await;
 }
