@@ -31,6 +31,48 @@ pub struct JoinOptions {
     /// Send synthetic audio (every 20 ms) and video (every 33 ms) and receive others' media
     /// through the SFU.
     pub media: bool,
+    /// Extra trust anchors (PEM) for the server's TLS certificate, beside the public web
+    /// roots: for a server with a private or self-signed certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// The TLS connector for `wss://` URLs: the public web roots plus the certificates in
+/// `ca_file`, if any.
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<tokio_tungstenite::Connector>, NetError> {
+    use rustls_pki_types::pem::PemObject;
+    let Some(path) = ca_file else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| NetError::Connect(format!("{}: {e}", path.display())))?;
+    let mut added = 0;
+    for cert in certs {
+        let cert = cert.map_err(|e| NetError::Connect(format!("{}: {e}", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| NetError::Connect(format!("{}: {e}", path.display())))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(NetError::Connect(format!(
+            "{}: no certificate in it",
+            path.display()
+        )));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| NetError::Connect(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(tokio_tungstenite::Connector::Rustls(
+        std::sync::Arc::new(config),
+    )))
 }
 
 /// Requests from the embedding program while the call runs.
@@ -312,7 +354,13 @@ async fn run_once(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Once, NetError> {
     let url = ws_url(&opts.url, &opts.room);
-    let ws = match tokio_tungstenite::connect_async(url.as_str()).await {
+    let connector = match tls_connector(opts.ca_file.as_deref()) {
+        Ok(c) => c,
+        Err(error) => return Err(error),
+    };
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, false, connector);
+    let ws = match connecting.await {
         Ok((ws, _)) => ws,
         Err(e) => {
             return Ok(Once::Failed {

@@ -43,6 +43,10 @@ pub(crate) struct JoinArgs {
     /// supported yet.
     #[arg(long, default_value = "synthetic")]
     media: String,
+    /// Trust this certificate (PEM) for the server's TLS, beside the public web roots: for a
+    /// server with a private or self-signed certificate.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 fn device(args: &JoinArgs, user_id: &str, name: &str) -> Result<Device> {
@@ -104,6 +108,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         duration,
         self_update_every: std::time::Duration::from_secs(300),
         media,
+        ca_file: args.ca_file.clone(),
     };
     let rt = tokio::runtime::Runtime::new()?;
     let summary = rt.block_on(async move {

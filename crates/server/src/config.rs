@@ -39,6 +39,13 @@ pub struct ServeArgs {
     /// New WebSocket connections per IP per minute [default: 120].
     #[arg(long)]
     pub connections_per_ip_per_minute: Option<u32>,
+    /// TLS certificate chain (PEM) for HTTPS and WSS; needs `--tls-key`. Without it the
+    /// server speaks plain HTTP, which is for loopback only.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Resolved configuration.
@@ -58,6 +65,8 @@ pub struct ServerConfig {
     pub remove_after: Duration,
     /// Connection rate limit per IP.
     pub connections_per_ip_per_minute: u32,
+    /// TLS certificate chain and key (PEM files), if the server speaks HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Keep copies of up to this many forwarded frame payloads, as the SFU sees them (0: off).
     /// For audits and tests of what the server can see.
     pub media_tap: usize,
@@ -88,9 +97,26 @@ impl ServeArgs {
             }
             None => ServeArgs::default(),
         };
+        let tls = match (
+            pick(&self.tls_cert, &file.tls_cert),
+            pick(&self.tls_key, &file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        };
+        let listen = pick(&self.listen, &file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8480)));
+        if tls.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(
+                %listen,
+                "serving plain HTTP beyond loopback: tokens and signaling travel in the clear \
+                 (media stays end-to-end encrypted); use --tls-cert and --tls-key"
+            );
+        }
         Ok(ServerConfig {
-            listen: pick(&self.listen, &file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8480))),
+            listen,
+            tls,
             media_listen: pick(&self.media_listen, &file.media_listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8481))),
             data_dir: pick(&self.data_dir, &file.data_dir).unwrap_or_else(default_data_dir),

@@ -229,10 +229,15 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let identity = conclave_ds::server_signing_identity(&keys.mls_public);
     let ds = Ds::new(
         DsConfig {
@@ -273,18 +278,41 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
         .route("/ws/{room}", get(ws_handler))
         .with_state(state);
     let (tx, rx) = oneshot::channel::<()>();
-    let join = tokio::spawn(async move {
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = rx.await;
-        });
-        if let Err(e) = server.await {
-            warn!(error = %e, "http server stopped");
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let join = match &config.tls {
+        None => tokio::spawn(async move {
+            let server = axum::serve(listener, make).with_graceful_shutdown(async {
+                let _ = rx.await;
+            });
+            if let Err(e) = server.await {
+                warn!(error = %e, "http server stopped");
+            }
+        }),
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "TLS certificate {} or key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                let _ = rx.await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(2)));
+            });
+            let std_listener = listener.into_std()?;
+            let server = axum_server::from_tcp_rustls(std_listener, tls).handle(handle);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(make).await {
+                    warn!(error = %e, "https server stopped");
+                }
+            })
         }
-    });
+    };
     info!(%addr, "listening");
     Ok(RunningServer {
         addr,

@@ -24,6 +24,14 @@ async fn server(remove_after_secs: u64) -> Server {
 }
 
 async fn server_with_tap(remove_after_secs: u64, tap: usize) -> Server {
+    server_with(remove_after_secs, tap, None).await
+}
+
+async fn server_with(
+    remove_after_secs: u64,
+    tap: usize,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> Server {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -46,6 +54,7 @@ async fn server_with_tap(remove_after_secs: u64, tap: usize) -> Server {
     .resolve()
     .unwrap();
     config.media_tap = tap;
+    config.tls = tls;
     let keys = ServerKeys::load_or_create(&dir).unwrap();
     Server {
         running: conclave_server::start(config, keys).await.unwrap(),
@@ -98,6 +107,16 @@ fn client(s: &Server, room: &str, user: &str) -> Client {
 
 /// A client that reaches the server's HTTP side through `url` (a relay, say).
 fn client_at(s: &Server, url: &str, room: &str, user: &str) -> Client {
+    client_with(s, url, None, room, user)
+}
+
+fn client_with(
+    s: &Server,
+    url: &str,
+    ca_file: Option<std::path::PathBuf>,
+    room: &str,
+    user: &str,
+) -> Client {
     let opts = JoinOptions {
         url: url.into(),
         room: room.into(),
@@ -107,6 +126,7 @@ fn client_at(s: &Server, url: &str, room: &str, user: &str) -> Client {
         duration: None,
         self_update_every: Duration::from_secs(3600),
         media: true,
+        ca_file,
     };
     let (tx, rx) = mpsc::channel(8);
     let (etx, erx) = mpsc::unbounded_channel();
@@ -667,5 +687,59 @@ async fn lost_connection_is_retried_and_the_device_rejoins_as_a_new_member() {
         assert!(sum.alarms.is_empty(), "{:?}", sum.alarms);
     }
     relay.accept.abort();
+    s.running.stop().await;
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, as PEM files in a fresh directory:
+/// (certificate, key).
+fn self_signed() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "conclave-tls-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_over_tls_with_a_private_certificate() {
+    let (cert, key) = self_signed();
+    let s = server_with(10, 0, Some((cert.clone(), key))).await;
+    let url = s.url();
+    assert!(url.starts_with("https://"), "{url}");
+
+    // Without the certificate in its trust store a client refuses the server.
+    let stranger = client_with(&s, &url, None, "tls", "mallory");
+    let err = stranger.task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("connection"), "{err}");
+    // Plain HTTP to the TLS port gets nowhere either.
+    let plain = client_with(&s, &url.replace("https://", "http://"), None, "tls", "eve");
+    assert!(plain.task.await.unwrap().is_err());
+
+    let mut a = client_with(&s, &url, Some(cert.clone()), "tls", "alice");
+    a.until_members(1).await;
+    let mut b = client_with(&s, &url, Some(cert.clone()), "tls", "bob");
+    let (ea, ca) = a.until_members(2).await;
+    assert_eq!(b.until_members(2).await, (ea, ca));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for x in [a, b] {
+        let _ = x.control.send(Control::Leave).await;
+        let sum = x.task.await.unwrap().unwrap();
+        assert!(sum.alarms.is_empty(), "{:?}", sum.alarms);
+        assert!(
+            sum.senders.iter().any(|l| l.frames_decrypted > 10),
+            "{:?}",
+            sum.senders
+        );
+    }
     s.running.stop().await;
 }
