@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod media_file;
 pub mod media_link;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod net;
@@ -46,6 +47,9 @@ pub enum Error {
     /// The server sent something that makes no sense here.
     #[error("unexpected from the server: {0}")]
     Unexpected(String),
+    /// A media file could not be used.
+    #[error("media file: {0}")]
+    MediaFile(String),
 }
 
 /// Which admission policy a room this participant creates gets.

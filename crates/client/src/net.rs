@@ -31,6 +31,9 @@ pub struct JoinOptions {
     /// Send synthetic audio (every 20 ms) and video (every 33 ms) and receive others' media
     /// through the SFU.
     pub media: bool,
+    /// Pre-encoded media to send instead of the synthetic sources (looped; played at 30 video
+    /// frames and 50 audio packets a second).
+    pub files: MediaFiles,
     /// Extra trust anchors (PEM) for the server's TLS certificate, beside the public web
     /// roots: for a server with a private or self-signed certificate.
     pub ca_file: Option<std::path::PathBuf>,
@@ -75,6 +78,15 @@ fn tls_connector(
     )))
 }
 
+/// Pre-encoded media sources.
+#[derive(Clone, Debug, Default)]
+pub struct MediaFiles {
+    /// VP8 video from an IVF file.
+    pub video: Option<crate::media_file::Ivf>,
+    /// Opus audio from an Ogg file.
+    pub audio: Option<crate::media_file::OggOpus>,
+}
+
 /// Requests from the embedding program while the call runs.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -111,6 +123,9 @@ pub struct SenderLine {
     pub frames_received: u64,
     /// Frames that decrypted.
     pub frames_decrypted: u64,
+    /// Of those, real media (a file or a device) that SFrame authenticated but that has no
+    /// synthetic content to compare byte for byte.
+    pub frames_unchecked: u64,
     /// Frames that did not.
     pub frames_failed: u64,
     /// Frames sealed before we joined (unreadable by design).
@@ -332,6 +347,7 @@ fn merge(earlier: Option<Summary>, mut later: Summary) -> Summary {
             Some(l) => {
                 l.frames_received += old.frames_received;
                 l.frames_decrypted += old.frames_decrypted;
+                l.frames_unchecked += old.frames_unchecked;
                 l.frames_failed += old.frames_failed;
                 l.frames_before_join += old.frames_before_join;
                 l.keyframe_first_in_each_epoch &= old.keyframe_first_in_each_epoch;
@@ -382,7 +398,7 @@ async fn run_once(
     }
 
     let mut media = match MediaSide::new(&opts.url, opts.media).await {
-        Ok(m) => m,
+        Ok(m) => m.with_files(&opts.files),
         Err(error) => return Ok(Once::Failed { device, error }),
     };
     let mut p = Participant::new(device, &opts.room, opts.policy.clone(), opts.admit);
@@ -581,6 +597,7 @@ impl CallState {
                     name,
                     frames_received: c.received,
                     frames_decrypted: c.decrypted,
+                    frames_unchecked: c.unchecked,
                     frames_failed: c.failed,
                     frames_before_join: c.before_join,
                     keyframe_first_in_each_epoch: c.keyframe_first_per_epoch,
@@ -610,7 +627,11 @@ struct MediaSide {
     socket: Option<std::sync::Arc<tokio::net::UdpSocket>>,
     local: Option<std::net::SocketAddr>,
     link: Option<crate::media_link::MediaLink>,
+    video_file: Option<Looping<crate::media_file::VideoFrame>>,
+    audio_file: Option<Looping<Vec<u8>>>,
 }
+
+use crate::media_file::Looping;
 
 async fn recv_owned(
     socket: Option<&tokio::net::UdpSocket>,
@@ -631,6 +652,8 @@ impl MediaSide {
             socket: None,
             local: None,
             link: None,
+            video_file: None,
+            audio_file: None,
         };
         if enabled {
             // Bind on the interface that routes to the server.
@@ -658,6 +681,18 @@ impl MediaSide {
             side.socket = Some(std::sync::Arc::new(socket));
         }
         Ok(side)
+    }
+
+    fn with_files(mut self, files: &MediaFiles) -> Self {
+        self.video_file = files
+            .video
+            .as_ref()
+            .and_then(|v| Looping::new(v.frames.clone()));
+        self.audio_file = files
+            .audio
+            .as_ref()
+            .and_then(|a| Looping::new(a.packets.clone()));
+        self
     }
 
     fn offer(&mut self) -> Result<Option<String>, NetError> {
@@ -722,8 +757,29 @@ impl MediaSide {
         let Some(leaf) = p.session().map(|s| s.own_leaf()) else {
             return;
         };
-        if let Some(link) = self.link.as_mut() {
-            link.send_synthetic(kind, leaf, p.media(), std::time::Instant::now(), now());
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let (t, ts) = (std::time::Instant::now(), now());
+        match kind {
+            str0m::media::MediaKind::Video if self.video_file.is_some() => {
+                if let Some(file) = self.video_file.as_mut() {
+                    if link.keyframe_due(p.media()) {
+                        file.seek(|f| f.keyframe);
+                    }
+                    let f = file.next_frame();
+                    link.send_frame(kind, &f.data, f.keyframe, 3000, p.media(), t, ts);
+                }
+            }
+            str0m::media::MediaKind::Audio if self.audio_file.is_some() => {
+                if let Some(file) = self.audio_file.as_mut() {
+                    let packet = file.next_frame();
+                    link.send_frame(kind, packet, false, 960, p.media(), t, ts);
+                }
+            }
+            _ => {
+                link.send_synthetic(kind, leaf, p.media(), t, ts);
+            }
         }
     }
 

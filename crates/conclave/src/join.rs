@@ -39,10 +39,15 @@ pub(crate) struct JoinArgs {
     #[arg(long)]
     identity_file: Option<PathBuf>,
     /// Media to send: `synthetic` (audio every 20 ms, VP8-shaped video every 33 ms, each frame
-    /// checkable by its receivers) or `none` (receive only). Pre-encoded files are not
-    /// supported yet.
+    /// checkable by its receivers) or `none` (receive only).
     #[arg(long, default_value = "synthetic")]
     media: String,
+    /// Send this IVF file's VP8 frames as video instead (looped, 30 frames a second).
+    #[arg(long)]
+    video_file: Option<PathBuf>,
+    /// Send this Ogg file's Opus packets as audio instead (looped, one every 20 ms).
+    #[arg(long)]
+    audio_file: Option<PathBuf>,
     /// Trust this certificate (PEM) for the server's TLS, beside the public web roots: for a
     /// server with a private or self-signed certificate.
     #[arg(long)]
@@ -71,8 +76,26 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
     let media = match args.media.as_str() {
         "synthetic" => true,
         "none" => false,
-        other => bail!("--media {other}: synthetic or none (file sources are not supported yet)"),
+        other => bail!("--media {other}: synthetic or none"),
     };
+    let mut files = conclave_client::net::MediaFiles::default();
+    if let Some(path) = &args.video_file {
+        let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+        files.video = Some(
+            conclave_client::media_file::Ivf::parse(&bytes)
+                .with_context(|| format!("{}", path.display()))?,
+        );
+    }
+    if let Some(path) = &args.audio_file {
+        let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+        files.audio = Some(
+            conclave_client::media_file::OggOpus::parse(&bytes)
+                .with_context(|| format!("{}", path.display()))?,
+        );
+    }
+    if !media && (files.video.is_some() || files.audio.is_some()) {
+        bail!("--media none sends nothing: drop --video-file/--audio-file or --media none");
+    }
     let (user_id, token_name) = token_identity(&args.token).context("the token does not parse")?;
     let name = args.name.clone().unwrap_or(token_name);
     let policy = match args.policy.as_str() {
@@ -108,6 +131,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         duration,
         self_update_every: std::time::Duration::from_secs(300),
         media,
+        files,
         ca_file: args.ca_file.clone(),
     };
     let rt = tokio::runtime::Runtime::new()?;
