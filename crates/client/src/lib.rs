@@ -302,6 +302,13 @@ impl Participant {
                 server_identity,
                 ..
             } => {
+                if self.session.is_some() {
+                    // A server that tells a member to create (or knock on) the room again is
+                    // trying to move it out of its group: refuse, keep the session.
+                    return Err(Error::Unexpected(
+                        "a second Joined while in the group; ignored".into(),
+                    ));
+                }
                 if create_group {
                     let server = SigningIdentity::mls_decode(&mut server_identity.as_ref())
                         .map_err(|e| Error::Unexpected(format!("server identity: {e}")))?;
