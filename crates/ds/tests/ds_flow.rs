@@ -27,6 +27,8 @@ struct Net {
     seen: BTreeMap<ConnId, Vec<ServerMsg>>,
     events: BTreeMap<ConnId, Vec<Event>>,
     now: Timestamp,
+    /// A malicious server: commits it does not deliver to these connections.
+    withhold_commits_from: Vec<ConnId>,
 }
 
 impl Net {
@@ -39,6 +41,7 @@ impl Net {
             seen: BTreeMap::new(),
             events: BTreeMap::new(),
             now: T0,
+            withhold_commits_from: Vec::new(),
         }
     }
 
@@ -89,6 +92,11 @@ impl Net {
                 progressed = true;
                 match o {
                     Output::Send { conn, msg } => {
+                        if matches!(msg, ServerMsg::Commit { .. })
+                            && self.withhold_commits_from.contains(&conn)
+                        {
+                            continue;
+                        }
                         self.seen.entry(conn).or_default().push(msg.clone());
                         if let Some(p) = self.parts.get_mut(&conn) {
                             let _ = p.handle(msg, self.now);
@@ -537,4 +545,174 @@ fn a_device_that_lost_its_connection_rejoins_and_its_stale_leaf_goes_at_once() {
     }
     let codes = net.codes();
     assert!(codes.iter().all(|c| !c.is_empty() && *c == codes[0]));
+}
+
+/// What a malicious server can try with the signaling it controls, against real members.
+mod adversarial {
+    use super::*;
+    use conclave_proto::PROTOCOL_VERSION;
+
+    #[test]
+    fn server_cannot_move_a_member_out_of_its_group_with_a_second_joined() {
+        let mut net = open_room(2);
+        let epoch = net.p(1).epoch();
+        let code = net.codes()[0].clone();
+        for create_group in [true, false] {
+            let msg = ServerMsg::Joined {
+                version: PROTOCOL_VERSION,
+                room: "room".into(),
+                user_id: "user1".into(),
+                server_identity: Bytes(Vec::new()),
+                create_group,
+            };
+            let now = net.now;
+            let err = net.p(1).handle(msg, now).unwrap_err();
+            assert!(err.to_string().contains("second Joined"), "{err}");
+        }
+        assert_eq!(net.p(1).epoch(), epoch);
+        assert_eq!(net.codes()[0], code);
+        // It neither created a group nor knocked again.
+        assert!(net.p(1).poll_transmit().is_none());
+    }
+
+    #[test]
+    fn keypackage_substitution_is_visible_to_every_member_and_gets_the_real_joiner_nothing() {
+        let mut net = open_room(2);
+        let code = net.codes()[0].clone();
+        // Carol knocks; the server swaps her KeyPackage for one of a device it controls,
+        // under her name.
+        let carol = device("carol");
+        let carol_fp = carol.identity().fingerprint().unwrap().short_code();
+        let impostor = device("carol");
+        let impostor_fp = impostor.identity().fingerprint().unwrap().short_code();
+        let kp = impostor.key_package(None, net.now).unwrap();
+        net.ds.connect(3, "room", "carol", net.now);
+        net.ds.handle(
+            3,
+            ClientMsg::KeyPackage {
+                key_package: Bytes(kp),
+            },
+            net.now,
+        );
+        net.settle();
+        // In an open room the committer adds whoever knocks, but never silently: a new epoch
+        // and security code, and a "carol" whose device fingerprint is not carol's.
+        let codes = net.codes();
+        assert_ne!(codes[0], code);
+        for c in [1, 2] {
+            let roster = net.p(c).roster();
+            let shown = roster.iter().find(|e| e.user_id == "carol").unwrap();
+            assert_eq!(shown.fingerprint.short_code(), impostor_fp);
+            assert_ne!(shown.fingerprint.short_code(), carol_fp);
+        }
+        // The real carol cannot use the Welcome: it is sealed to the impostor's key.
+        let (welcome, tree) = net.seen[&3]
+            .iter()
+            .find_map(|m| match m {
+                ServerMsg::Welcome {
+                    welcome,
+                    ratchet_tree,
+                } => Some((welcome.0.clone(), ratchet_tree.0.clone())),
+                _ => None,
+            })
+            .expect("a Welcome went to carol's connection");
+        assert!(carol.join("room", &welcome, &tree, net.now).is_err());
+    }
+
+    #[test]
+    fn a_device_already_in_the_room_cannot_join_it_twice() {
+        let mut net = Net::new();
+        let id = DeviceIdentity::generate(SUITE, CredentialInfo::new("user1", "user1").unwrap())
+            .unwrap();
+        let copy = DeviceIdentity::from_bytes(&id.to_bytes().unwrap()).unwrap();
+        let first = Device::new(id, GroupStore::memory()).unwrap();
+        net.join_with(1, "user1", first, NewRoomPolicy::Open, AdmitMode::Auto);
+        net.join(2, "user2", NewRoomPolicy::Open, AdmitMode::Auto);
+        let code = net.codes()[0].clone();
+        // The same device key on a second connection, while its leaf is connected.
+        let second = Device::new(copy, GroupStore::memory()).unwrap();
+        net.join_with(3, "user1", second, NewRoomPolicy::Open, AdmitMode::Auto);
+        net.settle();
+        assert_eq!(net.ds.member_count("room"), 2);
+        assert!(net.seen[&3].iter().any(|m| matches!(
+            m,
+            ServerMsg::Error { code: ErrorCode::Rejected, reason } if reason.contains("already in the room")
+        )));
+        assert_eq!(net.codes()[0], code);
+    }
+
+    #[test]
+    fn withheld_commit_forks_the_group_visibly() {
+        let mut net = open_room(3);
+        let before = net.codes()[2].clone();
+        // The server keeps member 1's next commit from member 3.
+        net.withhold_commits_from.push(3);
+        let now = net.now;
+        net.p(1).self_update(now).unwrap();
+        net.settle();
+        let codes = net.codes();
+        assert_eq!(codes[0], codes[1], "members 1 and 2 moved on together");
+        assert_eq!(codes[2], before, "member 3 never saw the commit");
+        assert_ne!(
+            codes[0], codes[2],
+            "the fork shows as different security codes"
+        );
+        // Media across the fork does not open: member 1's new key is not member 3's.
+        let mut wire = Vec::new();
+        net.p(1)
+            .media()
+            .seal(b"across the fork", ClearPrefix::None, &mut wire)
+            .unwrap();
+        let mut out = Vec::new();
+        let later = net.now.saturating_add(Duration::from_secs(5));
+        assert!(net
+            .p(3)
+            .media()
+            .open(&wire, ClearPrefix::None, &mut out, later)
+            .is_err());
+        // The next commit member 3 does see is for an epoch it is not in: an alarm.
+        net.withhold_commits_from.clear();
+        assert_eq!(net.alarms(3), 0);
+        let now = net.now;
+        net.p(2).self_update(now).unwrap();
+        net.settle();
+        assert!(net.alarms(3) > 0, "the forked member raised no alarm");
+        assert_eq!(net.alarms(1), 0);
+    }
+
+    #[test]
+    fn proposal_and_message_floods_from_a_member_are_refused_and_the_room_goes_on() {
+        let mut net = open_room(3);
+        let refused = net.ds.stats().refused;
+        for i in 0..1000u32 {
+            let junk = i.to_be_bytes().repeat(1 + (i as usize % 50));
+            net.ds.handle(
+                2,
+                ClientMsg::Proposal {
+                    proposal: Bytes(junk.clone()),
+                },
+                net.now,
+            );
+            net.ds.handle(
+                2,
+                ClientMsg::Commit {
+                    epoch: u64::from(i),
+                    commit: Bytes(junk),
+                    welcome: None,
+                },
+                net.now,
+            );
+        }
+        net.settle();
+        assert!(net.ds.stats().refused + net.ds.stats().commits_rejected >= refused + 2000);
+        assert_eq!(net.ds.member_count("room"), 3);
+        // The room still works: someone joins and everyone agrees.
+        net.join(4, "user4", NewRoomPolicy::Open, AdmitMode::Auto);
+        assert_eq!(net.ds.member_count("room"), 4);
+        let codes = net.codes();
+        assert!(codes.iter().all(|c| *c == codes[0]));
+        for c in [1, 3, 4] {
+            assert_eq!(net.alarms(c), 0);
+        }
+    }
 }

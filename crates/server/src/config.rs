@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub connections_per_ip_per_minute: u32,
     /// TLS certificate chain and key (PEM files), if the server speaks HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Messages queued towards one signaling connection before it counts as too slow and is
+    /// disconnected (so a slow reader never delays its room).
+    pub outbound_queue: usize,
     /// Keep copies of up to this many forwarded frame payloads, as the SFU sees them (0: off).
     /// For audits and tests of what the server can see.
     pub media_tap: usize,
@@ -130,6 +133,7 @@ impl ServeArgs {
                 &file.connections_per_ip_per_minute,
             )
             .unwrap_or(120),
+            outbound_queue: 4096,
             media_tap: 0,
         })
     }

@@ -42,7 +42,6 @@ use metrics::Metrics;
 pub use token::{Claims, TokenError, TokenKey};
 
 /// Outbound queue per connection; a client this far behind is disconnected.
-const OUTBOUND_QUEUE: usize = 4096;
 /// Time a new connection has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages per second a connection may send (sustained), and its burst.
@@ -166,6 +165,7 @@ struct AppState {
     next_conn: AtomicU64,
     limiter: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     per_minute: u32,
+    outbound_queue: usize,
     metrics: Arc<Metrics>,
     public_url: String,
 }
@@ -269,6 +269,7 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
         next_conn: AtomicU64::new(1),
         limiter: Mutex::new(HashMap::new()),
         per_minute: config.connections_per_ip_per_minute,
+        outbound_queue: config.outbound_queue,
         metrics,
         public_url: url.clone(),
     });
@@ -437,7 +438,7 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
         }
     };
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(state.outbound_queue.max(1));
     if state
         .ds_tx
         .send(DsCmd::Connect {
@@ -596,6 +597,7 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
         }
         for conn in slow {
             warn!(conn, "client too slow; disconnecting it");
+            metrics.too_slow.fetch_add(1, Ordering::Relaxed);
             if let Some(r) = routes.remove(&conn) {
                 drop(r);
             }

@@ -15,6 +15,7 @@ pub(crate) struct Metrics {
     pub(crate) unauthorized: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) refused: AtomicU64,
+    pub(crate) too_slow: AtomicU64,
     rooms: AtomicU64,
     sfu: Mutex<(conclave_sfu::SfuStats, usize)>,
     ds: Mutex<DsStats>,
@@ -67,6 +68,12 @@ impl Metrics {
             "Authenticated signaling connections.",
             "gauge",
             self.connections.load(Ordering::Relaxed),
+        );
+        counter(
+            "conclave_slow_clients_disconnected_total",
+            "Signaling connections cut because their outbound queue was full.",
+            "counter",
+            self.too_slow.load(Ordering::Relaxed),
         );
         counter(
             "conclave_tokens_refused_total",

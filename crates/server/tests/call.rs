@@ -33,6 +33,17 @@ async fn server_with(
     tap: usize,
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 ) -> Server {
+    server_config(remove_after_secs, |c| {
+        c.media_tap = tap;
+        c.tls = tls;
+    })
+    .await
+}
+
+async fn server_config(
+    remove_after_secs: u64,
+    adjust: impl FnOnce(&mut conclave_server::ServerConfig),
+) -> Server {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -54,8 +65,7 @@ async fn server_with(
     }
     .resolve()
     .unwrap();
-    config.media_tap = tap;
-    config.tls = tls;
+    adjust(&mut config);
     let keys = ServerKeys::load_or_create(&dir).unwrap();
     Server {
         running: conclave_server::start(config, keys).await.unwrap(),
@@ -284,169 +294,6 @@ async fn next_server_msg(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_tokens_are_refused_with_a_reason_and_the_call_goes_on() {
-    let s = server(10).await;
-    let mut a = client(&s, "t", "alice");
-    a.until_members(1).await;
-
-    let other = server(10).await;
-    let cases = [
-        ("no token", String::new()),
-        ("garbage", "not-a-token".to_string()),
-        ("another room", s.token("elsewhere", "eve", 3600)),
-        ("expired", s.token("t", "eve", -10)),
-        ("another server", other.token("t", "eve", 3600)),
-    ];
-    for (what, token) in cases {
-        let mut ws = raw(&s, "t").await;
-        ws.send(Message::Text(
-            ClientMsg::Hello {
-                version: PROTOCOL_VERSION,
-                token,
-            }
-            .encode()
-            .into(),
-        ))
-        .await
-        .unwrap();
-        match next_server_msg(&mut ws).await {
-            Some(ServerMsg::Error {
-                code: conclave_proto::ErrorCode::Unauthorized,
-                reason,
-            }) => assert!(!reason.is_empty(), "{what}"),
-            other => panic!("{what}: {other:?}"),
-        }
-    }
-    // A wrong protocol version.
-    let mut ws = raw(&s, "t").await;
-    ws.send(Message::Text(
-        r#"{"type":"hello","version":99,"token":"x"}"#.into(),
-    ))
-    .await
-    .unwrap();
-    assert!(matches!(
-        next_server_msg(&mut ws).await,
-        Some(ServerMsg::Error {
-            code: conclave_proto::ErrorCode::Version,
-            ..
-        })
-    ));
-
-    // The call goes on: a good client still gets in.
-    let mut b = client(&s, "t", "bob");
-    let (_, cb) = b.until_members(2).await;
-    let (_, ca) = a.until_members(2).await;
-    assert_eq!(ca, cb);
-    let metrics = reqwest_metrics(&s).await;
-    assert!(
-        metrics.contains("conclave_tokens_refused_total 5"),
-        "{metrics}"
-    );
-    s.running.stop().await;
-    other.running.stop().await;
-}
-
-async fn reqwest_metrics(s: &Server) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(s.running.addr)
-        .await
-        .unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_signaling_is_refused_and_the_call_goes_on() {
-    let s = server(10).await;
-    let mut a = client(&s, "m", "alice");
-    a.until_members(1).await;
-    let mut b = client(&s, "m", "bob");
-    let (e2, c2) = b.until_members(2).await;
-
-    // A member-to-be that sends junk after a valid hello.
-    let mut ws = raw(&s, "m").await;
-    ws.send(Message::Text(
-        ClientMsg::Hello {
-            version: PROTOCOL_VERSION,
-            token: s.token("m", "mallory", 3600),
-        }
-        .encode()
-        .into(),
-    ))
-    .await
-    .unwrap();
-    assert!(matches!(
-        next_server_msg(&mut ws).await,
-        Some(ServerMsg::Joined { .. })
-    ));
-    for junk in [
-        "{",
-        "[]",
-        r#"{"type":"commit"}"#,
-        r#"{"type":"key_package","key_package":"AAAA"}"#,
-        r#"{"type":"deny","knock":1}"#,
-    ] {
-        ws.send(Message::Text(junk.into())).await.unwrap();
-        match next_server_msg(&mut ws).await {
-            Some(ServerMsg::Error { .. }) => {}
-            other => panic!("{junk}: {other:?}"),
-        }
-    }
-    ws.send(Message::Binary(vec![0u8; 100].into()))
-        .await
-        .unwrap();
-    assert!(matches!(
-        next_server_msg(&mut ws).await,
-        Some(ServerMsg::Error { .. })
-    ));
-    // Oversized: the server drops the connection.
-    let big = format!(
-        r#"{{"type":"key_package","key_package":"{}"}}"#,
-        "A".repeat(conclave_proto::MAX_MESSAGE_LEN + 8)
-    );
-    let _ = ws.send(Message::Text(big.into())).await;
-    assert!(
-        next_server_msg(&mut ws).await.is_none(),
-        "connection closed"
-    );
-
-    // Garbage on the media port is dropped and counted.
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    for i in 0..200u32 {
-        let junk: Vec<u8> = (0..(i % 300)).map(|j| (j * 7 + i) as u8).collect();
-        udp.send_to(&junk, s.running.media_addr).await.unwrap();
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = reqwest_metrics(&s).await;
-        let dropped = m
-            .lines()
-            .find_map(|l| l.strip_prefix("conclave_datagrams_dropped_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if dropped >= 150 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "garbage not counted: {dropped}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // The call is untouched and still admits people.
-    assert_eq!(a.until_members(2).await, (e2, c2));
-    let mut c = client(&s, "m", "carol");
-    let (_, cc) = c.until_members(3).await;
-    assert_eq!(a.until_members(3).await.1, cc);
-    s.running.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_media_flows_through_the_sfu_which_never_sees_plaintext() {
     let s = server_with_tap(10, 6_000).await;
     let mut a = client(&s, "media", "alice");
@@ -621,6 +468,7 @@ async fn simultaneous_commits_over_the_network_never_fork_the_group() {
 struct Relay {
     url: String,
     conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     accept: JoinHandle<()>,
 }
 
@@ -629,21 +477,57 @@ async fn relay(to: &str) -> Relay {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let held = conns.clone();
+    let stop = frozen.clone();
     let accept = tokio::spawn(async move {
-        while let Ok((mut a, _)) = listener.accept().await {
+        while let Ok((a, _)) = listener.accept().await {
+            let stop = stop.clone();
             let c = tokio::spawn(async move {
-                if let Ok(mut b) = tokio::net::TcpStream::connect(upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(b) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut ar, mut aw) = a.into_split();
+                let (mut br, mut bw) = b.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut ar, &mut bw).await;
+                });
+                // Server to client: stops reading while frozen, as a stalled client would.
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    match br.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if aw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
                 }
+                up.abort();
             });
             held.lock().unwrap().push(c);
         }
     });
-    Relay { url, conns, accept }
+    Relay {
+        url,
+        conns,
+        frozen,
+        accept,
+    }
 }
 
 impl Relay {
+    fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn cut(&self) {
         for c in self.conns.lock().unwrap().drain(..) {
             c.abort();
@@ -816,4 +700,339 @@ async fn pre_encoded_files_are_sent_encrypted_and_open_at_the_receiver() {
     assert_eq!(line.frames_unchecked, 0, "{line:?}");
     assert!(line.frames_decrypted > 20, "{line:?}");
     s.running.stop().await;
+}
+
+use adversarial::reqwest_metrics;
+
+/// A misbehaving network, server port or participant: refused or dropped with a reason, and
+/// the call goes on.
+mod adversarial {
+    use super::*;
+    use conclave_client::Participant;
+    use conclave_e2ee::Timestamp;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_tokens_are_refused_with_a_reason_and_the_call_goes_on() {
+        let s = server(10).await;
+        let mut a = client(&s, "t", "alice");
+        a.until_members(1).await;
+
+        let other = server(10).await;
+        let cases = [
+            ("no token", String::new()),
+            ("garbage", "not-a-token".to_string()),
+            ("another room", s.token("elsewhere", "eve", 3600)),
+            ("expired", s.token("t", "eve", -10)),
+            ("another server", other.token("t", "eve", 3600)),
+        ];
+        for (what, token) in cases {
+            let mut ws = raw(&s, "t").await;
+            ws.send(Message::Text(
+                ClientMsg::Hello {
+                    version: PROTOCOL_VERSION,
+                    token,
+                }
+                .encode()
+                .into(),
+            ))
+            .await
+            .unwrap();
+            match next_server_msg(&mut ws).await {
+                Some(ServerMsg::Error {
+                    code: conclave_proto::ErrorCode::Unauthorized,
+                    reason,
+                }) => assert!(!reason.is_empty(), "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // A wrong protocol version.
+        let mut ws = raw(&s, "t").await;
+        ws.send(Message::Text(
+            r#"{"type":"hello","version":99,"token":"x"}"#.into(),
+        ))
+        .await
+        .unwrap();
+        assert!(matches!(
+            next_server_msg(&mut ws).await,
+            Some(ServerMsg::Error {
+                code: conclave_proto::ErrorCode::Version,
+                ..
+            })
+        ));
+
+        // The call goes on: a good client still gets in.
+        let mut b = client(&s, "t", "bob");
+        let (_, cb) = b.until_members(2).await;
+        let (_, ca) = a.until_members(2).await;
+        assert_eq!(ca, cb);
+        let metrics = reqwest_metrics(&s).await;
+        assert!(
+            metrics.contains("conclave_tokens_refused_total 5"),
+            "{metrics}"
+        );
+        s.running.stop().await;
+        other.running.stop().await;
+    }
+
+    pub(super) async fn reqwest_metrics(s: &Server) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(s.running.addr)
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_and_oversized_signaling_is_refused_and_the_call_goes_on() {
+        let s = server(10).await;
+        let mut a = client(&s, "m", "alice");
+        a.until_members(1).await;
+        let mut b = client(&s, "m", "bob");
+        let (e2, c2) = b.until_members(2).await;
+
+        // A member-to-be that sends junk after a valid hello.
+        let mut ws = raw(&s, "m").await;
+        ws.send(Message::Text(
+            ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+                token: s.token("m", "mallory", 3600),
+            }
+            .encode()
+            .into(),
+        ))
+        .await
+        .unwrap();
+        assert!(matches!(
+            next_server_msg(&mut ws).await,
+            Some(ServerMsg::Joined { .. })
+        ));
+        for junk in [
+            "{",
+            "[]",
+            r#"{"type":"commit"}"#,
+            r#"{"type":"key_package","key_package":"AAAA"}"#,
+            r#"{"type":"deny","knock":1}"#,
+        ] {
+            ws.send(Message::Text(junk.into())).await.unwrap();
+            match next_server_msg(&mut ws).await {
+                Some(ServerMsg::Error { .. }) => {}
+                other => panic!("{junk}: {other:?}"),
+            }
+        }
+        ws.send(Message::Binary(vec![0u8; 100].into()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_server_msg(&mut ws).await,
+            Some(ServerMsg::Error { .. })
+        ));
+        // Oversized: the server drops the connection.
+        let big = format!(
+            r#"{{"type":"key_package","key_package":"{}"}}"#,
+            "A".repeat(conclave_proto::MAX_MESSAGE_LEN + 8)
+        );
+        let _ = ws.send(Message::Text(big.into())).await;
+        assert!(
+            next_server_msg(&mut ws).await.is_none(),
+            "connection closed"
+        );
+
+        // Garbage on the media port is dropped and counted.
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..200u32 {
+            let junk: Vec<u8> = (0..(i % 300)).map(|j| (j * 7 + i) as u8).collect();
+            udp.send_to(&junk, s.running.media_addr).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = reqwest_metrics(&s).await;
+            let dropped = m
+                .lines()
+                .find_map(|l| l.strip_prefix("conclave_datagrams_dropped_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if dropped >= 150 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "garbage not counted: {dropped}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // The call is untouched and still admits people.
+        assert_eq!(a.until_members(2).await, (e2, c2));
+        let mut c = client(&s, "m", "carol");
+        let (_, cc) = c.until_members(3).await;
+        assert_eq!(a.until_members(3).await.1, cc);
+        s.running.stop().await;
+    }
+
+    fn now_ts() -> Timestamp {
+        Timestamp::from_millis(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        )
+    }
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// A member driven by hand over a raw WebSocket, so that it can misbehave.
+    async fn raw_member(s: &Server, room: &str, user: &str) -> (Ws, Participant) {
+        let mut ws = raw(s, room).await;
+        let hello = ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            token: s.token(room, user, 3600),
+        };
+        ws.send(Message::Text(hello.encode().into())).await.unwrap();
+        let mut p = Participant::new(device(user), room, NewRoomPolicy::Open, AdmitMode::Auto);
+        while p.epoch().is_none() {
+            let msg = next_server_msg(&mut ws).await.expect("a server message");
+            let _ = p.handle(msg, now_ts());
+            while let Some(m) = p.poll_transmit() {
+                ws.send(Message::Text(m.encode().into())).await.unwrap();
+            }
+        }
+        (ws, p)
+    }
+
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_bad_token_connections_and_tcp_garbage_leave_the_call_going() {
+        // The per-IP limit is lifted so that every attempt reaches the token check.
+        let s = server_config(10, |c| c.connections_per_ip_per_minute = u32::MAX).await;
+        let mut a = client(&s, "flood", "alice");
+        a.until_members(1).await;
+        let mut b = client(&s, "flood", "bob");
+        let (e2, c2) = b.until_members(2).await;
+
+        let rss_before = rss_kib();
+        let url = format!("{}/ws/flood", s.url().replace("http://", "ws://"));
+        let mut refused = 0u32;
+        for batch in 0..(10_000 / 50) {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..50 {
+                let url = url.clone();
+                set.spawn(async move {
+                    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.ok()?;
+                    let hello = ClientMsg::Hello {
+                        version: PROTOCOL_VERSION,
+                        token: format!("ct1.{batch}.{i}"),
+                    };
+                    ws.send(Message::Text(hello.encode().into())).await.ok()?;
+                    match next_server_msg(&mut ws).await {
+                        Some(ServerMsg::Error {
+                            code: conclave_proto::ErrorCode::Unauthorized,
+                            ..
+                        }) => Some(()),
+                        _ => None,
+                    }
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                if matches!(r, Ok(Some(()))) {
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 10_000);
+        // Raw garbage on the HTTP port.
+        for i in 0..100u32 {
+            use tokio::io::AsyncWriteExt;
+            if let Ok(mut tcp) = tokio::net::TcpStream::connect(s.running.addr).await {
+                let junk: Vec<u8> = (0..(i * 37 % 2000)).map(|j| (j * 13 + i) as u8).collect();
+                let _ = tcp.write_all(&junk).await;
+            }
+        }
+        let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
+        assert!(
+            grown_mib < 64,
+            "memory grew by {grown_mib} MiB over 10,000 attempts"
+        );
+        let metrics = reqwest_metrics(&s).await;
+        assert!(
+            metrics.contains("conclave_tokens_refused_total 10000"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("conclave_connections 2\n"), "{metrics}");
+
+        // The call never noticed, and still admits people.
+        assert_eq!(a.until_members(2).await, (e2, c2));
+        let mut c = client(&s, "flood", "carol");
+        let (_, cc) = c.until_members(3).await;
+        assert_eq!(a.until_members(3).await.1, cc);
+        s.running.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_websocket_reader_is_disconnected_and_the_room_goes_on() {
+        let s = server_config(1, |c| c.outbound_queue = 32).await;
+        let relay = relay(&s.url()).await;
+        let mut a = client(&s, "slow", "alice");
+        a.until_members(1).await;
+        let mut b = client_at(&s, &relay.url, "slow", "bob");
+        b.until_members(2).await;
+        let (mut ws, mut m) = raw_member(&s, "slow", "mallory").await;
+        a.until_members(3).await;
+
+        // Bob stops reading; a member floods the room with large application messages.
+        relay.freeze();
+        let session = m.danger_session_mut().unwrap();
+        for _ in 0..150 {
+            let message = session.encrypt_application(&vec![7u8; 256 * 1024]).unwrap();
+            let msg = ClientMsg::Application {
+                message: conclave_proto::Bytes(message),
+            };
+            ws.send(Message::Text(msg.encode().into())).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let metrics = reqwest_metrics(&s).await;
+            if !metrics.contains("conclave_slow_clients_disconnected_total 0") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bob was never cut off"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Bob's leaf goes (the server proposes its removal), the others move on together,
+        // and someone new still gets in.
+        a.until("bob removed", |l| !l.3.contains(&"bob".to_string()))
+            .await;
+        let mut c = client(&s, "slow", "carol");
+        let (_, cc, _) = c
+            .until("carol in without bob", |l| {
+                l.3.contains(&"carol".to_string()) && !l.3.contains(&"bob".to_string())
+            })
+            .await;
+        let (_, ca, _) = a
+            .until("carol in", |l| l.3.contains(&"carol".to_string()))
+            .await;
+        assert_eq!(ca, cc);
+        drop(ws);
+        relay.accept.abort();
+        s.running.stop().await;
+    }
 }

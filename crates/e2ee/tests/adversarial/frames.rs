@@ -2,7 +2,7 @@
 //! are rejected with a typed error and counted; keys of past epochs are erased after the grace
 //! window; frames for the next epoch are held, not lost.
 
-mod common;
+use crate::common;
 use common::*;
 use conclave_e2ee::*;
 use core::time::Duration;
@@ -288,4 +288,70 @@ fn oversized_frames_are_rejected() {
         b.open(&big, ClearPrefix::None, &mut out, T0),
         Err(FrameError::TooLarge(_))
     ));
+}
+
+#[test]
+fn removed_member_that_keeps_sending_is_rejected_once_the_grace_window_ends() {
+    let mut room = Room::open(3);
+    let mut a = room.media(0);
+    let mut c = room.media(2);
+    room.remove(0, &[2]);
+    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0)
+        .unwrap();
+    let mut out = Vec::new();
+    // The removed member keeps sealing under the only key it has: the old epoch's.
+    let during = seal(&mut c, b"still here", ClearPrefix::None);
+    let after = seal(&mut c, b"still here, later", ClearPrefix::None);
+    // Inside the 2 s grace window the old key still opens it (documented in SECURITY.md:
+    // frames in flight during a change are not lost) ...
+    let t1 = T0.saturating_add(Duration::from_millis(500));
+    a.open(&during, ClearPrefix::None, &mut out, t1).unwrap();
+    // ... after it the old keys are erased and nothing of the removed member opens again.
+    let t2 = T0.saturating_add(Duration::from_millis(2001));
+    a.handle_timeout(t2);
+    let err = a.open(&after, ClearPrefix::None, &mut out, t2).unwrap_err();
+    assert!(matches!(err, FrameError::UnknownEpoch { .. }), "{err:?}");
+    // It cannot move to the new epoch: it has no key for it, so it cannot seal under it.
+    let new_epoch = room.s(0).epoch();
+    let forged = rewrite_kid(&after, 0, kid_of(2, new_epoch));
+    let err = a
+        .open(&forged, ClearPrefix::None, &mut out, t2)
+        .unwrap_err();
+    assert!(
+        !matches!(err, FrameError::Replayed { .. }),
+        "a frame relabelled to the new epoch was judged on replay, not on its key: {err:?}"
+    );
+    assert_eq!(a.stats().opened, 1);
+}
+
+#[test]
+fn server_cannot_downgrade_media_to_plaintext() {
+    // The SFU (or anyone on the path) strips the encryption and forwards bare codec frames,
+    // or frames shaped like SFrame but sealed under no key we hold: none of it is ever
+    // returned as media; each fails with a typed error and is counted.
+    let (_room, mut a, mut b) = pair();
+    let mut out = Vec::new();
+    let plain_video = vp8_keyframe(200);
+    let plain_audio = vec![0xfc, 0xff, 0xfe, 1, 2, 3, 4, 5];
+    for (frame, clear) in [
+        (&plain_video, ClearPrefix::Vp8),
+        (&plain_audio, ClearPrefix::None),
+    ] {
+        let err = b.open(frame, clear, &mut out, T0).unwrap_err();
+        assert!(!matches!(err, FrameError::Replayed { .. }), "{err:?}");
+    }
+    // Stripping the ciphertext but keeping a real header does not work either.
+    let sealed = seal(&mut a, &vp8_keyframe(100), ClearPrefix::Vp8);
+    let header_only = sealed[..10 + 3].to_vec();
+    assert!(b
+        .open(&header_only, ClearPrefix::Vp8, &mut out, T0)
+        .is_err());
+    assert_eq!(b.stats().opened, 0);
+    // And a sender without a key sends nothing rather than plaintext.
+    let mut keyless = MediaCrypto::default();
+    let mut wire = Vec::new();
+    assert!(keyless
+        .seal(&plain_video, ClearPrefix::Vp8, &mut wire)
+        .is_err());
+    assert!(wire.is_empty());
 }

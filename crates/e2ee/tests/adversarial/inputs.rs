@@ -1,7 +1,7 @@
 //! Random and mutated bytes into every decoder of the core: each returns a typed error (or,
 //! for a mutation that happens to stay valid, a result), and none panics.
 
-mod common;
+use crate::common;
 use common::*;
 use conclave_e2ee::*;
 

@@ -1,7 +1,7 @@
 //! Forged, replayed and misdirected MLS messages, and a server that tries to add a ghost:
 //! each is rejected and leaves honest members where they were.
 
-mod common;
+use crate::common;
 use common::*;
 use conclave_e2ee::*;
 use mls_rs::group::ExportedTree;

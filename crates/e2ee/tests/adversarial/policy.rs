@@ -1,6 +1,6 @@
 //! The admission policy in the group context is enforced by every member on every commit.
 
-mod common;
+use crate::common;
 use common::*;
 use conclave_e2ee::*;
 

@@ -1,0 +1,124 @@
+//! Shared set-up for the fuzz targets: real rooms, made once per process.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use conclave_client::{AdmitMode, NewRoomPolicy, Participant};
+use conclave_ds::{generate_server_identity, Ds, DsConfig, Output};
+use conclave_e2ee::{
+    CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
+};
+
+/// A fixed point in time for everything the targets do.
+pub const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+/// The suite of every room here.
+pub const SUITE: RoomCipherSuite = RoomCipherSuite::Curve25519Aes128;
+
+/// A fresh device for `name`.
+pub fn device(name: &str) -> Device {
+    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new(name, name).expect("name"))
+        .expect("identity");
+    Device::new(id, GroupStore::memory()).expect("device")
+}
+
+/// Delivers every DS output to the participants (by connection id) and their replies back,
+/// until quiet.
+pub fn pump(ds: &mut Ds, parts: &mut [(u64, Participant)]) {
+    pump_recording(ds, parts, &mut Vec::new());
+}
+
+/// [`pump`], keeping every message: (connection, from the server?, JSON).
+pub fn pump_recording(
+    ds: &mut Ds,
+    parts: &mut [(u64, Participant)],
+    log: &mut Vec<(u64, bool, String)>,
+) {
+    loop {
+        let mut progressed = false;
+        while let Some(o) = ds.poll_output() {
+            progressed = true;
+            if let Output::Send { conn, msg } = o {
+                log.push((conn, true, msg.encode()));
+                if let Some((_, p)) = parts.iter_mut().find(|(c, _)| *c == conn) {
+                    let _ = p.handle(msg, T0);
+                }
+            }
+        }
+        for (c, p) in parts.iter_mut() {
+            while let Some(m) = p.poll_transmit() {
+                progressed = true;
+                log.push((*c, false, m.encode()));
+                ds.handle(*c, m, T0);
+            }
+            while p.poll_event().is_some() {}
+        }
+        if !progressed {
+            break;
+        }
+    }
+}
+
+/// A DS with room "room": connection 1 (alice) and 2 (bob) are members, 3 (carol) is
+/// connected and waiting. Returns the DS and the participants.
+pub fn room() -> (Ds, Vec<(u64, Participant)>) {
+    let (ds, parts, _) = room_recording();
+    (ds, parts)
+}
+
+/// [`room`], with every message exchanged while it formed.
+#[allow(clippy::type_complexity)]
+pub fn room_recording() -> (Ds, Vec<(u64, Participant)>, Vec<(u64, bool, String)>) {
+    let mut log = Vec::new();
+    let (secret, identity) = generate_server_identity(SUITE).expect("server identity");
+    let mut ds = Ds::new(DsConfig::default(), secret, identity);
+    let mut parts = Vec::new();
+    for (conn, name) in [(1u64, "alice"), (2, "bob")] {
+        parts.push((
+            conn,
+            Participant::new(device(name), "room", NewRoomPolicy::Open, AdmitMode::Auto),
+        ));
+        ds.connect(conn, "room", name, T0);
+        pump_recording(&mut ds, &mut parts, &mut log);
+        let later = T0.saturating_add(std::time::Duration::from_secs(1));
+        ds.handle_timeout(later);
+        pump_recording(&mut ds, &mut parts, &mut log);
+    }
+    ds.connect(3, "room", "carol", T0);
+    pump_recording(&mut ds, &mut parts, &mut log);
+    (ds, parts, log)
+}
+
+/// The SFU's address in the SFU targets, and a participant's.
+pub fn addrs() -> (SocketAddr, SocketAddr) {
+    (
+        SocketAddr::from(([127, 0, 0, 1], 8481)),
+        SocketAddr::from(([127, 0, 0, 1], 40000)),
+    )
+}
+
+/// An SFU with one participant whose offer came from a real `MediaLink`.
+pub fn sfu() -> (
+    conclave_sfu::Sfu,
+    conclave_client::media_link::MediaLink,
+    Instant,
+) {
+    let (s, l, now, _) = sfu_with_answer();
+    (s, l, now)
+}
+
+/// [`sfu`], and the SFU's SDP answer.
+pub fn sfu_with_answer() -> (
+    conclave_sfu::Sfu,
+    conclave_client::media_link::MediaLink,
+    Instant,
+    String,
+) {
+    let (server, client) = addrs();
+    let now = Instant::now();
+    let (link, offer) =
+        conclave_client::media_link::MediaLink::offer(client, 8, now).expect("offer");
+    let mut sfu = conclave_sfu::Sfu::new(server);
+    let answer = sfu.add_participant(7, "room", &offer, now).expect("answer");
+    (sfu, link, now, answer)
+}
