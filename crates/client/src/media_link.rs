@@ -39,6 +39,8 @@ pub struct SenderCounts {
     pub failed: u64,
     /// Why frames failed, by kind of error.
     pub failure_kinds: BTreeMap<String, u64>,
+    /// Of the decrypted frames, video frames.
+    pub video_decrypted: u64,
     /// Frames that arrived twice (a retransmission duplicate): the first copy was used.
     pub duplicates: u64,
     /// Frames sealed under an epoch from before we joined (unreadable by design, not a
@@ -69,6 +71,10 @@ pub struct MediaLink {
     first_epoch: Option<u64>,
     /// Frames sealed and written.
     pub sent: u64,
+    /// Video keyframes sealed and written.
+    pub keyframes_sent: u64,
+    /// The audio level (RFC 6464, -dBov) put on outgoing audio packets, if any.
+    audio_level: Option<i8>,
 }
 
 impl core::fmt::Debug for MediaLink {
@@ -198,6 +204,8 @@ impl MediaLink {
             held: HoldQueue::new(512, std::time::Duration::from_secs(3)),
             first_epoch: None,
             sent: 0,
+            keyframes_sent: 0,
+            audio_level: None,
         };
         Ok((link, offer.to_sdp_string()))
     }
@@ -272,6 +280,30 @@ impl MediaLink {
         self.held.len()
     }
 
+    /// Sets the audio level (RFC 6464: 0 is loudest, -127 silence) sent with every audio
+    /// packet from now on, as a microphone's level meter would; `None` sends none. The SFU
+    /// picks speakers from it; it is outside the encryption, like all RTP header extensions.
+    pub fn set_audio_level(&mut self, level: Option<i8>) {
+        self.audio_level = level.map(|l| l.clamp(-127, 0));
+    }
+
+    /// Asks the senders of every receive slot for a keyframe (as a decoder that lost its
+    /// picture would).
+    pub fn request_keyframes(&mut self) {
+        let mids: Vec<Mid> = self
+            .slots
+            .iter()
+            .filter(|(_, k)| **k == MediaKind::Video)
+            .map(|(m, _)| *m)
+            .collect();
+        let mut api = self.rtc.direct_api();
+        for mid in mids {
+            if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+            }
+        }
+    }
+
     /// Whether the next video frame must be a keyframe: the first under a new key, or one a
     /// receiver asked for.
     pub fn keyframe_due(&self, media: &MediaCrypto) -> bool {
@@ -338,12 +370,17 @@ impl MediaLink {
                 MediaTime::new(self.video_time, Frequency::NINETY_KHZ),
             )
         };
-        let Some(writer) = self.rtc.writer(mid) else {
+        let Some(mut writer) = self.rtc.writer(mid) else {
             return false;
         };
         let Some(pt) = writer.payload_params().next().map(|p| p.pt()) else {
             return false;
         };
+        if kind == MediaKind::Audio {
+            if let Some(level) = self.audio_level {
+                writer = writer.audio_level(level, level >= -45);
+            }
+        }
         if let Err(e) = writer.write(pt, now, time, wire) {
             warn!(error = %e, "media write");
             return false;
@@ -352,6 +389,7 @@ impl MediaLink {
             self.last_video_epoch = Some(epoch);
             if keyframe {
                 self.keyframe_wanted = false;
+                self.keyframes_sent += 1;
             }
         }
         self.sent += 1;
@@ -377,6 +415,9 @@ impl MediaLink {
                 match content {
                     Content::Synthetic { keyframe } | Content::Opaque { keyframe } => {
                         c.decrypted += 1;
+                        if kind == MediaKind::Video {
+                            c.video_decrypted += 1;
+                        }
                         if matches!(content, Content::Opaque { .. }) {
                             c.unchecked += 1;
                         }

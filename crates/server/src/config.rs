@@ -39,6 +39,12 @@ pub struct ServeArgs {
     /// New WebSocket connections per IP per minute [default: 120].
     #[arg(long)]
     pub connections_per_ip_per_minute: Option<u32>,
+    /// Video senders each participant receives: the most recent speakers [default: 8].
+    #[arg(long)]
+    pub last_n: Option<usize>,
+    /// Audio senders each participant receives: the most recent speakers [default: 8].
+    #[arg(long)]
+    pub top_k_audio: Option<usize>,
     /// TLS certificate chain (PEM) for HTTPS and WSS; needs `--tls-key`. Without it the
     /// server speaks plain HTTP, which is for loopback only.
     #[arg(long, requires = "tls_key")]
@@ -65,6 +71,8 @@ pub struct ServerConfig {
     pub remove_after: Duration,
     /// Connection rate limit per IP.
     pub connections_per_ip_per_minute: u32,
+    /// Forwarding choices of the SFU (last N video, top k audio).
+    pub sfu: conclave_sfu::SfuConfig,
     /// TLS certificate chain and key (PEM files), if the server speaks HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Messages queued towards one signaling connection before it counts as too slow and is
@@ -117,8 +125,14 @@ impl ServeArgs {
                  (media stays end-to-end encrypted); use --tls-cert and --tls-key"
             );
         }
+        let defaults = conclave_sfu::SfuConfig::default();
+        let sfu = conclave_sfu::SfuConfig {
+            last_n: pick(&self.last_n, &file.last_n).unwrap_or(defaults.last_n),
+            top_k_audio: pick(&self.top_k_audio, &file.top_k_audio).unwrap_or(defaults.top_k_audio),
+        };
         Ok(ServerConfig {
             listen,
+            sfu,
             tls,
             media_listen: pick(&self.media_listen, &file.media_listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8481))),

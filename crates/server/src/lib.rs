@@ -256,7 +256,7 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
         .map_err(|e| anyhow::anyhow!("cannot bind the media port {}: {e}", config.media_listen))?;
     let media_addr = udp.local_addr()?;
     let (sfu_tx, sfu_rx) = mpsc::channel(1024);
-    let mut sfu = conclave_sfu::Sfu::new(media_addr);
+    let mut sfu = conclave_sfu::Sfu::with_config(media_addr, config.sfu);
     if config.media_tap > 0 {
         sfu.set_tap(config.media_tap);
     }

@@ -162,6 +162,12 @@ impl Metrics {
             m.keyframe_requests_coalesced,
         );
         counter(
+            "conclave_speaker_changes_total",
+            "Times a sender started speaking (after 300 ms of speech).",
+            "counter",
+            m.speaker_changes,
+        );
+        counter(
             "conclave_packets_waiting_keyframe_total",
             "Video packets held back from a receiver until its source's next keyframe.",
             "counter",

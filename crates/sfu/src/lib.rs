@@ -21,6 +21,15 @@
 //! the frame's SFrame KID (authenticated end to end), not from anything the SFU says. A fixed
 //! number of slots is also the shape "last N" forwarding takes in large rooms.
 //!
+//! **Speakers, last N, top k.** Senders put the RFC 6464 audio level on their audio packets
+//! (it stays outside the encryption, like all RTP header extensions). The SFU keeps a score
+//! per sender: [`SPEECH_STEP`] of loud audio adds up, quiet time takes away, and a sender
+//! counts as speaking once it has [`SPEECH_TO_START`] of speech in hand, so coughs and clicks
+//! never steal a slot. Senders are ranked by when they last started speaking (then by arrival);
+//! each receiver's video slots go to the first [`SfuConfig::last_n`] of that ranking and its
+//! audio slots to the first [`SfuConfig::top_k_audio`]; a slot whose sender falls out of the
+//! ranking is given to the newcomer (with a keyframe request).
+//!
 //! **Rewriting.** Every slot is one outgoing RTP stream with its own sequence numbers and
 //! timestamps. When a slot gets a new source, the SFU rebases both so that the receiver sees
 //! one continuous stream, and for video it forwards nothing until a keyframe starts (it asks
@@ -79,7 +88,37 @@ pub struct SfuStats {
     pub keyframe_requests: u64,
     /// Keyframe requests folded into one already sent within [`PLI_INTERVAL`].
     pub keyframe_requests_coalesced: u64,
+    /// Times a sender started speaking (after [`SPEECH_TO_START`] of speech).
+    pub speaker_changes: u64,
 }
+
+/// Forwarding choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SfuConfig {
+    /// Video senders forwarded to each receiver: the most recent speakers (at most the
+    /// receiver's video slots).
+    pub last_n: usize,
+    /// Audio senders forwarded to each receiver: the most recent speakers.
+    pub top_k_audio: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            last_n: 8,
+            top_k_audio: 8,
+        }
+    }
+}
+
+/// Audio at least this loud (RFC 6464 level, -dBov) counts as speech.
+pub const SPEECH_LEVEL: i8 = -45;
+/// Speech credit one loud audio packet adds (and one quiet packet takes away).
+pub const SPEECH_STEP: Duration = Duration::from_millis(20);
+/// Speech a sender must have in hand before it counts as speaking.
+pub const SPEECH_TO_START: Duration = Duration::from_millis(300);
+/// Most speech credit a sender can bank.
+const SPEECH_MAX: Duration = Duration::from_millis(1000);
 
 /// Keyframe requests to one sender are at least this far apart.
 pub const PLI_INTERVAL: Duration = Duration::from_millis(500);
@@ -175,10 +214,44 @@ struct Input_ {
     pli_pending: bool,
 }
 
+/// What the SFU knows of a sender's voice.
+#[derive(Debug, Default, Clone, Copy)]
+struct Voice {
+    /// Speech in hand (see [`SPEECH_TO_START`]).
+    credit: Duration,
+    speaking: bool,
+    /// When it last started speaking.
+    since: Option<Instant>,
+}
+
+impl Voice {
+    /// One audio packet's level; returns true when the sender starts speaking.
+    fn hear(&mut self, level: Option<i8>, now: Instant) -> bool {
+        let loud = level.is_some_and(|l| l >= SPEECH_LEVEL);
+        if loud {
+            self.credit = (self.credit + SPEECH_STEP).min(SPEECH_MAX);
+        } else {
+            self.credit = self.credit.saturating_sub(SPEECH_STEP);
+        }
+        if !self.speaking && self.credit >= SPEECH_TO_START {
+            self.speaking = true;
+            self.since = Some(now);
+            return true;
+        }
+        if self.speaking && self.credit.is_zero() {
+            self.speaking = false;
+        }
+        false
+    }
+}
+
 struct Participant {
     id: ParticipantId,
     room: Arc<str>,
     rtc: Rtc,
+    /// Arrival order in the SFU (ranks senders who never spoke).
+    order: u64,
+    voice: Voice,
     /// Our receive side: the participant's send-only m-lines.
     inputs: Vec<Input_>,
     /// Our send side: the participant's receive-only slots.
@@ -189,6 +262,8 @@ struct Participant {
 /// A packet to forward, with what the forwarding decisions need.
 struct Packet {
     src: Source,
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
     codec: Codec,
     clock_rate: Frequency,
     seq: u64,
@@ -220,6 +295,8 @@ struct Outbox {
 /// The forwarding core.
 pub struct Sfu {
     local: SocketAddr,
+    config: SfuConfig,
+    next_order: u64,
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<Arc<str>, Vec<ParticipantId>>,
     by_addr: HashMap<SocketAddr, ParticipantId>,
@@ -239,8 +316,15 @@ impl core::fmt::Debug for Sfu {
 impl Sfu {
     /// An SFU whose single UDP socket is reachable at `local`.
     pub fn new(local: SocketAddr) -> Self {
+        Self::with_config(local, SfuConfig::default())
+    }
+
+    /// An SFU with forwarding choices.
+    pub fn with_config(local: SocketAddr, config: SfuConfig) -> Self {
         Sfu {
             local,
+            config,
+            next_order: 0,
             participants: HashMap::new(),
             rooms: HashMap::new(),
             by_addr: HashMap::new(),
@@ -266,6 +350,33 @@ impl Sfu {
     /// Counters so far.
     pub fn stats(&self) -> SfuStats {
         self.out.stats
+    }
+
+    /// A room's senders who are speaking now, most recent first.
+    pub fn speakers(&self, room: &str) -> Vec<ParticipantId> {
+        let mut v: Vec<&Participant> = self
+            .rooms
+            .get(room)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| self.participants.get(m))
+            .filter(|p| p.voice.speaking)
+            .collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.voice.since));
+        v.into_iter().map(|p| p.id).collect()
+    }
+
+    /// Which senders each of a participant's slots forwards now: (kind, sender).
+    pub fn forwarding_to(&self, id: ParticipantId) -> Vec<(MediaKind, ParticipantId)> {
+        self.participants
+            .get(&id)
+            .map(|p| {
+                p.slots
+                    .iter()
+                    .filter_map(|s| s.source.map(|src| (s.kind, src.from)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Participants with a media session.
@@ -304,10 +415,13 @@ impl Sfu {
             Some((k, _)) => k.clone(),
             None => room.into(),
         };
+        self.next_order += 1;
         let mut p = Participant {
             id,
             room: room.clone(),
             rtc,
+            order: self.next_order,
+            voice: Voice::default(),
             inputs: Vec::new(),
             slots: Vec::new(),
             timeout: None,
@@ -483,43 +597,69 @@ impl Sfu {
             .min()
     }
 
-    /// Gives every participant's free slots to the room's other senders' tracks.
+    /// Gives each receiver's slots to the room's highest-ranked senders: the most recent
+    /// speakers first, then by arrival; at most `last_n` video and `top_k_audio` audio. Slots
+    /// already forwarding a sender that stays in the selection keep it.
     fn assign_slots(&mut self, now: Instant) {
         let mut keyframes = Vec::new();
+        let (last_n, top_k) = (self.config.last_n, self.config.top_k_audio);
         for members in self.rooms.values() {
-            let sources: Vec<(Source, MediaKind)> = members
+            // The room's ranking, best first.
+            let mut ranked: Vec<&Participant> = members
                 .iter()
                 .filter_map(|m| self.participants.get(m))
-                .flat_map(|p| {
-                    p.inputs.iter().map(move |i| {
-                        (
-                            Source {
-                                from: p.id,
-                                mid: i.mid,
-                            },
-                            i.kind,
-                        )
-                    })
-                })
+                .collect();
+            ranked.sort_by_key(|p| (std::cmp::Reverse(p.voice.since), p.order));
+            let ranked: Vec<(ParticipantId, Vec<(Mid, MediaKind)>)> = ranked
+                .iter()
+                .map(|p| (p.id, p.inputs.iter().map(|i| (i.mid, i.kind)).collect()))
                 .collect();
             for m in members {
                 let Some(p) = self.participants.get_mut(m) else {
                     continue;
                 };
-                for (src, kind) in &sources {
-                    if src.from == p.id || p.slots.iter().any(|s| s.source == Some(*src)) {
-                        continue;
+                for kind in [MediaKind::Audio, MediaKind::Video] {
+                    let slots = p.slots.iter().filter(|s| s.kind == kind).count();
+                    let limit = if kind == MediaKind::Video {
+                        last_n
+                    } else {
+                        top_k
+                    };
+                    let wanted: Vec<Source> = ranked
+                        .iter()
+                        .filter(|(id, _)| *id != p.id)
+                        .flat_map(|(id, inputs)| {
+                            inputs
+                                .iter()
+                                .filter(|(_, k)| *k == kind)
+                                .map(|(mid, _)| Source {
+                                    from: *id,
+                                    mid: *mid,
+                                })
+                        })
+                        .take(limit.min(slots))
+                        .collect();
+                    // Free the slots of senders that fell out of the selection.
+                    for s in p.slots.iter_mut().filter(|s| s.kind == kind) {
+                        if s.source.is_some_and(|src| !wanted.contains(&src)) {
+                            s.source = None;
+                        }
                     }
-                    if let Some(slot) = p
-                        .slots
-                        .iter_mut()
-                        .find(|s| s.kind == *kind && s.source.is_none())
-                    {
-                        slot.source = Some(*src);
-                        let video = *kind == MediaKind::Video;
-                        slot.rewrite.new_source(video, now);
-                        if video {
-                            keyframes.push(*src);
+                    for src in wanted {
+                        if p.slots.iter().any(|s| s.source == Some(src)) {
+                            continue;
+                        }
+                        if let Some(slot) = p
+                            .slots
+                            .iter_mut()
+                            .find(|s| s.kind == kind && s.source.is_none())
+                        {
+                            slot.source = Some(src);
+                            let video = kind == MediaKind::Video;
+                            slot.rewrite.new_source(video, now);
+                            if video {
+                                keyframes.push(src);
+                            }
                         }
                     }
                 }
@@ -635,10 +775,16 @@ impl Sfu {
                 self.out.stats.unknown_stream += 1;
                 continue;
             };
+            let ext = str0m::rtp::ExtensionValues {
+                audio_level: pkt.audio_level,
+                voice_activity: pkt.voice_activity,
+                ..Default::default()
+            };
             tx.write_rtp(
                 RtpWrite::new(pt, seq.into(), ts, pkt.arrival, pkt.payload.clone())
                     .marker(pkt.marker)
-                    .nackable(video),
+                    .nackable(video)
+                    .ext_vals(ext),
             );
             self.out.stats.packets_out += 1;
             self.out.stats.bytes_out += pkt.payload.len() as u64;
@@ -682,7 +828,15 @@ fn drain(p: &mut Participant, out: &mut Outbox) {
                 Event::RtpPacket(rtp) => {
                     out.stats.packets_in += 1;
                     match packet(p, rtp) {
-                        Some(pkt) => out.forwards.push_back(Forward::Rtp(Box::new(pkt))),
+                        Some(pkt) => {
+                            if pkt.codec == Codec::Opus
+                                && p.voice.hear(pkt.audio_level, pkt.arrival)
+                            {
+                                out.stats.speaker_changes += 1;
+                                out.dirty = true;
+                            }
+                            out.forwards.push_back(Forward::Rtp(Box::new(pkt)))
+                        }
                         None => out.stats.unknown_stream += 1,
                     }
                 }
@@ -716,6 +870,8 @@ fn packet(p: &mut Participant, rtp: RtpPacket) -> Option<Packet> {
     let keyframe_start = spec.codec == Codec::Vp8 && detect_vp8_keyframe(&rtp.payload);
     Some(Packet {
         src: Source { from: p.id, mid },
+        audio_level: rtp.header.ext_vals.audio_level,
+        voice_activity: rtp.header.ext_vals.voice_activity,
         codec: spec.codec,
         clock_rate: spec.clock_rate,
         seq: *rtp.seq_no,
@@ -740,6 +896,8 @@ mod tests {
                 from: 1,
                 mid: Mid::from("0"),
             },
+            audio_level: None,
+            voice_activity: None,
             codec: Codec::Vp8,
             clock_rate: Frequency::NINETY_KHZ,
             seq,
@@ -749,6 +907,30 @@ mod tests {
             arrival: Instant::now(),
             payload: Arc::from(&[][..]),
         }
+    }
+
+    #[test]
+    fn speech_counts_after_300_ms_and_short_noises_never_do() {
+        let t = Instant::now();
+        let mut v = Voice::default();
+        // A 200 ms click: never speaking.
+        for _ in 0..10 {
+            assert!(!v.hear(Some(-10), t));
+        }
+        for _ in 0..20 {
+            assert!(!v.hear(Some(-100), t));
+        }
+        assert!(!v.speaking);
+        // 300 ms of speech: speaking, once.
+        let started: Vec<bool> = (0..30).map(|_| v.hear(Some(-20), t)).collect();
+        assert_eq!(started.iter().filter(|s| **s).count(), 1);
+        assert_eq!(started.iter().position(|s| *s), Some(14));
+        assert!(v.speaking);
+        // Missing levels (no extension) count as quiet; speech drains away.
+        for _ in 0..100 {
+            v.hear(None, t);
+        }
+        assert!(!v.speaking);
     }
 
     #[test]
