@@ -41,6 +41,10 @@ pub struct SenderCounts {
     pub failure_kinds: BTreeMap<String, u64>,
     /// Of the decrypted frames, video frames.
     pub video_decrypted: u64,
+    /// Synthetic video frames decrypted per simulcast layer (low, middle, high).
+    pub video_layers: [u64; 3],
+    /// The layer of the newest synthetic video frame.
+    pub last_layer: Option<u8>,
     /// Frames that arrived twice (a retransmission duplicate): the first copy was used.
     pub duplicates: u64,
     /// Frames sealed under an epoch from before we joined (unreadable by design, not a
@@ -64,15 +68,20 @@ pub struct MediaLink {
     audio_time: u64,
     video_time: u64,
     last_video_epoch: Option<u64>,
-    keyframe_wanted: bool,
+    /// Per simulcast layer: a receiver asked for a keyframe.
+    keyframe_wanted: [bool; 3],
     counts: BTreeMap<u32, SenderCounts>,
     first_in_epoch: BTreeMap<(u32, u64), bool>,
     held: HoldQueue<MediaKind>,
     first_epoch: Option<u64>,
     /// Frames sealed and written.
     pub sent: u64,
-    /// Video keyframes sealed and written.
+    /// Video keyframes sealed and written (top layer).
     pub keyframes_sent: u64,
+    /// Audio frames sent.
+    pub audio_sent: u64,
+    /// Video capture instants sent (each as one frame per simulcast layer).
+    pub video_ticks: u64,
     /// The audio level (RFC 6464, -dBov) put on outgoing audio packets, if any.
     audio_level: Option<i8>,
 }
@@ -94,11 +103,38 @@ fn clear_for(kind: MediaKind) -> ClearPrefix {
     }
 }
 
-/// The synthetic frame body of `(sender leaf, seq, kind)`: receivers regenerate it and compare.
+/// Simulcast layers a participant sends, low to high, by RTP stream id.
+pub const LAYERS: [&str; 3] = ["l", "m", "h"];
+
+/// Synthetic video frame sizes per layer: (delta frame, keyframe) bytes. At 30 frames a second
+/// the layers carry about 75, 300 and 750 kbit/s.
+pub const LAYER_SIZES: [(usize, usize); 3] = [(300, 1000), (1200, 4000), (3000, 8000)];
+
+/// The synthetic frame body of `(sender leaf, seq, kind)`, video at the middle layer:
+/// receivers regenerate it and compare.
 pub fn synthetic_body(leaf: u32, seq: u32, kind: MediaKind, keyframe: bool) -> Vec<u8> {
+    synthetic_layer_body(leaf, seq, kind, keyframe, 1)
+}
+
+/// The synthetic frame body of `(sender leaf, seq, kind, layer)`: receivers regenerate it and
+/// compare. Audio has no layers (`layer` is ignored).
+pub fn synthetic_layer_body(
+    leaf: u32,
+    seq: u32,
+    kind: MediaKind,
+    keyframe: bool,
+    layer: u8,
+) -> Vec<u8> {
+    let layer = match kind {
+        MediaKind::Audio => 0,
+        _ => layer.min(LAYERS.len() as u8 - 1),
+    };
     let (len, tag) = match kind {
         MediaKind::Audio => (80usize, b'A'),
-        _ => (if keyframe { 4000usize } else { 1200 }, b'V'),
+        _ => {
+            let (delta, key) = LAYER_SIZES[layer as usize];
+            (if keyframe { key } else { delta }, b'V')
+        }
     };
     let mut out = Vec::with_capacity(len + 10);
     if kind == MediaKind::Video {
@@ -112,7 +148,10 @@ pub fn synthetic_body(leaf: u32, seq: u32, kind: MediaKind, keyframe: bool) -> V
     out.push(tag);
     out.extend_from_slice(&leaf.to_be_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
-    let mut x = u64::from(leaf) << 32 | u64::from(seq);
+    if kind == MediaKind::Video {
+        out.push(layer);
+    }
+    let mut x = (u64::from(leaf) << 32 | u64::from(seq)) ^ (u64::from(layer) << 60) | 1;
     while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
@@ -125,8 +164,8 @@ pub fn synthetic_body(leaf: u32, seq: u32, kind: MediaKind, keyframe: bool) -> V
 /// What an opened frame turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Content {
-    /// A synthetic frame of this sender, byte for byte as it must be.
-    Synthetic { keyframe: bool },
+    /// A synthetic frame of this sender, byte for byte as it must be (video: of this layer).
+    Synthetic { keyframe: bool, layer: u8 },
     /// Shaped like this sender's synthetic frame, but not what it must be.
     Corrupt,
     /// Real media (from a file or a device): authenticated by SFrame, not checked further.
@@ -142,17 +181,24 @@ fn check_body(plain: &[u8], sender: u32, kind: MediaKind) -> Content {
         }
         _ => (false, 0, b'A'),
     };
-    let shaped = |body: &[u8]| -> Option<(u32, u32)> {
+    let shaped = |body: &[u8]| -> Option<(u32, u32, u8)> {
         if *body.first()? != tag {
             return None;
         }
         let leaf = u32::from_be_bytes(body.get(1..5)?.try_into().ok()?);
         let seq = u32::from_be_bytes(body.get(5..9)?.try_into().ok()?);
-        (leaf == sender).then_some((leaf, seq))
+        let layer = if kind == MediaKind::Video {
+            *body.get(9)?
+        } else {
+            0
+        };
+        (leaf == sender).then_some((leaf, seq, layer))
     };
     match plain.get(off..).and_then(shaped) {
-        Some((leaf, seq)) if synthetic_body(leaf, seq, kind, keyframe) == plain => {
-            Content::Synthetic { keyframe }
+        Some((leaf, seq, layer))
+            if synthetic_layer_body(leaf, seq, kind, keyframe, layer) == plain =>
+        {
+            Content::Synthetic { keyframe, layer }
         }
         Some(_) => Content::Corrupt,
         None => Content::Opaque { keyframe },
@@ -172,7 +218,17 @@ impl MediaLink {
         rtc.add_local_candidate(candidate);
         let mut change = rtc.sdp_api();
         let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-        let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let mut simulcast = str0m::media::Simulcast::new();
+        for rid in LAYERS {
+            simulcast.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+        }
+        let video = change.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            None,
+            None,
+            Some(simulcast),
+        );
         let mut slot_mids = BTreeMap::new();
         for _ in 0..slots {
             slot_mids.insert(
@@ -198,13 +254,15 @@ impl MediaLink {
             audio_time: 0,
             video_time: 0,
             last_video_epoch: None,
-            keyframe_wanted: true,
+            keyframe_wanted: [true; 3],
             counts: BTreeMap::new(),
             first_in_epoch: BTreeMap::new(),
             held: HoldQueue::new(512, std::time::Duration::from_secs(3)),
             first_epoch: None,
             sent: 0,
             keyframes_sent: 0,
+            audio_sent: 0,
+            video_ticks: 0,
             audio_level: None,
         };
         Ok((link, offer.to_sdp_string()))
@@ -307,11 +365,15 @@ impl MediaLink {
     /// Whether the next video frame must be a keyframe: the first under a new key, or one a
     /// receiver asked for.
     pub fn keyframe_due(&self, media: &MediaCrypto) -> bool {
-        self.keyframe_wanted || self.last_video_epoch != media.sending_epoch()
+        self.keyframe_wanted.iter().any(|w| *w) || self.last_video_epoch != media.sending_epoch()
     }
 
-    /// Seals and sends one synthetic frame of `kind`. Returns whether it went out (not before
-    /// the link is up and a media key exists).
+    fn layer_keyframe_due(&self, layer: usize, media: &MediaCrypto) -> bool {
+        self.keyframe_wanted[layer] || self.last_video_epoch != media.sending_epoch()
+    }
+
+    /// Seals and sends one synthetic frame of `kind` (video: one per simulcast layer). Returns
+    /// whether it went out (not before the link is up and a media key exists).
     pub fn send_synthetic(
         &mut self,
         kind: MediaKind,
@@ -323,17 +385,34 @@ impl MediaLink {
         if !self.connected || media.sending_epoch().is_none() {
             return false;
         }
-        let keyframe = kind == MediaKind::Video
-            && (self.keyframe_due(media) || self.seq.wrapping_add(1).is_multiple_of(90));
-        let frame = synthetic_body(leaf, self.seq.wrapping_add(1), kind, keyframe);
-        let step = if kind == MediaKind::Audio { 960 } else { 3000 };
-        self.send_frame(kind, &frame, keyframe, step, media, now, ts)
+        let seq = self.seq.wrapping_add(1);
+        self.seq = seq;
+        if kind == MediaKind::Audio {
+            let frame = synthetic_body(leaf, seq, kind, false);
+            return self.send_layers(kind, &[(None, &frame, false)], 960, media, now, ts);
+        }
+        let periodic = seq.is_multiple_of(90);
+        let frames: Vec<(Option<usize>, Vec<u8>, bool)> = (0..LAYERS.len())
+            .map(|layer| {
+                let key = periodic || self.layer_keyframe_due(layer, media);
+                (
+                    Some(layer),
+                    synthetic_layer_body(leaf, seq, kind, key, layer as u8),
+                    key,
+                )
+            })
+            .collect();
+        let frames: Vec<(Option<usize>, &[u8], bool)> = frames
+            .iter()
+            .map(|(l, f, k)| (*l, f.as_slice(), *k))
+            .collect();
+        self.send_layers(kind, &frames, 3000, media, now, ts)
     }
 
     /// Seals and sends one encoded frame of `kind` (an Opus packet or a VP8 frame), `step`
-    /// ticks of the media clock (48 kHz audio, 90 kHz video) after the previous one. Returns
-    /// whether it went out (not before the link is up and a media key exists: never in the
-    /// clear).
+    /// ticks of the media clock (48 kHz audio, 90 kHz video) after the previous one; video
+    /// goes out on the top simulcast layer only. Returns whether it went out (not before the
+    /// link is up and a media key exists: never in the clear).
     #[allow(clippy::too_many_arguments)]
     pub fn send_frame(
         &mut self,
@@ -345,18 +424,27 @@ impl MediaLink {
         now: Instant,
         ts: Timestamp,
     ) -> bool {
+        let layer = (kind == MediaKind::Video).then_some(LAYERS.len() - 1);
+        self.send_layers(kind, &[(layer, frame, keyframe)], step, media, now, ts)
+    }
+
+    /// Seals and writes frames that share one capture time: (simulcast layer, frame,
+    /// keyframe) for video, or one audio frame.
+    fn send_layers(
+        &mut self,
+        kind: MediaKind,
+        frames: &[(Option<usize>, &[u8], bool)],
+        step: u64,
+        media: &mut MediaCrypto,
+        now: Instant,
+        ts: Timestamp,
+    ) -> bool {
         if !self.connected {
             return false;
         }
         let Some(epoch) = media.sending_epoch() else {
             return false;
         };
-        let mut wire = Vec::with_capacity(frame.len() + 32);
-        if let Err(e) = media.seal(frame, clear_for(kind), &mut wire) {
-            debug!(error = %e, "not sending: no media key");
-            return false;
-        }
-        self.seq = self.seq.wrapping_add(1);
         let (mid, time) = if kind == MediaKind::Audio {
             self.audio_time += step;
             (
@@ -370,31 +458,50 @@ impl MediaLink {
                 MediaTime::new(self.video_time, Frequency::NINETY_KHZ),
             )
         };
-        let Some(mut writer) = self.rtc.writer(mid) else {
-            return false;
-        };
-        let Some(pt) = writer.payload_params().next().map(|p| p.pt()) else {
-            return false;
-        };
-        if kind == MediaKind::Audio {
-            if let Some(level) = self.audio_level {
-                writer = writer.audio_level(level, level >= -45);
+        let mut any = false;
+        for (layer, frame, keyframe) in frames {
+            let mut wire = Vec::with_capacity(frame.len() + 32);
+            if let Err(e) = media.seal(frame, clear_for(kind), &mut wire) {
+                debug!(error = %e, "not sending: no media key");
+                return false;
+            }
+            let Some(mut writer) = self.rtc.writer(mid) else {
+                return false;
+            };
+            let Some(pt) = writer.payload_params().next().map(|p| p.pt()) else {
+                return false;
+            };
+            if let Some(l) = layer {
+                writer = writer.rid(LAYERS[*l].into());
+            }
+            if kind == MediaKind::Audio {
+                if let Some(level) = self.audio_level {
+                    writer = writer.audio_level(level, level >= -45);
+                }
+            }
+            if let Err(e) = writer.write(pt, now, time, wire) {
+                warn!(error = %e, "media write");
+                continue;
+            }
+            any = true;
+            self.sent += 1;
+            if let (Some(l), true) = (layer, *keyframe) {
+                self.keyframe_wanted[*l] = false;
+                if *l == LAYERS.len() - 1 {
+                    self.keyframes_sent += 1;
+                }
             }
         }
-        if let Err(e) = writer.write(pt, now, time, wire) {
-            warn!(error = %e, "media write");
-            return false;
-        }
-        if kind == MediaKind::Video {
-            self.last_video_epoch = Some(epoch);
-            if keyframe {
-                self.keyframe_wanted = false;
-                self.keyframes_sent += 1;
+        if any {
+            if kind == MediaKind::Video {
+                self.last_video_epoch = Some(epoch);
+                self.video_ticks += 1;
+            } else {
+                self.audio_sent += 1;
             }
         }
-        self.sent += 1;
         self.drain(media, now, ts);
-        true
+        any
     }
 
     /// Retries frames held for a future epoch (after a new epoch's keys were installed).
@@ -413,10 +520,16 @@ impl MediaLink {
                 let c = self.counts.entry(sender).or_default();
                 let content = check_body(&plain, sender, kind);
                 match content {
-                    Content::Synthetic { keyframe } | Content::Opaque { keyframe } => {
+                    Content::Synthetic { keyframe, .. } | Content::Opaque { keyframe } => {
                         c.decrypted += 1;
                         if kind == MediaKind::Video {
                             c.video_decrypted += 1;
+                            if let Content::Synthetic { layer, .. } = content {
+                                if let Some(n) = c.video_layers.get_mut(layer as usize) {
+                                    *n += 1;
+                                }
+                                c.last_layer = Some(layer);
+                            }
                         }
                         if matches!(content, Content::Opaque { .. }) {
                             c.unchecked += 1;
@@ -487,7 +600,14 @@ impl MediaLink {
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         self.connected = false
                     }
-                    Event::KeyframeRequest(_) => self.keyframe_wanted = true,
+                    Event::KeyframeRequest(r) => match r.rid {
+                        Some(rid) => {
+                            if let Some(i) = LAYERS.iter().position(|l| *l == &*rid) {
+                                self.keyframe_wanted[i] = true;
+                            }
+                        }
+                        None => self.keyframe_wanted = [true; 3],
+                    },
                     Event::MediaData(d) => {
                         if self.first_epoch.is_none() {
                             self.first_epoch = media.live_epochs().first().copied();

@@ -43,7 +43,10 @@ pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
 
 const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
-const REPLAY_WINDOW: u64 = 128;
+/// Replay window per sender and epoch, in frame counters. A sender's counter advances for
+/// every frame it seals, audio and each simulcast layer alike (about 150 a second with three
+/// layers), so this covers several seconds of reordering and retransmission.
+pub const REPLAY_WINDOW: u64 = 1024;
 
 /// Why a frame was not sealed or opened. Every variant is counted in [`MediaStats`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -297,23 +300,30 @@ pub fn split_kid(kid: u64) -> (u64, u32, u8) {
     (context, leaf, epoch_bits)
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+/// Which of a sender's last [`REPLAY_WINDOW`] counters were seen: a ring of bits indexed by
+/// counter modulo the window.
+#[derive(Clone, Debug, Default)]
 struct ReplayWindow {
     top: Option<u64>,
-    seen: u128,
+    seen: [u64; (REPLAY_WINDOW / 64) as usize],
 }
 
 impl ReplayWindow {
+    fn bit(counter: u64) -> (usize, u64) {
+        let i = counter % REPLAY_WINDOW;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
     fn check(&self, sender: u32, counter: u64) -> Result<(), FrameError> {
         let Some(top) = self.top else { return Ok(()) };
         if counter > top {
             return Ok(());
         }
-        let age = top - counter;
-        if age >= REPLAY_WINDOW {
+        if top - counter >= REPLAY_WINDOW {
             return Err(FrameError::TooOld { sender, counter });
         }
-        if (self.seen >> age) & 1 == 1 {
+        let (w, b) = Self::bit(counter);
+        if self.seen[w] & b != 0 {
             return Err(FrameError::Replayed { sender, counter });
         }
         Ok(())
@@ -321,22 +331,24 @@ impl ReplayWindow {
 
     fn accept(&mut self, counter: u64) {
         match self.top {
-            None => {
-                self.top = Some(counter);
-                self.seen = 1;
-            }
-            Some(top) if counter > top => {
-                let shift = counter - top;
-                self.seen = if shift >= REPLAY_WINDOW {
-                    0
-                } else {
-                    self.seen << shift
-                };
-                self.seen |= 1;
+            Some(top) if counter <= top => {}
+            Some(top) if counter - top < REPLAY_WINDOW => {
+                // Forget the counters the window slides past.
+                for c in top + 1..counter {
+                    let (w, b) = Self::bit(c);
+                    self.seen[w] &= !b;
+                }
+                let (w, b) = Self::bit(counter);
+                self.seen[w] &= !b;
                 self.top = Some(counter);
             }
-            Some(top) => self.seen |= 1 << (top - counter),
+            _ => {
+                self.seen = Default::default();
+                self.top = Some(counter);
+            }
         }
+        let (w, b) = Self::bit(counter);
+        self.seen[w] |= b;
     }
 }
 

@@ -30,6 +30,13 @@
 //! audio slots to the first [`SfuConfig::top_k_audio`]; a slot whose sender falls out of the
 //! ranking is given to the newcomer (with a keyframe request).
 //!
+//! **Simulcast and bandwidth.** Senders send video in up to three layers (RTP stream ids
+//! `l`, `m`, `h`). The SFU measures each layer's bitrate, keeps a bandwidth estimate per
+//! receiver (str0m's TWCC estimator on the SFU's egress), and gives each of a receiver's video
+//! slots, best-ranked sender first, the highest layer that fits what is left of the estimate
+//! (the lowest layer if none does). Going up needs 15% headroom; going down does not. A slot
+//! changes layer only at a keyframe of the new layer, which it asks the sender for.
+//!
 //! **Rewriting.** Every slot is one outgoing RTP stream with its own sequence numbers and
 //! timestamps. When a slot gets a new source, the SFU rebases both so that the receiver sees
 //! one continuous stream, and for video it forwards nothing until a keyframe starts (it asks
@@ -44,9 +51,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::format::{detect_vp8_keyframe, Codec};
-use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -90,6 +98,10 @@ pub struct SfuStats {
     pub keyframe_requests_coalesced: u64,
     /// Times a sender started speaking (after [`SPEECH_TO_START`] of speech).
     pub speaker_changes: u64,
+    /// Times a receiver's slot was given another simulcast layer.
+    pub layer_switches_requested: u64,
+    /// Times a slot actually switched layer (at a keyframe of the new one).
+    pub layer_switches: u64,
 }
 
 /// Forwarding choices.
@@ -153,6 +165,8 @@ struct Rewrite {
     ts_offset: u32,
     /// Timestamp of the newest packet sent.
     ts_last: u32,
+    /// The next packet continues on another layer: rebase sequence numbers only.
+    relayer: bool,
 }
 
 impl Rewrite {
@@ -160,6 +174,12 @@ impl Rewrite {
         self.rebase = true;
         self.need_keyframe = video;
         self.asked = video.then_some(now);
+    }
+
+    /// The same source continues on another simulcast layer (from a keyframe): a new
+    /// sequence-number space, the same clock.
+    fn new_layer(&mut self) {
+        self.relayer = true;
     }
 
     /// Outgoing (sequence number, timestamp) for a packet, or None to drop it.
@@ -182,6 +202,12 @@ impl Rewrite {
             self.need_keyframe = false;
             self.asked = None;
         }
+        if self.relayer {
+            let seq_start = self.seq_next.max(1);
+            self.seq_offset = seq_start as i64 - pkt.seq as i64;
+            self.seq_floor = seq_start;
+            self.relayer = false;
+        }
         let out = pkt.seq as i64 + self.seq_offset;
         if out < self.seq_floor as i64 {
             // Reordered from before the switch: those numbers went to the previous source.
@@ -202,17 +228,76 @@ struct Slot {
     mid: Mid,
     kind: MediaKind,
     source: Option<Source>,
+    /// The layer forwarded now (video), once a keyframe of it started.
+    layer: Option<Option<Rid>>,
+    /// The layer this slot should forward; switched to at its next keyframe.
+    target: Option<Option<Rid>>,
     rewrite: Rewrite,
+}
+
+/// One simulcast layer (or the only stream) of a sender's track.
+#[derive(Debug)]
+struct Layer {
+    rid: Option<Rid>,
+    /// When we last sent this layer's sender a keyframe request.
+    last_pli: Option<Instant>,
+    /// A request arrived within [`PLI_INTERVAL`] of the last: send it when the interval ends.
+    pli_pending: bool,
+    /// Bytes received in the current measuring window.
+    window_bytes: u64,
+    /// Smoothed bitrate, bits per second.
+    rate: f64,
+}
+
+impl Layer {
+    fn new(rid: Option<Rid>) -> Self {
+        Layer {
+            rid,
+            last_pli: None,
+            pli_pending: false,
+            window_bytes: 0,
+            rate: 0.0,
+        }
+    }
+}
+
+/// The layer order: by RTP stream id `l` < `m` < `h` (unnamed streams count as one layer).
+fn layer_rank(rid: Option<Rid>) -> u8 {
+    match rid.as_deref() {
+        Some("l") => 0,
+        Some("m") => 1,
+        Some("h") => 2,
+        _ => 1,
+    }
 }
 
 struct Input_ {
     mid: Mid,
     kind: MediaKind,
-    /// When we last sent this track's sender a keyframe request.
-    last_pli: Option<Instant>,
-    /// A request arrived within [`PLI_INTERVAL`] of the last: send it when the interval ends.
-    pli_pending: bool,
+    /// Its layers, as packets reveal them.
+    layers: Vec<Layer>,
 }
+
+impl Input_ {
+    fn layer_mut(&mut self, rid: Option<Rid>) -> &mut Layer {
+        match self.layers.iter().position(|l| l.rid == rid) {
+            Some(i) => &mut self.layers[i],
+            None => {
+                self.layers.push(Layer::new(rid));
+                self.layers.sort_by_key(|l| layer_rank(l.rid));
+                let i = self.layers.iter().position(|l| l.rid == rid).unwrap_or(0);
+                &mut self.layers[i]
+            }
+        }
+    }
+}
+
+/// How often layer bitrates are measured and layers re-chosen.
+pub const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
+/// Headroom a receiver's estimate must have over a higher layer's bitrate to move up to it.
+const UP_HEADROOM: f64 = 1.15;
+/// What one forwarded audio stream is assumed to take from a receiver's estimate.
+const AUDIO_BPS: f64 = 50_000.0;
 
 /// What the SFU knows of a sender's voice.
 #[derive(Debug, Default, Clone, Copy)]
@@ -252,6 +337,8 @@ struct Participant {
     /// Arrival order in the SFU (ranks senders who never spoke).
     order: u64,
     voice: Voice,
+    /// The SFU's bandwidth estimate towards this participant, bits per second.
+    estimate: Option<f64>,
     /// Our receive side: the participant's send-only m-lines.
     inputs: Vec<Input_>,
     /// Our send side: the participant's receive-only slots.
@@ -262,6 +349,7 @@ struct Participant {
 /// A packet to forward, with what the forwarding decisions need.
 struct Packet {
     src: Source,
+    rid: Option<Rid>,
     audio_level: Option<i8>,
     voice_activity: Option<bool>,
     codec: Codec,
@@ -297,6 +385,7 @@ pub struct Sfu {
     local: SocketAddr,
     config: SfuConfig,
     next_order: u64,
+    next_allocation: Option<Instant>,
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<Arc<str>, Vec<ParticipantId>>,
     by_addr: HashMap<SocketAddr, ParticipantId>,
@@ -325,6 +414,7 @@ impl Sfu {
             local,
             config,
             next_order: 0,
+            next_allocation: None,
             participants: HashMap::new(),
             rooms: HashMap::new(),
             by_addr: HashMap::new(),
@@ -379,6 +469,29 @@ impl Sfu {
             .unwrap_or_default()
     }
 
+    /// The bandwidth estimate towards a participant (bits per second), and the simulcast
+    /// layer (RTP stream id) each of its video slots forwards now and is moving to:
+    /// (sender, current, target).
+    #[allow(clippy::type_complexity)]
+    pub fn video_layers_to(
+        &self,
+        id: ParticipantId,
+    ) -> (Option<f64>, Vec<(ParticipantId, Option<Rid>, Option<Rid>)>) {
+        let Some(p) = self.participants.get(&id) else {
+            return (None, Vec::new());
+        };
+        let layers = p
+            .slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video)
+            .filter_map(|s| {
+                s.source
+                    .map(|src| (src.from, s.layer.flatten(), s.target.flatten()))
+            })
+            .collect();
+        (p.estimate, layers)
+    }
+
     /// Participants with a media session.
     pub fn participant_count(&self) -> usize {
         self.participants.len()
@@ -400,6 +513,7 @@ impl Sfu {
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            .enable_bwe(Some(Bitrate::kbps(1000)))
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
@@ -422,6 +536,7 @@ impl Sfu {
             rtc,
             order: self.next_order,
             voice: Voice::default(),
+            estimate: None,
             inputs: Vec::new(),
             slots: Vec::new(),
             timeout: None,
@@ -558,16 +673,28 @@ impl Sfu {
         let mut due = Vec::new();
         for p in self.participants.values() {
             for i in &p.inputs {
-                if i.pli_pending && i.last_pli.is_none_or(|t| now >= t + PLI_INTERVAL) {
-                    due.push(Source {
-                        from: p.id,
-                        mid: i.mid,
-                    });
+                for l in &i.layers {
+                    if l.pli_pending && l.last_pli.is_none_or(|t| now >= t + PLI_INTERVAL) {
+                        due.push((
+                            Source {
+                                from: p.id,
+                                mid: i.mid,
+                            },
+                            l.rid,
+                        ));
+                    }
                 }
             }
         }
-        for src in due {
-            self.request_keyframe(src, now);
+        for (src, rid) in due {
+            self.request_layer_keyframe(src, rid, now);
+        }
+        match self.next_allocation {
+            Some(t) if now < t => {}
+            _ => {
+                self.next_allocation = Some(now + ALLOCATION_INTERVAL);
+                self.allocate(now);
+            }
         }
         self.flush(now);
     }
@@ -585,8 +712,9 @@ impl Sfu {
                 let pli = p
                     .inputs
                     .iter()
-                    .filter(|i| i.pli_pending)
-                    .filter_map(|i| i.last_pli.map(|t| t + PLI_INTERVAL));
+                    .flat_map(|i| i.layers.iter())
+                    .filter(|l| l.pli_pending)
+                    .filter_map(|l| l.last_pli.map(|t| t + PLI_INTERVAL));
                 let retry = p
                     .slots
                     .iter()
@@ -594,6 +722,11 @@ impl Sfu {
                     .filter_map(|s| s.rewrite.asked.map(|t| t + KEYFRAME_RETRY));
                 p.timeout.into_iter().chain(pli).chain(retry)
             })
+            .chain(
+                (!self.participants.is_empty())
+                    .then_some(self.next_allocation)
+                    .flatten(),
+            )
             .min()
     }
 
@@ -655,6 +788,8 @@ impl Sfu {
                             .find(|s| s.kind == kind && s.source.is_none())
                         {
                             slot.source = Some(src);
+                            slot.layer = None;
+                            slot.target = None;
                             let video = kind == MediaKind::Video;
                             slot.rewrite.new_source(video, now);
                             if video {
@@ -670,29 +805,149 @@ impl Sfu {
         }
     }
 
-    /// Asks a sender for a keyframe on one of its tracks, at most every [`PLI_INTERVAL`].
+    /// Asks a sender for a keyframe on one of its tracks (all its layers), at most every
+    /// [`PLI_INTERVAL`] per layer.
     fn request_keyframe(&mut self, src: Source, now: Instant) {
+        let rids: Vec<Option<Rid>> = self
+            .participants
+            .get(&src.from)
+            .and_then(|p| p.inputs.iter().find(|i| i.mid == src.mid))
+            .map(|i| i.layers.iter().map(|l| l.rid).collect())
+            .unwrap_or_default();
+        if rids.is_empty() {
+            self.request_layer_keyframe(src, None, now);
+        }
+        for rid in rids {
+            self.request_layer_keyframe(src, rid, now);
+        }
+    }
+
+    /// Asks a sender for a keyframe on one layer, at most every [`PLI_INTERVAL`].
+    fn request_layer_keyframe(&mut self, src: Source, rid: Option<Rid>, now: Instant) {
         let Some(p) = self.participants.get_mut(&src.from) else {
             return;
         };
         let Some(input) = p.inputs.iter_mut().find(|i| i.mid == src.mid) else {
             return;
         };
-        if input.last_pli.is_some_and(|t| now < t + PLI_INTERVAL) {
-            if !input.pli_pending {
-                input.pli_pending = true;
-            }
+        let layer = input.layer_mut(rid);
+        if layer.last_pli.is_some_and(|t| now < t + PLI_INTERVAL) {
+            layer.pli_pending = true;
             self.out.stats.keyframe_requests_coalesced += 1;
             return;
         }
-        input.last_pli = Some(now);
-        input.pli_pending = false;
+        layer.last_pli = Some(now);
+        layer.pli_pending = false;
         let mut api = p.rtc.direct_api();
-        if let Some(rx) = api.stream_rx_by_mid(src.mid, None) {
+        if let Some(rx) = api.stream_rx_by_mid(src.mid, rid) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
             self.out.stats.keyframe_requests += 1;
         }
         drain(p, &mut self.out);
+    }
+
+    /// Measures layer bitrates and re-chooses each receiver's layers from its estimate.
+    fn allocate(&mut self, now: Instant) {
+        let secs = ALLOCATION_INTERVAL.as_secs_f64();
+        for p in self.participants.values_mut() {
+            for i in &mut p.inputs {
+                for l in &mut i.layers {
+                    let measured = l.window_bytes as f64 * 8.0 / secs;
+                    l.rate = if l.rate == 0.0 {
+                        measured
+                    } else {
+                        0.5 * l.rate + 0.5 * measured
+                    };
+                    l.window_bytes = 0;
+                }
+            }
+        }
+        // Each source's layers: (rid, bitrate), low to high, active ones only.
+        let layers: HashMap<Source, Vec<(Option<Rid>, f64)>> = self
+            .participants
+            .values()
+            .flat_map(|p| {
+                p.inputs
+                    .iter()
+                    .filter(|i| i.kind == MediaKind::Video)
+                    .map(|i| {
+                        (
+                            Source {
+                                from: p.id,
+                                mid: i.mid,
+                            },
+                            i.layers
+                                .iter()
+                                .filter(|l| l.rate > 0.0)
+                                .map(|l| (l.rid, l.rate))
+                                .collect(),
+                        )
+                    })
+            })
+            .collect();
+        let rank: HashMap<ParticipantId, (std::cmp::Reverse<Option<Instant>>, u64)> = self
+            .participants
+            .values()
+            .map(|p| (p.id, (std::cmp::Reverse(p.voice.since), p.order)))
+            .collect();
+        let mut keyframes = Vec::new();
+        for p in self.participants.values_mut() {
+            let audio = p
+                .slots
+                .iter()
+                .filter(|s| s.kind == MediaKind::Audio && s.source.is_some())
+                .count() as f64;
+            let mut budget = p.estimate.unwrap_or(f64::MAX) - audio * AUDIO_BPS;
+            let mut order: Vec<usize> = (0..p.slots.len())
+                .filter(|&i| p.slots[i].kind == MediaKind::Video && p.slots[i].source.is_some())
+                .collect();
+            order.sort_by_key(|&i| p.slots[i].source.and_then(|s| rank.get(&s.from).copied()));
+            let mut wanted_total = 0.0;
+            for i in order {
+                let slot = &mut p.slots[i];
+                let Some(src) = slot.source else {
+                    continue;
+                };
+                let Some(ls) = layers.get(&src).filter(|l| !l.is_empty()) else {
+                    continue;
+                };
+
+                let current = slot.target.or(slot.layer);
+                let fits = |rid: Option<Rid>, rate: f64| {
+                    let up = current.is_some_and(|c| layer_rank(rid) > layer_rank(c));
+                    rate * if up { UP_HEADROOM } else { 1.0 } <= budget
+                };
+                let choice = ls
+                    .iter()
+                    .rev()
+                    .find(|(rid, rate)| fits(*rid, *rate))
+                    .unwrap_or(&ls[0]);
+                budget -= choice.1;
+                // Probe only for the next layer up, never for everything at once.
+                let next_up = ls
+                    .iter()
+                    .find(|(rid, _)| layer_rank(*rid) > layer_rank(choice.0))
+                    .unwrap_or(choice);
+                wanted_total += next_up.1;
+                if slot.target != Some(choice.0) {
+                    slot.target = Some(choice.0);
+                    if slot.layer.is_some() && slot.layer != Some(choice.0) {
+                        keyframes.push((src, choice.0));
+                    }
+                }
+            }
+            // Let the estimator probe for one layer more than it has.
+            let desired = wanted_total + audio * AUDIO_BPS;
+            if desired > 0.0 {
+                p.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::kbps(100), Bitrate::bps(desired as u64));
+            }
+        }
+        for (src, rid) in keyframes {
+            self.out.stats.layer_switches_requested += 1;
+            self.request_layer_keyframe(src, rid, now);
+        }
     }
 
     /// Assigns slots that became assignable and forwards everything drained so far.
@@ -752,6 +1007,22 @@ impl Sfu {
                 self.out.stats.no_slot += 1;
                 continue;
             };
+            if slot.kind == MediaKind::Video {
+                // One layer per slot: the current one, until a keyframe of the target starts.
+                let target = *slot.target.get_or_insert(pkt.rid);
+                match slot.layer {
+                    Some(l) if l == pkt.rid => {}
+                    _ if pkt.rid == target && pkt.keyframe_start => {
+                        if slot.layer.is_some() {
+                            self.out.stats.layer_switches += 1;
+                            slot.rewrite.new_layer();
+                        }
+                        slot.layer = Some(target);
+                    }
+                    None if pkt.rid == target => {}
+                    _ => continue,
+                }
+            }
             let Some((seq, ts)) = slot.rewrite.map(pkt, pkt.clock_rate.get()) else {
                 self.out.stats.waiting_keyframe += 1;
                 continue;
@@ -775,6 +1046,10 @@ impl Sfu {
                 self.out.stats.unknown_stream += 1;
                 continue;
             };
+            // Audio never waits behind video in the pacer.
+            if !video {
+                tx.set_unpaced(true);
+            }
             let ext = str0m::rtp::ExtensionValues {
                 audio_level: pkt.audio_level,
                 voice_activity: pkt.voice_activity,
@@ -812,13 +1087,14 @@ fn drain(p: &mut Participant, out: &mut Outbox) {
                         Direction::RecvOnly | Direction::SendRecv => p.inputs.push(Input_ {
                             mid: m.mid,
                             kind: m.kind,
-                            last_pli: None,
-                            pli_pending: false,
+                            layers: Vec::new(),
                         }),
                         Direction::SendOnly => p.slots.push(Slot {
                             mid: m.mid,
                             kind: m.kind,
                             source: None,
+                            layer: None,
+                            target: None,
                             rewrite: Rewrite::default(),
                         }),
                         _ => {}
@@ -843,6 +1119,9 @@ fn drain(p: &mut Participant, out: &mut Outbox) {
                 Event::KeyframeRequest(r) => {
                     out.forwards.push_back(Forward::Keyframe(p.id, r.mid));
                 }
+                Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                    p.estimate = Some(estimate.as_f64());
+                }
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                     p.rtc.disconnect()
                 }
@@ -860,8 +1139,13 @@ fn drain(p: &mut Participant, out: &mut Outbox) {
 /// What forwarding needs to know of a received packet, if it belongs to one of the
 /// participant's send-only m-lines and carries a negotiated payload type.
 fn packet(p: &mut Participant, rtp: RtpPacket) -> Option<Packet> {
-    let mid = p.rtc.direct_api().stream_rx(&rtp.header.ssrc)?.mid();
-    p.inputs.iter().find(|i| i.mid == mid)?;
+    let (mid, rid) = {
+        let mut api = p.rtc.direct_api();
+        let rx = api.stream_rx(&rtp.header.ssrc)?;
+        (rx.mid(), rx.rid().or(rtp.header.ext_vals.rid))
+    };
+    let input = p.inputs.iter_mut().find(|i| i.mid == mid)?;
+    input.layer_mut(rid).window_bytes += rtp.payload.len() as u64;
     let spec = p
         .rtc
         .codec_config()
@@ -870,6 +1154,7 @@ fn packet(p: &mut Participant, rtp: RtpPacket) -> Option<Packet> {
     let keyframe_start = spec.codec == Codec::Vp8 && detect_vp8_keyframe(&rtp.payload);
     Some(Packet {
         src: Source { from: p.id, mid },
+        rid,
         audio_level: rtp.header.ext_vals.audio_level,
         voice_activity: rtp.header.ext_vals.voice_activity,
         codec: spec.codec,
@@ -896,6 +1181,7 @@ mod tests {
                 from: 1,
                 mid: Mid::from("0"),
             },
+            rid: None,
             audio_level: None,
             voice_activity: None,
             codec: Codec::Vp8,

@@ -45,14 +45,27 @@ fn replayed_frames_are_rejected_and_counted() {
     }
     // Beyond the window: too old.
     let old = seal(&mut a, b"old", ClearPrefix::None);
-    for _ in 0..200 {
+    let window = media::REPLAY_WINDOW;
+    for _ in 0..window + 10 {
         let f = seal(&mut a, b"x", ClearPrefix::None);
         b.open(&f, ClearPrefix::None, &mut out, T0).unwrap();
     }
     let err = b.open(&old, ClearPrefix::None, &mut out, T0).unwrap_err();
     assert!(matches!(err, FrameError::TooOld { .. }), "{err:?}");
     assert_eq!(b.stats().replayed, 3);
-    assert_eq!(b.stats().opened, 202);
+    assert_eq!(b.stats().opened, window + 12);
+    // Inside the window, far back, a frame not seen yet still opens once.
+    let mut late = Vec::new();
+    for i in 0..600 {
+        let f = seal(&mut a, b"y", ClearPrefix::None);
+        if i == 0 {
+            late = f;
+        } else {
+            b.open(&f, ClearPrefix::None, &mut out, T0).unwrap();
+        }
+    }
+    b.open(&late, ClearPrefix::None, &mut out, T0).unwrap();
+    assert!(b.open(&late, ClearPrefix::None, &mut out, T0).is_err());
 }
 
 #[test]
