@@ -45,6 +45,13 @@ pub struct SenderCounts {
     pub video_layers: [u64; 3],
     /// The layer of the newest synthetic video frame.
     pub last_layer: Option<u8>,
+    /// Speaking now, by the audio level on its packets (300 ms of speech louder than
+    /// -45 dBov to start, as the SFU counts it).
+    pub speaking: bool,
+    /// Loud audio heard from this sender, in milliseconds.
+    pub speech_ms: u64,
+    /// Speech credit (ms) towards `speaking`.
+    speech_credit: u64,
     /// Frames that arrived twice (a retransmission duplicate): the first copy was used.
     pub duplicates: u64,
     /// Frames sealed under an epoch from before we joined (unreadable by design, not a
@@ -514,6 +521,23 @@ impl MediaLink {
         }
     }
 
+    /// One decrypted audio frame's level (authenticated only as far as the SFU's hop: the
+    /// level is an RTP header extension, outside the end-to-end encryption).
+    fn hear(&mut self, sender: u32, level: Option<i8>) {
+        let c = self.counts.entry(sender).or_default();
+        if level.is_some_and(|l| l >= -45) {
+            c.speech_ms += 20;
+            c.speech_credit = (c.speech_credit + 20).min(1000);
+        } else {
+            c.speech_credit = c.speech_credit.saturating_sub(20);
+        }
+        if c.speech_credit >= 300 {
+            c.speaking = true;
+        } else if c.speech_credit == 0 {
+            c.speaking = false;
+        }
+    }
+
     fn account(&mut self, kind: MediaKind, result: Result<(u32, u64, Vec<u8>), FrameError>) {
         match result {
             Ok((sender, epoch, plain)) => {
@@ -624,7 +648,12 @@ impl MediaLink {
                             Err(FrameError::FutureEpoch { .. }) => {
                                 self.held.hold(kind, d.data.to_vec(), clear, ts)
                             }
-                            Ok(info) => self.account(kind, Ok((info.sender, info.epoch, plain))),
+                            Ok(info) => {
+                                if kind == MediaKind::Audio {
+                                    self.hear(info.sender, d.ext_vals.audio_level);
+                                }
+                                self.account(kind, Ok((info.sender, info.epoch, plain)))
+                            }
                             Err(e) => self.account(kind, Err(e)),
                         }
                     }

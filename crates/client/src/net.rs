@@ -31,6 +31,12 @@ pub struct JoinOptions {
     /// Send synthetic audio (every 20 ms) and video (every 33 ms) and receive others' media
     /// through the SFU.
     pub media: bool,
+    /// Audio level (RFC 6464, -dBov) sent with our audio: what a microphone's meter would say
+    /// (`Some(-20)`: speaking; `None`: no level). The SFU picks speakers from it.
+    pub audio_level: Option<i8>,
+    /// Width of the largest video tile we show (the SFU sends no larger layer); `None`: full
+    /// size.
+    pub tile_width: Option<u32>,
     /// Pre-encoded media to send instead of the synthetic sources (looped; played at 30 video
     /// frames and 50 audio packets a second).
     pub files: MediaFiles,
@@ -134,6 +140,10 @@ pub struct SenderLine {
     pub keyframe_first_in_each_epoch: bool,
     /// Why frames failed, by kind.
     pub failure_kinds: std::collections::BTreeMap<String, u64>,
+    /// Speaking at the end (by the audio level on its packets).
+    pub speaking: bool,
+    /// Loud audio heard from this sender, in milliseconds.
+    pub speech_ms: u64,
 }
 
 /// One epoch this participant was in.
@@ -351,6 +361,7 @@ fn merge(earlier: Option<Summary>, mut later: Summary) -> Summary {
                 l.frames_failed += old.frames_failed;
                 l.frames_before_join += old.frames_before_join;
                 l.keyframe_first_in_each_epoch &= old.keyframe_first_in_each_epoch;
+                l.speech_ms += old.speech_ms;
                 for (k, v) in old.failure_kinds {
                     *l.failure_kinds.entry(k).or_default() += v;
                 }
@@ -456,9 +467,15 @@ async fn run_once(
                         }
                         if hello_answered {
                             if let Some(offer) = media.offer()? {
-                                let msg = ClientMsg::MediaOffer { sdp: offer }.encode();
-                                if let Err(e) = sink.send(Message::Text(msg.into())).await {
-                                    warn!(error = %e, "send failed");
+                                media.set_audio_level(opts.audio_level);
+                                let mut msgs = vec![ClientMsg::MediaOffer { sdp: offer }];
+                                if let Some(max_width) = opts.tile_width {
+                                    msgs.push(ClientMsg::VideoTiles { max_width });
+                                }
+                                for msg in msgs {
+                                    if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
+                                        warn!(error = %e, "send failed");
+                                    }
                                 }
                             }
                         }
@@ -602,6 +619,8 @@ impl CallState {
                     frames_before_join: c.before_join,
                     keyframe_first_in_each_epoch: c.keyframe_first_per_epoch,
                     failure_kinds: c.failure_kinds.clone(),
+                    speaking: c.speaking,
+                    speech_ms: c.speech_ms,
                 }
             })
             .collect();
@@ -707,6 +726,12 @@ impl MediaSide {
         .map_err(NetError::Connect)?;
         self.link = Some(link);
         Ok(Some(sdp))
+    }
+
+    fn set_audio_level(&mut self, level: Option<i8>) {
+        if let Some(link) = self.link.as_mut() {
+            link.set_audio_level(level);
+        }
     }
 
     fn answer(&mut self, sdp: &str, p: &mut Participant) {

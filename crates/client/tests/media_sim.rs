@@ -361,6 +361,11 @@ fn last_n_forwards_the_most_recent_speakers_video_and_switches_with_them() {
             Some(&(speaker as u64)),
             "the SFU hears {speaker}"
         );
+        // The listener's client shows the speaker as speaking (top k audio = 3 streams).
+        assert!(
+            sim.counts(listener, speaker).speaking,
+            "the listener does not show {speaker} speaking"
+        );
         sim.nodes[speaker].link.set_audio_level(Some(-90));
         recent.retain(|s| *s != speaker);
         recent.insert(0, speaker);
@@ -575,5 +580,31 @@ fn a_receiver_capped_at_300_kbps_gets_the_low_layer_and_the_others_keep_the_high
     assert!(
         switched_after < Duration::from_secs(8),
         "{switched_after:?}"
+    );
+}
+
+#[test]
+fn a_receiver_showing_small_tiles_gets_the_low_layer_whatever_its_bandwidth() {
+    let mut sim = Sim::new(3, SfuConfig::default());
+    sim.nodes[2].sends = false;
+    sim.run_for(Duration::from_secs(3));
+    let now = sim.now;
+    sim.sfu.set_max_video_width(2, 320, now);
+    sim.run_for(Duration::from_secs(2));
+    let before: Vec<[u64; 3]> = (0..2).map(|f| sim.counts(2, f).video_layers).collect();
+    let other = sim.counts(1, 0).video_layers;
+    sim.run_for(Duration::from_secs(2));
+    for (f, before) in before.iter().enumerate() {
+        let now = sim.counts(2, f).video_layers;
+        let d = [0, 1, 2].map(|l| now[l] - before[l]);
+        assert!(
+            d[0] >= 50 && d[1] == 0 && d[2] == 0,
+            "small tiles from {f}: {d:?}"
+        );
+    }
+    let now = sim.counts(1, 0).video_layers;
+    assert!(
+        now[2] - other[2] >= 50,
+        "a full-size receiver stays on the high layer"
     );
 }

@@ -42,6 +42,14 @@ pub(crate) struct JoinArgs {
     /// checkable by its receivers) or `none` (receive only).
     #[arg(long, default_value = "synthetic")]
     media: String,
+    /// Put this audio level (dBov, -127 to 0; e.g. -20 for speech) on our audio packets, as
+    /// a microphone's meter would; the SFU picks the active speakers from it.
+    #[arg(long, allow_hyphen_values = true)]
+    audio_level: Option<i8>,
+    /// Width in pixels of the largest video tile this participant shows: the SFU sends no
+    /// larger simulcast layer (up to 320: low, up to 640: middle).
+    #[arg(long)]
+    tile_width: Option<u32>,
     /// Send this IVF file's VP8 frames as video instead (looped, 30 frames a second).
     #[arg(long)]
     video_file: Option<PathBuf>,
@@ -131,6 +139,8 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         duration,
         self_update_every: std::time::Duration::from_secs(300),
         media,
+        audio_level: args.audio_level,
+        tile_width: args.tile_width,
         files,
         ca_file: args.ca_file.clone(),
     };
@@ -185,8 +195,14 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
     } else {
         for s in &summary.senders {
             println!(
-                "from {} ({}): {} frames received, {} decrypted, {} failed",
-                s.name, s.id, s.frames_received, s.frames_decrypted, s.frames_failed
+                "from {} ({}): {} frames received, {} decrypted, {} failed; heard speaking for {:.1} s{}",
+                s.name,
+                s.id,
+                s.frames_received,
+                s.frames_decrypted,
+                s.frames_failed,
+                s.speech_ms as f64 / 1000.0,
+                if s.speaking { " (speaking now)" } else { "" }
             );
         }
         println!(

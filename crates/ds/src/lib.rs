@@ -1104,6 +1104,7 @@ fn kind(msg: &ClientMsg) -> &'static str {
         ClientMsg::Application { .. } => "application",
         ClientMsg::Deny { .. } => "deny",
         ClientMsg::MediaOffer { .. } => "media_offer",
+        ClientMsg::VideoTiles { .. } => "video_tiles",
         _ => "message",
     }
 }

@@ -150,6 +150,13 @@ pub enum ClientMsg {
         /// SDP.
         sdp: String,
     },
+    /// How large this participant shows other people's video: the SFU forwards no simulcast
+    /// layer larger than the tiles need. May be sent any time after `media_offer`.
+    VideoTiles {
+        /// Width of the largest tile, in pixels: up to 320 gets the low layer, up to 640
+        /// the middle one, above that the high one.
+        max_width: u32,
+    },
 }
 
 /// Machine-readable reason codes for [`ServerMsg::Error`].

@@ -156,6 +156,10 @@ enum SfuCmd {
     Remove {
         conn: ConnId,
     },
+    Tiles {
+        conn: ConnId,
+        max_width: u32,
+    },
 }
 
 struct AppState {
@@ -512,6 +516,9 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
                     };
                     let _ = tx.try_send(Outbound::Msg(answer));
                 }
+                Ok(ClientMsg::VideoTiles { max_width }) => {
+                    let _ = state.sfu_tx.send(SfuCmd::Tiles { conn, max_width }).await;
+                }
                 Ok(m) => {
                     if state.ds_tx.send(DsCmd::Msg { conn, msg: m }).await.is_err() {
                         break;
@@ -636,6 +643,9 @@ async fn sfu_task(
                     let _ = reply.send(r);
                 }
                 Some(SfuCmd::Remove { conn }) => sfu.remove_participant(conn, Instant::now()),
+                Some(SfuCmd::Tiles { conn, max_width }) => {
+                    sfu.set_max_video_width(conn, max_width, Instant::now())
+                }
             },
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, source)) => sfu.handle_receive(Instant::now(), source, local, &buf[..n]),

@@ -34,7 +34,8 @@
 //! `l`, `m`, `h`). The SFU measures each layer's bitrate, keeps a bandwidth estimate per
 //! receiver (str0m's TWCC estimator on the SFU's egress), and gives each of a receiver's video
 //! slots, best-ranked sender first, the highest layer that fits what is left of the estimate
-//! (the lowest layer if none does). Going up needs 15% headroom; going down does not. A slot
+//! (the lowest layer if none does), and never a larger one than the receiver's tiles need
+//! ([`Sfu::set_max_video_width`]). Going up needs 15% headroom; going down does not. A slot
 //! changes layer only at a keyframe of the new layer, which it asks the sender for.
 //!
 //! **Rewriting.** Every slot is one outgoing RTP stream with its own sequence numbers and
@@ -339,6 +340,8 @@ struct Participant {
     voice: Voice,
     /// The SFU's bandwidth estimate towards this participant, bits per second.
     estimate: Option<f64>,
+    /// The highest layer its tiles need (`layer_rank`), from its tile size.
+    max_layer: u8,
     /// Our receive side: the participant's send-only m-lines.
     inputs: Vec<Input_>,
     /// Our send side: the participant's receive-only slots.
@@ -537,6 +540,7 @@ impl Sfu {
             order: self.next_order,
             voice: Voice::default(),
             estimate: None,
+            max_layer: 2,
             inputs: Vec::new(),
             slots: Vec::new(),
             timeout: None,
@@ -555,6 +559,20 @@ impl Sfu {
         self.out.dirty = true;
         self.flush(now);
         Ok(answer.to_sdp_string())
+    }
+
+    /// A participant shows others' video in tiles at most `max_width` pixels wide: it is
+    /// forwarded no layer larger than that needs (`l` up to 320, `m` up to 640, `h` above).
+    pub fn set_max_video_width(&mut self, id: ParticipantId, max_width: u32, now: Instant) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.max_layer = match max_width {
+                0..=320 => 0,
+                321..=640 => 1,
+                _ => 2,
+            };
+        }
+        // Re-choose at once rather than at the next allocation.
+        self.next_allocation = Some(now);
     }
 
     /// A participant left (or its signaling connection closed).
@@ -917,9 +935,11 @@ impl Sfu {
                     let up = current.is_some_and(|c| layer_rank(rid) > layer_rank(c));
                     rate * if up { UP_HEADROOM } else { 1.0 } <= budget
                 };
+                let max_layer = p.max_layer;
                 let choice = ls
                     .iter()
                     .rev()
+                    .filter(|(rid, _)| layer_rank(*rid) <= max_layer)
                     .find(|(rid, rate)| fits(*rid, *rate))
                     .unwrap_or(&ls[0]);
                 budget -= choice.1;
