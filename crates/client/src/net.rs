@@ -31,6 +31,10 @@ pub struct JoinOptions {
     /// Send synthetic audio (every 20 ms) and video (every 33 ms) and receive others' media
     /// through the SFU.
     pub media: bool,
+    /// Send audio (with `media`); off: receive only.
+    pub send_audio: bool,
+    /// Send video (with `media`); off: receive only.
+    pub send_video: bool,
     /// Audio level (RFC 6464, -dBov) sent with our audio: what a microphone's meter would say
     /// (`Some(-20)`: speaking; `None`: no level). The SFU picks speakers from it.
     pub audio_level: Option<i8>,
@@ -505,8 +509,8 @@ async fn run_once(
             },
             r = recv_owned(media_socket.as_deref()), if media_active => media.received(r, &mut p),
             _ = sleep_until_opt(media_deadline), if media_active => media.timeout(&mut p),
-            _ = audio_tick.tick(), if media_sending => media.send(str0m::media::MediaKind::Audio, &mut p),
-            _ = video_tick.tick(), if media_sending => media.send(str0m::media::MediaKind::Video, &mut p),
+            _ = audio_tick.tick(), if media_sending && opts.send_audio => media.send(str0m::media::MediaKind::Audio, &mut p),
+            _ = video_tick.tick(), if media_sending && opts.send_video => media.send(str0m::media::MediaKind::Video, &mut p),
             _ = tokio::time::sleep(until_update.unwrap_or(Duration::from_secs(3600))), if until_update.is_some() => {
                 info!("periodic self-update");
                 p.self_update(now())?;

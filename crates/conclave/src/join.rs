@@ -139,6 +139,8 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         duration,
         self_update_every: std::time::Duration::from_secs(300),
         media,
+        send_audio: true,
+        send_video: true,
         audio_level: args.audio_level,
         tile_width: args.tile_width,
         files,

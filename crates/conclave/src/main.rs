@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod join;
+mod loadtest;
 mod serve;
 
 /// End-to-end encrypted group calls that anyone can host.
@@ -25,12 +26,18 @@ enum Command {
     /// Run a local meeting of in-process members through the real E2EE core: joins, a leave,
     /// a self-update, encrypted frames, and the security code at every epoch.
     Demo(demo::DemoArgs),
+    /// Hold one meeting of N real participants in this process against a server started here
+    /// on loopback; prints a JSON report (join times, rekey spread, forks, failed frames).
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quiet_logs = matches!(&cli.command, Command::Join(a) if a.json)
-        || matches!(cli.command, Command::Token(_) | Command::Demo(_));
+        || matches!(
+            cli.command,
+            Command::Token(_) | Command::Demo(_) | Command::Loadtest(_)
+        );
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
         if quiet_logs {
             "warn".into()
@@ -47,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Token(args) => serve::token(args),
         Command::Join(args) => join::join(args),
         Command::Demo(args) => demo::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

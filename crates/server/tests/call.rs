@@ -148,6 +148,8 @@ fn client_full(
         duration: None,
         self_update_every: Duration::from_secs(3600),
         media: true,
+        send_audio: true,
+        send_video: true,
         audio_level: None,
         tile_width: None,
         files,
