@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use conclave_client::media_file::{Ivf, OggOpus, VideoFrame};
-use conclave_e2ee::{ClearPrefix, EpochSecrets, MediaCrypto, RoomCipherSuite, Timestamp};
+use conclave_e2ee::{ClearPrefix, MediaCrypto};
 use conclave_fuzz::{addrs, room_recording, sfu_with_answer, T0};
 use conclave_proto::ClientMsg;
 
@@ -70,18 +70,7 @@ fn main() {
 
     // Frames sealed under the keys the sframe_open target installs (so mutations reach the
     // AEAD), and plain headers.
-    let mut m = MediaCrypto::default();
-    for epoch in [1u64, 2] {
-        let s = EpochSecrets::from_base_key(
-            RoomCipherSuite::Curve25519Aes128,
-            epoch,
-            &[epoch as u8; 16],
-            1,
-            vec![0, 1, 2, 3],
-        );
-        m.install_epoch(s, Timestamp::from_millis(1_000))
-            .expect("install");
-    }
+    let mut m = conclave_fuzz::epoch_crypto(1);
     for (i, (frame, clear)) in [
         (
             vec![

@@ -3,25 +3,11 @@
 //! and stops opening if any one of its bytes changes (header, clear prefix and payload are
 //! all authenticated); the hold queue stays bounded.
 #![no_main]
-use conclave_e2ee::{
-    ClearPrefix, EpochSecrets, HoldQueue, MediaCrypto, RoomCipherSuite, Timestamp,
-};
+use conclave_e2ee::{ClearPrefix, HoldQueue, MediaCrypto, Timestamp};
 use libfuzzer_sys::fuzz_target;
 
 fn crypto() -> MediaCrypto {
-    let mut m = MediaCrypto::default();
-    let t = Timestamp::from_millis(1_000);
-    for epoch in [1u64, 2] {
-        let s = EpochSecrets::from_base_key(
-            RoomCipherSuite::Curve25519Aes128,
-            epoch,
-            &[epoch as u8; 16],
-            0,
-            vec![0, 1, 2, 3],
-        );
-        m.install_epoch(s, t).expect("install");
-    }
-    m
+    conclave_fuzz::epoch_crypto(0)
 }
 
 fuzz_target!(|data: &[u8]| {

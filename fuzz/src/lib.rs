@@ -122,3 +122,21 @@ pub fn sfu_with_answer() -> (
     let answer = sfu.add_participant(7, "room", &offer, now).expect("answer");
     (sfu, link, now, answer)
 }
+
+/// Media keys for epochs 1 and 2 of a four-member room (leaves 0..4), as member `own_leaf`:
+/// the keys the `sframe_open` target opens with and its seed frames were sealed with.
+pub fn epoch_crypto(own_leaf: u32) -> conclave_e2ee::MediaCrypto {
+    let mut m = conclave_e2ee::MediaCrypto::default();
+    for epoch in [1u64, 2] {
+        let s = conclave_e2ee::EpochSecrets::from_base_key(
+            SUITE,
+            epoch,
+            &[epoch as u8; 16],
+            own_leaf,
+            vec![0, 1, 2, 3],
+        );
+        m.install_epoch(s, Timestamp::from_millis(1_000))
+            .expect("install");
+    }
+    m
+}

@@ -45,13 +45,11 @@ pub struct SenderCounts {
     pub video_layers: [u64; 3],
     /// The layer of the newest synthetic video frame.
     pub last_layer: Option<u8>,
-    /// Speaking now, by the audio level on its packets (300 ms of speech louder than
-    /// -45 dBov to start, as the SFU counts it).
+    /// Speaking now, by the audio level on its packets (`conclave_sfu::Voice`, the same
+    /// detector the SFU ranks speakers with).
     pub speaking: bool,
     /// Loud audio heard from this sender, in milliseconds.
     pub speech_ms: u64,
-    /// Speech credit (ms) towards `speaking`.
-    speech_credit: u64,
     /// Frames that arrived twice (a retransmission duplicate): the first copy was used.
     pub duplicates: u64,
     /// Frames sealed under an epoch from before we joined (unreadable by design, not a
@@ -78,6 +76,7 @@ pub struct MediaLink {
     /// Per simulcast layer: a receiver asked for a keyframe.
     keyframe_wanted: [bool; 3],
     counts: BTreeMap<u32, SenderCounts>,
+    voices: BTreeMap<u32, conclave_sfu::Voice>,
     first_in_epoch: BTreeMap<(u32, u64), bool>,
     held: HoldQueue<MediaKind>,
     first_epoch: Option<u64>,
@@ -263,6 +262,7 @@ impl MediaLink {
             last_video_epoch: None,
             keyframe_wanted: [true; 3],
             counts: BTreeMap::new(),
+            voices: BTreeMap::new(),
             first_in_epoch: BTreeMap::new(),
             held: HoldQueue::new(512, std::time::Duration::from_secs(3)),
             first_epoch: None,
@@ -523,19 +523,14 @@ impl MediaLink {
 
     /// One decrypted audio frame's level (authenticated only as far as the SFU's hop: the
     /// level is an RTP header extension, outside the end-to-end encryption).
-    fn hear(&mut self, sender: u32, level: Option<i8>) {
+    fn hear(&mut self, sender: u32, level: Option<i8>, now: Instant) {
+        let voice = self.voices.entry(sender).or_default();
+        voice.hear(level, now);
         let c = self.counts.entry(sender).or_default();
-        if level.is_some_and(|l| l >= -45) {
-            c.speech_ms += 20;
-            c.speech_credit = (c.speech_credit + 20).min(1000);
-        } else {
-            c.speech_credit = c.speech_credit.saturating_sub(20);
+        if level.is_some_and(|l| l >= conclave_sfu::SPEECH_LEVEL) {
+            c.speech_ms += conclave_sfu::SPEECH_STEP.as_millis() as u64;
         }
-        if c.speech_credit >= 300 {
-            c.speaking = true;
-        } else if c.speech_credit == 0 {
-            c.speaking = false;
-        }
+        c.speaking = voice.speaking();
     }
 
     fn account(&mut self, kind: MediaKind, result: Result<(u32, u64, Vec<u8>), FrameError>) {
@@ -608,7 +603,6 @@ impl MediaLink {
     }
 
     fn drain(&mut self, media: &mut MediaCrypto, now: Instant, ts: Timestamp) {
-        let _ = now;
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
@@ -650,7 +644,7 @@ impl MediaLink {
                             }
                             Ok(info) => {
                                 if kind == MediaKind::Audio {
-                                    self.hear(info.sender, d.ext_vals.audio_level);
+                                    self.hear(info.sender, d.ext_vals.audio_level, now);
                                 }
                                 self.account(kind, Ok((info.sender, info.epoch, plain)))
                             }

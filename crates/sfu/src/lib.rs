@@ -300,9 +300,10 @@ const UP_HEADROOM: f64 = 1.15;
 /// What one forwarded audio stream is assumed to take from a receiver's estimate.
 const AUDIO_BPS: f64 = 50_000.0;
 
-/// What the SFU knows of a sender's voice.
+/// A speech detector for one sender, from the RFC 6464 audio level on its packets: what the
+/// SFU ranks speakers by, and what a client shows as "speaking" (one algorithm for both).
 #[derive(Debug, Default, Clone, Copy)]
-struct Voice {
+pub struct Voice {
     /// Speech in hand (see [`SPEECH_TO_START`]).
     credit: Duration,
     speaking: bool,
@@ -311,8 +312,14 @@ struct Voice {
 }
 
 impl Voice {
-    /// One audio packet's level; returns true when the sender starts speaking.
-    fn hear(&mut self, level: Option<i8>, now: Instant) -> bool {
+    /// Whether the sender counts as speaking now.
+    pub fn speaking(&self) -> bool {
+        self.speaking
+    }
+
+    /// One audio packet's level (one packet is [`SPEECH_STEP`] of audio); returns true when
+    /// the sender starts speaking.
+    pub fn hear(&mut self, level: Option<i8>, now: Instant) -> bool {
         let loud = level.is_some_and(|l| l >= SPEECH_LEVEL);
         if loud {
             self.credit = (self.credit + SPEECH_STEP).min(SPEECH_MAX);
