@@ -6,11 +6,13 @@
 //! frame is dropped, never sent in the clear). Received frames are opened before anything
 //! looks at them; one that fails is counted against its sender, never used.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use conclave_e2ee::{ClearPrefix, FrameError, HoldQueue, MediaCrypto, Timestamp};
+use conclave_e2ee::{
+    media::MAX_LIVE_EPOCHS, ClearPrefix, FrameError, HoldQueue, MediaCrypto, Timestamp,
+};
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
@@ -57,6 +59,8 @@ pub struct SenderCounts {
     pub before_join: u64,
     /// Of the decrypted video frames, the first one seen in each epoch was a keyframe.
     pub keyframe_first_per_epoch: bool,
+    /// Epochs in which video from this sender was decrypted.
+    pub video_epochs: u64,
 }
 
 /// The media session.
@@ -77,9 +81,9 @@ pub struct MediaLink {
     keyframe_wanted: [bool; 3],
     counts: BTreeMap<u32, SenderCounts>,
     voices: BTreeMap<u32, conclave_sfu::Voice>,
-    first_in_epoch: BTreeMap<(u32, u64), bool>,
+    /// (sender, epoch) pairs in which a video frame was seen, recent epochs only.
+    first_in_epoch: BTreeSet<(u32, u64)>,
     held: HoldQueue<MediaKind>,
-    first_epoch: Option<u64>,
     /// Frames sealed and written.
     pub sent: u64,
     /// Video keyframes sealed and written (top layer).
@@ -90,7 +94,20 @@ pub struct MediaLink {
     pub video_ticks: u64,
     /// The audio level (RFC 6464, -dBov) put on outgoing audio packets, if any.
     audio_level: Option<i8>,
+    /// A wall-clock reading (µs since the Unix epoch) at an instant, from the runtime: with
+    /// it, synthetic frames carry their capture time and receivers measure the latency.
+    wall: Option<(Instant, u64)>,
+    /// Capture-to-open latency of recent synthetic frames, in µs (the newest
+    /// [`LATENCY_SAMPLES`]).
+    latencies_us: VecDeque<u32>,
+    /// When the first frame from anyone opened.
+    first_opened: Option<Instant>,
+    /// The session failed (for example its DTLS handshake timed out): it must be replaced.
+    failed: bool,
 }
+
+/// How many recent frame latencies a link keeps.
+pub const LATENCY_SAMPLES: usize = 4096;
 
 impl core::fmt::Debug for MediaLink {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -131,6 +148,19 @@ pub fn synthetic_layer_body(
     keyframe: bool,
     layer: u8,
 ) -> Vec<u8> {
+    synthetic_body_at(leaf, seq, kind, keyframe, layer, 0)
+}
+
+/// [`synthetic_layer_body`] carrying its capture time (`sent_us`, µs since the Unix epoch;
+/// 0 for none), from which the receiver measures the latency.
+pub fn synthetic_body_at(
+    leaf: u32,
+    seq: u32,
+    kind: MediaKind,
+    keyframe: bool,
+    layer: u8,
+    sent_us: u64,
+) -> Vec<u8> {
     let layer = match kind {
         MediaKind::Audio => 0,
         _ => layer.min(LAYERS.len() as u8 - 1),
@@ -157,6 +187,7 @@ pub fn synthetic_layer_body(
     if kind == MediaKind::Video {
         out.push(layer);
     }
+    out.extend_from_slice(&sent_us.to_be_bytes());
     let mut x = (u64::from(leaf) << 32 | u64::from(seq)) ^ (u64::from(layer) << 60) | 1;
     while out.len() < len {
         x ^= x << 13;
@@ -171,7 +202,12 @@ pub fn synthetic_layer_body(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Content {
     /// A synthetic frame of this sender, byte for byte as it must be (video: of this layer).
-    Synthetic { keyframe: bool, layer: u8 },
+    Synthetic {
+        keyframe: bool,
+        layer: u8,
+        /// Capture time the sender put in (µs since the Unix epoch), 0 if none.
+        sent_us: u64,
+    },
     /// Shaped like this sender's synthetic frame, but not what it must be.
     Corrupt,
     /// Real media (from a file or a device): authenticated by SFrame, not checked further.
@@ -187,24 +223,29 @@ fn check_body(plain: &[u8], sender: u32, kind: MediaKind) -> Content {
         }
         _ => (false, 0, b'A'),
     };
-    let shaped = |body: &[u8]| -> Option<(u32, u32, u8)> {
+    let shaped = |body: &[u8]| -> Option<(u32, u32, u8, u64)> {
         if *body.first()? != tag {
             return None;
         }
         let leaf = u32::from_be_bytes(body.get(1..5)?.try_into().ok()?);
         let seq = u32::from_be_bytes(body.get(5..9)?.try_into().ok()?);
-        let layer = if kind == MediaKind::Video {
-            *body.get(9)?
+        let (layer, at) = if kind == MediaKind::Video {
+            (*body.get(9)?, 10)
         } else {
-            0
+            (0, 9)
         };
-        (leaf == sender).then_some((leaf, seq, layer))
+        let sent_us = u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?);
+        (leaf == sender).then_some((leaf, seq, layer, sent_us))
     };
     match plain.get(off..).and_then(shaped) {
-        Some((leaf, seq, layer))
-            if synthetic_layer_body(leaf, seq, kind, keyframe, layer) == plain =>
+        Some((leaf, seq, layer, sent_us))
+            if synthetic_body_at(leaf, seq, kind, keyframe, layer, sent_us) == plain =>
         {
-            Content::Synthetic { keyframe, layer }
+            Content::Synthetic {
+                keyframe,
+                layer,
+                sent_us,
+            }
         }
         Some(_) => Content::Corrupt,
         None => Content::Opaque { keyframe },
@@ -263,14 +304,17 @@ impl MediaLink {
             keyframe_wanted: [true; 3],
             counts: BTreeMap::new(),
             voices: BTreeMap::new(),
-            first_in_epoch: BTreeMap::new(),
+            first_in_epoch: BTreeSet::new(),
             held: HoldQueue::new(512, std::time::Duration::from_secs(3)),
-            first_epoch: None,
             sent: 0,
             keyframes_sent: 0,
             audio_sent: 0,
             video_ticks: 0,
             audio_level: None,
+            wall: None,
+            latencies_us: VecDeque::new(),
+            first_opened: None,
+            failed: false,
         };
         Ok((link, offer.to_sdp_string()))
     }
@@ -296,6 +340,60 @@ impl MediaLink {
     /// Whether ICE and DTLS are up.
     pub fn is_connected(&self) -> bool {
         self.connected
+    }
+
+    /// Whether the session failed for good (ICE or DTLS gave up): the caller offers a new
+    /// one and hands this one to [`MediaLink::inherit`].
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Carries what was counted on a failed session over to its replacement, so a call's
+    /// counts survive a media restart.
+    pub fn inherit(&mut self, old: MediaLink) {
+        self.counts = old.counts;
+        self.voices = old.voices;
+        self.first_in_epoch = old.first_in_epoch;
+        self.sent = old.sent;
+        self.keyframes_sent = old.keyframes_sent;
+        self.audio_sent = old.audio_sent;
+        self.video_ticks = old.video_ticks;
+        self.seq = old.seq;
+        self.audio_level = old.audio_level;
+        self.wall = self.wall.or(old.wall);
+        self.latencies_us = old.latencies_us;
+        self.first_opened = old.first_opened;
+    }
+
+    /// Sets the wall clock: `wall_us` (µs since the Unix epoch) is the time at `now`. From
+    /// then on synthetic frames carry their capture time, and frames from senders that do
+    /// the same give latency samples ([`MediaLink::latencies_us`]). Only meaningful between
+    /// machines whose clocks agree (the load test runs everyone on one machine).
+    pub fn set_wall_clock(&mut self, now: Instant, wall_us: u64) {
+        self.wall = Some((now, wall_us));
+    }
+
+    fn wall_us(&self, now: Instant) -> u64 {
+        self.wall.map_or(0, |(at, us)| {
+            let d = now.saturating_duration_since(at).as_micros();
+            us.saturating_add(d.min(u128::from(u64::MAX)) as u64)
+        })
+    }
+
+    /// Capture-to-open latency of the newest synthetic frames, in µs.
+    pub fn latencies_us(&self) -> impl Iterator<Item = u32> + '_ {
+        self.latencies_us.iter().copied()
+    }
+
+    /// When the first frame from anyone opened.
+    pub fn first_opened(&self) -> Option<Instant> {
+        self.first_opened
+    }
+
+    /// Frames held for a future epoch that were dropped (queue full or held too long): lost
+    /// to a key transition.
+    pub fn held_dropped(&self) -> u64 {
+        self.held.dropped()
     }
 
     /// A datagram from the SFU.
@@ -394,8 +492,9 @@ impl MediaLink {
         }
         let seq = self.seq.wrapping_add(1);
         self.seq = seq;
+        let sent_us = self.wall_us(now);
         if kind == MediaKind::Audio {
-            let frame = synthetic_body(leaf, seq, kind, false);
+            let frame = synthetic_body_at(leaf, seq, kind, false, 0, sent_us);
             return self.send_layers(kind, &[(None, &frame, false)], 960, media, now, ts);
         }
         let periodic = seq.is_multiple_of(90);
@@ -404,7 +503,7 @@ impl MediaLink {
                 let key = periodic || self.layer_keyframe_due(layer, media);
                 (
                     Some(layer),
-                    synthetic_layer_body(leaf, seq, kind, key, layer as u8),
+                    synthetic_body_at(leaf, seq, kind, key, layer as u8, sent_us),
                     key,
                 )
             })
@@ -512,10 +611,11 @@ impl MediaLink {
     }
 
     /// Retries frames held for a future epoch (after a new epoch's keys were installed).
-    pub fn release_held(&mut self, media: &mut MediaCrypto, ts: Timestamp) {
+    pub fn release_held(&mut self, media: &mut MediaCrypto, now: Instant, ts: Timestamp) {
         for (kind, result) in self.held.release(media, ts) {
             self.account(
                 kind,
+                now,
                 result.map(|(info, plain)| (info.sender, info.epoch, plain)),
             );
         }
@@ -533,11 +633,29 @@ impl MediaLink {
         c.speaking = voice.speaking();
     }
 
-    fn account(&mut self, kind: MediaKind, result: Result<(u32, u64, Vec<u8>), FrameError>) {
+    fn account(
+        &mut self,
+        kind: MediaKind,
+        now: Instant,
+        result: Result<(u32, u64, Vec<u8>), FrameError>,
+    ) {
         match result {
             Ok((sender, epoch, plain)) => {
-                let c = self.counts.entry(sender).or_default();
                 let content = check_body(&plain, sender, kind);
+                if let Content::Synthetic { sent_us, .. } = content {
+                    let at = self.wall_us(now);
+                    if sent_us != 0 && at != 0 {
+                        if self.latencies_us.len() >= LATENCY_SAMPLES {
+                            self.latencies_us.pop_front();
+                        }
+                        let us = at.saturating_sub(sent_us).min(u64::from(u32::MAX));
+                        self.latencies_us.push_back(us as u32);
+                    }
+                }
+                if !matches!(content, Content::Corrupt) {
+                    self.first_opened.get_or_insert(now);
+                }
+                let c = self.counts.entry(sender).or_default();
                 match content {
                     Content::Synthetic { keyframe, .. } | Content::Opaque { keyframe } => {
                         c.decrypted += 1;
@@ -553,18 +671,15 @@ impl MediaLink {
                         if matches!(content, Content::Opaque { .. }) {
                             c.unchecked += 1;
                         }
-                        if kind == MediaKind::Video {
+                        if kind == MediaKind::Video && self.first_in_epoch.insert((sender, epoch)) {
+                            // The first video frame from this sender in this epoch.
+                            c.keyframe_first_per_epoch =
+                                keyframe && (c.video_epochs == 0 || c.keyframe_first_per_epoch);
+                            c.video_epochs += 1;
+                            // Epochs far behind cannot come back (their keys are erased):
+                            // forget them, so a long call's bookkeeping stays small.
                             self.first_in_epoch
-                                .entry((sender, epoch))
-                                .or_insert(keyframe);
-                            let all = self
-                                .first_in_epoch
-                                .iter()
-                                .filter(|((s, _), _)| *s == sender)
-                                .all(|(_, k)| *k);
-                            if let Some(c) = self.counts.get_mut(&sender) {
-                                c.keyframe_first_per_epoch = all;
-                            }
+                                .retain(|&(_, e)| e + 2 * MAX_LIVE_EPOCHS as u64 >= epoch);
                         }
                     }
                     Content::Corrupt => {
@@ -576,14 +691,7 @@ impl MediaLink {
             Err(FrameError::Replayed { sender, .. }) => {
                 self.counts.entry(sender).or_default().duplicates += 1;
             }
-            Err(FrameError::UnknownEpoch { epoch_bits, sender })
-                if self.first_epoch.is_some_and(|f| {
-                    (1..=4u64).any(|k| {
-                        f.checked_sub(k)
-                            .is_some_and(|e| (e & 0xff) as u8 == epoch_bits)
-                    })
-                }) =>
-            {
+            Err(FrameError::BeforeJoin { sender, .. }) => {
                 self.counts.entry(sender).or_default().before_join += 1;
             }
             Err(e) => {
@@ -627,9 +735,6 @@ impl MediaLink {
                         None => self.keyframe_wanted = [true; 3],
                     },
                     Event::MediaData(d) => {
-                        if self.first_epoch.is_none() {
-                            self.first_epoch = media.live_epochs().first().copied();
-                        }
                         let Some(&kind) = self.slots.get(&d.mid) else {
                             continue;
                         };
@@ -646,9 +751,9 @@ impl MediaLink {
                                 if kind == MediaKind::Audio {
                                     self.hear(info.sender, d.ext_vals.audio_level, now);
                                 }
-                                self.account(kind, Ok((info.sender, info.epoch, plain)))
+                                self.account(kind, now, Ok((info.sender, info.epoch, plain)))
                             }
-                            Err(e) => self.account(kind, Err(e)),
+                            Err(e) => self.account(kind, now, Err(e)),
                         }
                     }
                     _ => {}
@@ -656,6 +761,7 @@ impl MediaLink {
                 Err(e) => {
                     warn!(error = %e, "media session failed");
                     self.connected = false;
+                    self.failed = true;
                     break;
                 }
             }

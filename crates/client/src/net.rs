@@ -47,6 +47,9 @@ pub struct JoinOptions {
     /// Extra trust anchors (PEM) for the server's TLS certificate, beside the public web
     /// roots: for a server with a private or self-signed certificate.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Drop this fraction (0 to 1) of media datagrams, each way, at random: a network
+    /// impairment for load and soak tests (0 in real use).
+    pub media_loss: f64,
 }
 
 /// The TLS connector for `wss://` URLs: the public web roots plus the certificates in
@@ -182,6 +185,21 @@ pub struct Summary {
     pub frames_sent: u64,
     /// Times the connection was lost and joined again.
     pub reconnects: u32,
+    /// Times the media session failed and a new one was started.
+    pub media_restarts: u32,
+    /// From admission (the first epoch) to the first frame from anyone that opened, in ms.
+    pub first_frame_after_join_ms: Option<u64>,
+    /// Frames held for an epoch this participant had not reached, then dropped (the hold
+    /// queue was full or the commit came too late): frames lost to a key transition.
+    pub frames_held_dropped: u64,
+    /// Time this participant took to apply each commit of another member, in µs (not
+    /// printed; the load test aggregates it).
+    #[serde(skip)]
+    pub commit_apply_us: Vec<u32>,
+    /// Capture-to-open latency of recent synthetic frames, in µs (not printed; the load
+    /// test aggregates it).
+    #[serde(skip)]
+    pub frame_latency_us: Vec<u32>,
 }
 
 fn now() -> Timestamp {
@@ -356,6 +374,17 @@ fn merge(earlier: Option<Summary>, mut later: Summary) -> Summary {
         return later;
     };
     later.frames_sent += earlier.frames_sent;
+    later.media_restarts += earlier.media_restarts;
+    later.frames_held_dropped += earlier.frames_held_dropped;
+    later.first_frame_after_join_ms = earlier
+        .first_frame_after_join_ms
+        .or(later.first_frame_after_join_ms);
+    let mut apply = earlier.commit_apply_us;
+    apply.append(&mut later.commit_apply_us);
+    later.commit_apply_us = apply;
+    let mut lat = earlier.frame_latency_us;
+    lat.append(&mut later.frame_latency_us);
+    later.frame_latency_us = lat;
     for old in earlier.senders {
         match later.senders.iter_mut().find(|l| l.id == old.id) {
             Some(l) => {
@@ -413,7 +442,7 @@ async fn run_once(
     }
 
     let mut media = match MediaSide::new(&opts.url, opts.media).await {
-        Ok(m) => m.with_files(&opts.files),
+        Ok(m) => m.with_files(&opts.files).with_loss(opts.media_loss),
         Err(error) => return Ok(Once::Failed { device, error }),
     };
     let mut p = Participant::new(device, &opts.room, opts.policy.clone(), opts.admit);
@@ -426,6 +455,7 @@ async fn run_once(
     let mut joined = false;
     let ended;
     let mut lost = false;
+    let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
         // Flush what the core wants to send; surface events.
         while let Some(m) = p.poll_transmit() {
@@ -435,6 +465,9 @@ async fn run_once(
         }
         while let Some(e) = p.poll_event() {
             state.observe(&p, &e);
+            if matches!(e, Event::Joined { .. }) {
+                state.joined_at.get_or_insert_with(std::time::Instant::now);
+            }
             if matches!(e, Event::Joined { .. } | Event::EpochChanged { .. }) {
                 joined = true;
                 timer.arm(now(), rand_u64());
@@ -447,6 +480,12 @@ async fn run_once(
             }
         }
         media.flush().await;
+        if media.failed() && restart_at.is_none() {
+            // Back off: 1 s, 2 s, 4 s, then every 8 s.
+            let wait = Duration::from_secs(1 << media.restarts.min(3));
+            warn!(?wait, "media session failed; starting a new one");
+            restart_at = Some(tokio::time::Instant::now() + wait);
+        }
         let until_update = timer.poll_timeout().map(|t| t.saturating_since(now()));
         let (media_active, media_sending, media_deadline) =
             (media.active(), media.sending(), media.next_timeout());
@@ -465,9 +504,15 @@ async fn run_once(
                     Ok(ServerMsg::MediaAnswer { sdp }) => media.answer(&sdp, &mut p),
                     Ok(m) => {
                         let hello_answered = matches!(m, ServerMsg::Joined { .. });
+                        let commit = matches!(m, ServerMsg::Commit { .. });
+                        let started = std::time::Instant::now();
                         if let Err(e) = p.handle(m, now()) {
                             warn!(error = %e, "could not handle a server message");
                             state.alarms.push(e.to_string());
+                        }
+                        if commit {
+                            let us = started.elapsed().as_micros().min(u128::from(u32::MAX));
+                            state.commit_apply_us.push(us as u32);
                         }
                         if hello_answered {
                             if let Some(offer) = media.offer()? {
@@ -520,6 +565,15 @@ async fn run_once(
                 p.leave()?;
                 leaving = Some(tokio::time::Instant::now() + Duration::from_millis(500));
             }
+            _ = sleep_until_opt(restart_at), if restart_at.is_some() => {
+                restart_at = None;
+                if let Some(offer) = media.restart()? {
+                    let msg = ClientMsg::MediaOffer { sdp: offer };
+                    if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
+                        warn!(error = %e, "send failed");
+                    }
+                }
+            }
             _ = sleep_until_opt(leaving), if leaving.is_some() => {
                 // Our self-removal was sent; give the server a moment, then go.
                 ended = "left".into();
@@ -565,6 +619,10 @@ struct CallState {
     names: std::collections::BTreeMap<u32, (String, String)>,
     last_roster: Vec<RosterLine>,
     reconnects: u32,
+    /// Time to apply each commit from another member, in µs.
+    commit_apply_us: Vec<u32>,
+    /// When this participant was admitted (its first epoch).
+    joined_at: Option<std::time::Instant>,
 }
 
 impl CallState {
@@ -641,12 +699,25 @@ impl CallState {
             history: self.history.clone(),
             frames_sent: media.sent(),
             reconnects: self.reconnects,
+            media_restarts: media.restarts,
+            first_frame_after_join_ms: match (self.joined_at, media.first_opened()) {
+                (Some(j), Some(f)) => Some(f.saturating_duration_since(j).as_millis() as u64),
+                _ => None,
+            },
+            frames_held_dropped: media.held_dropped(),
+            commit_apply_us: self.commit_apply_us.clone(),
+            frame_latency_us: media.latencies_us(),
         }
     }
 }
 
 /// The participant's media side: UDP socket, str0m session, synthetic sources.
 struct MediaSide {
+    /// Media sessions started again after one failed.
+    restarts: u32,
+    /// Fraction of datagrams dropped each way (test impairment), and its random state.
+    loss: f64,
+    rng: u64,
     socket: Option<std::sync::Arc<tokio::net::UdpSocket>>,
     local: Option<std::net::SocketAddr>,
     link: Option<crate::media_link::MediaLink>,
@@ -672,6 +743,9 @@ async fn recv_owned(
 impl MediaSide {
     async fn new(url: &str, enabled: bool) -> Result<Self, NetError> {
         let mut side = MediaSide {
+            restarts: 0,
+            loss: 0.0,
+            rng: rand_u64() | 1,
             socket: None,
             local: None,
             link: None,
@@ -706,6 +780,22 @@ impl MediaSide {
         Ok(side)
     }
 
+    fn with_loss(mut self, loss: f64) -> Self {
+        self.loss = loss.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Whether to drop the next datagram (the test impairment).
+    fn lose(&mut self) -> bool {
+        if self.loss <= 0.0 {
+            return false;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64 <= self.loss
+    }
+
     fn with_files(mut self, files: &MediaFiles) -> Self {
         self.video_file = files
             .video
@@ -729,7 +819,40 @@ impl MediaSide {
         )
         .map_err(NetError::Connect)?;
         self.link = Some(link);
+        self.set_wall_clock();
         Ok(Some(sdp))
+    }
+
+    fn set_wall_clock(&mut self) {
+        if let Some(link) = self.link.as_mut() {
+            let wall_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            link.set_wall_clock(std::time::Instant::now(), wall_us);
+        }
+    }
+
+    /// If the media session failed (ICE or DTLS gave up), a new offer for a fresh one that
+    /// keeps the old one's counts; the SFU replaces the old session when it gets it.
+    fn restart(&mut self) -> Result<Option<String>, NetError> {
+        if !self.link.as_ref().is_some_and(|l| l.has_failed()) {
+            return Ok(None);
+        }
+        let Some(old) = self.link.take() else {
+            return Ok(None);
+        };
+        let Some(offer) = self.offer()? else {
+            return Ok(None);
+        };
+        if let Some(link) = self.link.as_mut() {
+            link.inherit(old);
+        }
+        self.restarts += 1;
+        Ok(Some(offer))
+    }
+
+    fn failed(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.has_failed())
     }
 
     fn set_audio_level(&mut self, level: Option<i8>) {
@@ -762,6 +885,9 @@ impl MediaSide {
     }
 
     fn received(&mut self, r: Option<(Vec<u8>, std::net::SocketAddr)>, p: &mut Participant) {
+        if self.lose() {
+            return;
+        }
         let (Some((bytes, source)), Some(local), Some(link)) = (r, self.local, self.link.as_mut())
         else {
             return;
@@ -814,15 +940,21 @@ impl MediaSide {
 
     fn release_held(&mut self, p: &mut Participant) {
         if let Some(link) = self.link.as_mut() {
-            link.release_held(p.media(), now());
+            link.release_held(p.media(), std::time::Instant::now(), now());
         }
     }
 
     async fn flush(&mut self) {
-        let (Some(socket), Some(link)) = (self.socket.as_ref(), self.link.as_mut()) else {
+        if self.link.is_none() {
             return;
-        };
-        while let Some((_, dest, bytes)) = link.poll_transmit() {
+        }
+        while let Some((_, dest, bytes)) = self.link.as_mut().and_then(|l| l.poll_transmit()) {
+            if self.lose() {
+                continue;
+            }
+            let Some(socket) = self.socket.as_ref() else {
+                return;
+            };
             if let Err(e) = socket.send_to(&bytes, dest).await {
                 debug!(error = %e, "media send");
             }
@@ -838,6 +970,21 @@ impl MediaSide {
 
     fn sent(&self) -> u64 {
         self.link.as_ref().map_or(0, |l| l.sent)
+    }
+
+    fn first_opened(&self) -> Option<std::time::Instant> {
+        self.link.as_ref().and_then(|l| l.first_opened())
+    }
+
+    fn held_dropped(&self) -> u64 {
+        self.link.as_ref().map_or(0, |l| l.held_dropped())
+    }
+
+    fn latencies_us(&self) -> Vec<u32> {
+        self.link
+            .as_ref()
+            .map(|l| l.latencies_us().collect())
+            .unwrap_or_default()
     }
 }
 

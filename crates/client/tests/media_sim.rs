@@ -454,10 +454,10 @@ fn twenty_rekeys_during_a_call_lose_no_frames_and_start_each_epoch_with_a_keyfra
                 i as u32,
                 members.clone(),
             );
-            let ts = sim.ts();
+            let (ts, now) = (sim.ts(), sim.now);
             let node = &mut sim.nodes[i];
             node.media.install_epoch(secrets, ts).unwrap();
-            node.link.release_held(&mut node.media, ts);
+            node.link.release_held(&mut node.media, now, ts);
             sim.run_for(Duration::from_millis(15));
         }
         sim.run_for(Duration::from_millis(400));

@@ -145,6 +145,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         tile_width: args.tile_width,
         files,
         ca_file: args.ca_file.clone(),
+        media_loss: 0.0,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let summary = rt.block_on(async move {

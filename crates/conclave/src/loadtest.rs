@@ -1,9 +1,17 @@
 //! `conclave loadtest`: N real participants (real MLS, SFrame and WebRTC through str0m, real
-//! sockets on loopback) in this process, against a real server (started here on loopback
-//! unless `--url` names one). Writes a JSON report.
+//! sockets on loopback) in this process, against a real `conclave serve` started as a child
+//! process, so that the server's own CPU time and memory can be read apart from the
+//! participants'. Writes a JSON report and SVG plots.
+//!
+//! Every figure is reported the three ways design.md section 6 asks for: the cost per member,
+//! the server's own share, and the simulated end-to-end figure (inflated by every member
+//! sharing this machine's CPU), plus the figure a real meeting would see, derived from them.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, IsTerminal, Write as _};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,8 +19,12 @@ use anyhow::{bail, Context, Result};
 use conclave_client::net::{Control, JoinOptions, MediaFiles, Summary};
 use conclave_client::{AdmitMode, Event, NewRoomPolicy};
 use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
-use conclave_server::{Claims, ServeArgs, ServerKeys};
+use conclave_server::{Claims, ServerKeys, TokenKey};
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod baseline;
+mod plots;
 
 /// `conclave loadtest` flags.
 #[derive(Debug, clap::Args)]
@@ -20,26 +32,53 @@ pub(crate) struct LoadtestArgs {
     /// Participants in the one meeting.
     #[arg(long, default_value_t = 50)]
     participants: usize,
-    /// How many of them send video (the first ones to join).
+    /// How many of them send video, three simulcast layers each (the first ones to join).
     #[arg(long, default_value_t = 1)]
     video_senders: usize,
     /// How many of them send audio (the first ones to join).
     #[arg(long, default_value_t = 3)]
     audio_senders: usize,
+    /// How many receive video at the top layer (a large tile); the others ask for small
+    /// tiles and get the low layer, as most viewers of a large meeting would.
+    #[arg(long, default_value_t = 8)]
+    heavy_receivers: usize,
+    /// How many participants have a media session (WebRTC to the SFU): the senders, then
+    /// others spread evenly over the join order [default: all]. The rest are members of
+    /// the MLS group with all of its cryptography, but no media session: for measuring
+    /// membership at sizes where every member's media would not fit on this machine.
+    #[arg(long)]
+    media_members: Option<usize>,
     /// New participants started per second while joining.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 50.0)]
     join_rate: f64,
-    /// How long the meeting runs once everyone is in, e.g. 20s.
+    /// While the meeting runs: this many participants leave, and as many new ones join, per
+    /// second (senders never leave).
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// How long the meeting runs once everyone is in, e.g. 20s or 10m.
     #[arg(long, default_value = "20s")]
     duration: String,
-    /// Write the JSON report here (it is also printed as the last line).
+    /// Give up if not everyone is in one epoch after this long, e.g. 5m.
+    #[arg(long, default_value = "5m")]
+    join_timeout: String,
+    /// Write the JSON report here (it is also printed as the last line of output).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the SVG plots into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    /// Drop this fraction of media datagrams at random, each way, in every participant's
+    /// socket layer (e.g. 0.01): packet loss for soak runs.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Round trip assumed for the derived real-meeting figures, in ms.
+    #[arg(long, default_value_t = 50.0)]
+    rtt_ms: f64,
 }
 
 /// Percentiles of a sample, in milliseconds.
-#[derive(Debug, Default, Serialize)]
-struct Dist {
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct Dist {
     n: usize,
     p50_ms: f64,
     p95_ms: f64,
@@ -62,34 +101,168 @@ fn dist(mut v: Vec<f64>) -> Dist {
     }
 }
 
+/// The server process, read from outside.
+#[derive(Debug, Default, Serialize)]
+struct ServerFigures {
+    /// Its RSS before anyone joined.
+    rss_start_kib: u64,
+    /// Its RSS once everyone was in.
+    rss_all_in_kib: u64,
+    /// (RSS all in - RSS at start) / participants.
+    rss_per_participant_kib: f64,
+    /// The rekey's server share (from the commit's arrival to the last byte of its fan-out
+    /// written to the last member's socket), over the last 4,096 commits.
+    rekey_share_p50_ms: f64,
+    rekey_share_p99_ms: f64,
+    rekey_share_max_ms: f64,
+    /// Delivery-service time to validate a commit (part of the share above), p50.
+    commit_validate_p50_ms: f64,
+    /// During the steady phase: the server process's CPU time and what it forwarded.
+    steady_cpu_s: f64,
+    steady_wall_s: f64,
+    packets_received: u64,
+    packets_forwarded: u64,
+    bytes_forwarded: u64,
+    /// Server CPU per forwarded packet (all of the server's CPU in the steady phase:
+    /// receiving, SRTP, RTCP, bandwidth estimation, pacing, signaling), in µs.
+    cpu_us_per_forwarded_packet: f64,
+    /// Forwarded packets per second of server CPU.
+    forwarded_packets_per_core_s: f64,
+    slow_clients_disconnected: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     participants: usize,
-    joined: usize,
+    participants_joined: usize,
     failed_joins: usize,
+    /// Participants whose call ended in an error (or that did not end within 60 s of
+    /// being asked to leave).
+    participants_lost: usize,
     video_senders: usize,
     audio_senders: usize,
-    /// Wall time from the first start until every participant was in one epoch with all.
-    all_in_ms: Option<f64>,
-    /// From a participant's start to its first epoch.
-    join_time: Dist,
-    /// Per epoch: from the first member on it to the last (every member that reached it).
-    rekey_spread: Dist,
+    heavy_receivers: usize,
+    /// Participants with a media session.
+    media_members: usize,
+    join_rate: f64,
+    churn_per_s: f64,
+    media_loss: f64,
+    /// Wall time from the first start until every participant was in one epoch.
+    all_in_s: Option<f64>,
+    /// From a participant's start to its first epoch (simulated end to end).
+    join_ms: Dist,
+    /// Per epoch: from the first member on it (the committer, on the server's acceptance) to
+    /// the last member on it (simulated end to end, every member sharing 2 cores).
+    rekey_ms: Dist,
+    /// Per member: time to apply one commit of another member (its own cost).
+    commit_apply_ms: Dist,
+    /// What a real meeting would see: round trip + server share p50 + one member's apply p50.
+    derived_real_rekey_p50_ms: f64,
+    derived_real_rekey_p99_ms: f64,
     epochs: usize,
     /// Epochs in which members showed different security codes (a fork).
     forks: usize,
+    /// From admission to the first frame that opened (simulated end to end).
+    first_frame_after_admit_ms: Dist,
+    /// Capture to open of synthetic frames: sender, its socket, the SFU, the receiver's
+    /// socket and decryption (recent frames of every receiver).
+    frame_latency_ms: Dist,
     frames_sent: u64,
     frames_decrypted: u64,
     frames_failed: u64,
-    /// Why frames failed, by kind, over all receivers.
+    /// Frames sealed under an epoch from before the receiver joined: unreadable by design.
+    frames_before_join: u64,
+    /// Frames held for an epoch the receiver had not reached and then dropped: lost to a key
+    /// transition.
+    frames_held_dropped: u64,
     failure_kinds: BTreeMap<String, u64>,
-    /// RSS of this whole process (server and every participant) at the end.
-    process_rss_kib_end: u64,
+    media_restarts: u64,
+    reconnects: u64,
+    server: ServerFigures,
+    baseline: Option<baseline::Figures>,
+    /// Server forwarded packets per core-second over the raw baseline's.
+    server_vs_baseline: Option<f64>,
+    /// Cores a 1,000-viewer meeting (about 540,000 packets/s out) would need at the
+    /// measured server rate.
+    cores_for_540k_pps: Option<f64>,
+    /// RSS of this process (every participant) once all were in, per participant.
+    client_rss_per_participant_kib: f64,
     wall_s: f64,
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// The child `conclave serve`; killed and its data directory removed on drop.
+struct ServerProc {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl ServerProc {
+    fn start(max_room: usize, dir: PathBuf) -> Result<Self> {
+        let exe = std::env::current_exe().context("own executable")?;
+        let mut child = Command::new(exe)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--media-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--max-room-size", &max_room.to_string()])
+            .args(["--connections-per-ip-per-minute", "4000000000"])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting conclave serve")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("Conclave is serving at ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("the server did not say where it serves")?;
+        Ok(ServerProc { child, url, dir })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn proc_cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; here, after the state, 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -99,93 +272,142 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Everyone's view of every epoch: epoch → (when first seen, when last seen, codes seen,
-/// members that saw it).
+/// The server's `/metrics`, as `name{labels}` → value.
+async fn metrics(url: &str) -> Result<BTreeMap<String, f64>> {
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut s = tokio::net::TcpStream::connect(&host).await?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+fn metric(m: &BTreeMap<String, f64>, k: &str) -> f64 {
+    m.get(k).copied().unwrap_or(0.0)
+}
+
+/// Everyone's view of every epoch: epoch → (first seen, last seen, security codes seen and
+/// by how many members).
 type Epochs = BTreeMap<u64, (Instant, Instant, BTreeMap<String, usize>)>;
+
+/// What the participants' callbacks record.
+#[derive(Default)]
+struct Shared {
+    epochs: Mutex<Epochs>,
+    /// (participant, ms from its start to its first epoch).
+    joined: Mutex<Vec<f64>>,
+    admitted: AtomicUsize,
+    media_members: AtomicUsize,
+}
+
+struct Member {
+    control: tokio::sync::mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<Result<Summary, conclave_client::net::NetError>>,
+    sender: bool,
+}
 
 pub(crate) fn run(args: LoadtestArgs) -> Result<()> {
     if args.participants == 0 {
         bail!("--participants must be at least 1");
     }
+    if args.join_rate <= 0.0 {
+        bail!("--join-rate must be positive");
+    }
     let duration = crate::serve::parse_duration(&args.duration)?;
+    let join_timeout = crate::serve::parse_duration(&args.join_timeout)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let report = rt.block_on(drive(&args, duration))?;
+    let report = rt.block_on(drive(&args, duration, join_timeout))?;
     let json = serde_json::to_string(&report)?;
     if let Some(path) = &args.report {
         std::fs::write(path, &json).with_context(|| format!("{}", path.display()))?;
     }
     println!("{json}");
-    if report.failed_joins > 0 || report.forks > 0 || report.frames_failed > 0 {
+    let lost = report.frames_failed + report.frames_held_dropped;
+    if report.failed_joins > 0 || report.forks > 0 || lost > 0 || report.all_in_s.is_none() {
         bail!(
-            "{} failed joins, {} forks, {} failed frames",
+            "{} failed joins, {} forks, {} failed frames, {} frames lost to key changes{}",
             report.failed_joins,
             report.forks,
-            report.frames_failed
+            report.frames_failed,
+            report.frames_held_dropped,
+            if report.all_in_s.is_none() {
+                ", and not everyone reached one epoch"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
 }
 
-async fn drive(args: &LoadtestArgs, duration: Duration) -> Result<Report> {
-    let dir = std::env::temp_dir().join(format!(
-        "conclave-loadtest-{}-{}",
-        std::process::id(),
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos()
-    ));
-    let mut config = ServeArgs {
-        listen: Some("127.0.0.1:0".parse()?),
-        media_listen: Some("127.0.0.1:0".parse()?),
-        data_dir: Some(dir.clone()),
-        max_room_size: Some(args.participants + 10),
-        connections_per_ip_per_minute: Some(u32::MAX),
-        ..Default::default()
-    }
-    .resolve()?;
-    config.outbound_queue = 65_536;
-    let keys = ServerKeys::load_or_create(&dir)?;
-    let token_key = ServerKeys::load_or_create(&dir)?.token;
-    let server = conclave_server::start(config, keys).await?;
-    let url = server.url.clone();
-    let start = Instant::now();
-    let epochs: Arc<Mutex<Epochs>> = Arc::new(Mutex::new(BTreeMap::new()));
-    let joined_at: Arc<Mutex<Vec<Option<f64>>>> =
-        Arc::new(Mutex::new(vec![None; args.participants]));
-    let mut tasks = Vec::new();
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
-    let gap = Duration::from_secs_f64(1.0 / args.join_rate.max(0.1));
-    for i in 0..args.participants {
-        let user = format!("p{i:04}");
-        let token = token_key.issue(&Claims {
+struct Spawner {
+    url: String,
+    token_key: TokenKey,
+    shared: Arc<Shared>,
+    exp: u64,
+    video_senders: usize,
+    audio_senders: usize,
+    heavy_receivers: usize,
+    /// Every k-th participant has a media session (`None`: all).
+    media_every: Option<usize>,
+    loss: f64,
+}
+
+impl Spawner {
+    fn spawn(&self, i: usize) -> Result<Member> {
+        let user = format!("p{i:05}");
+        let token = self.token_key.issue(&Claims {
             room: "load".into(),
             sub: user.clone(),
             name: user.clone(),
-            exp,
+            exp: self.exp,
         });
         let id = DeviceIdentity::generate(
             RoomCipherSuite::Curve25519Aes128,
             CredentialInfo::new(&user, &user)?,
         )?;
         let device = Device::new(id, GroupStore::memory())?;
+        let video = i < self.video_senders;
+        let audio = i < self.audio_senders;
+        let media = video || audio || self.media_every.is_none_or(|k| i.is_multiple_of(k));
+        if media {
+            self.shared.media_members.fetch_add(1, Ordering::Relaxed);
+        }
         let opts = JoinOptions {
-            url: url.clone(),
+            url: self.url.clone(),
             room: "load".into(),
             token,
             policy: NewRoomPolicy::Open,
             admit: AdmitMode::Auto,
             duration: None,
             self_update_every: Duration::from_secs(3600),
-            media: true,
-            send_audio: i < args.audio_senders,
-            send_video: i < args.video_senders,
-            audio_level: (i < args.audio_senders).then_some(-30),
-            tile_width: None,
+            media,
+            send_audio: audio,
+            send_video: video,
+            audio_level: audio.then_some(-30),
+            // Small tiles (the low layer) for most; the heavy receivers take the top layer.
+            tile_width: (i >= self.heavy_receivers).then_some(320),
             files: MediaFiles::default(),
             ca_file: None,
+            media_loss: self.loss,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let epochs = epochs.clone();
-        let joined_at = joined_at.clone();
+        let shared = self.shared.clone();
         let started = Instant::now();
+        let mut first = true;
         let task = tokio::spawn(conclave_client::net::run(
             device,
             opts,
@@ -196,8 +418,12 @@ async fn drive(args: &LoadtestArgs, duration: Duration) -> Result<Report> {
                         epoch,
                         security_code,
                     } => {
-                        if let Ok(mut j) = joined_at.lock() {
-                            j[i] = Some(started.elapsed().as_secs_f64() * 1000.0);
+                        if first {
+                            first = false;
+                            shared.admitted.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut j) = shared.joined.lock() {
+                                j.push(started.elapsed().as_secs_f64() * 1000.0);
+                            }
                         }
                         (*epoch, security_code.to_string())
                     }
@@ -208,86 +434,369 @@ async fn drive(args: &LoadtestArgs, duration: Duration) -> Result<Report> {
                     _ => return,
                 };
                 let now = Instant::now();
-                if let Ok(mut m) = epochs.lock() {
+                if let Ok(mut m) = shared.epochs.lock() {
                     let entry = m.entry(epoch).or_insert((now, now, BTreeMap::new()));
                     entry.1 = now;
                     *entry.2.entry(code).or_default() += 1;
                 }
             },
         ));
-        tasks.push((tx, task));
-        tokio::time::sleep(gap).await;
+        Ok(Member {
+            control: tx,
+            task,
+            sender: video || audio,
+        })
     }
-    // Wait until the newest epoch has been reached by everyone (or give up after 5 minutes).
-    let deadline = Instant::now() + Duration::from_secs(300);
+}
+
+/// One progress line on stderr: rewritten in place on a terminal, every 5 s otherwise.
+struct Progress {
+    tty: bool,
+    last: Instant,
+}
+
+impl Progress {
+    fn show(&mut self, line: &str) {
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+        } else if self.last.elapsed() >= Duration::from_secs(5) {
+            eprintln!("{line}");
+            self.last = Instant::now();
+        }
+    }
+
+    fn done(&mut self, line: &str) {
+        if self.tty {
+            eprintln!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn bar(done: usize, total: usize) -> String {
+    let width = 30;
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+async fn drive(args: &LoadtestArgs, duration: Duration, join_timeout: Duration) -> Result<Report> {
+    let dir = std::env::temp_dir().join(format!(
+        "conclave-loadtest-{}-{}",
+        std::process::id(),
+        SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let token_key = ServerKeys::load_or_create(&dir)?.token;
+    let server = ServerProc::start(args.participants + 16, dir)?;
+    let pid = server.pid();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_start = rss_kib(&pid.to_string());
+    let own_rss_start = rss_kib("self");
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        last: Instant::now(),
+    };
+    progress.done(&format!(
+        "loadtest: {} participants ({} video, {} audio senders) against {} (pid {pid})",
+        args.participants, args.video_senders, args.audio_senders, server.url
+    ));
+
+    let shared = Arc::new(Shared::default());
+    let spawner = Spawner {
+        url: server.url.clone(),
+        token_key,
+        shared: shared.clone(),
+        exp: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400,
+        video_senders: args.video_senders,
+        audio_senders: args.audio_senders,
+        heavy_receivers: args.heavy_receivers,
+        media_every: args
+            .media_members
+            .filter(|&m| m < args.participants)
+            .map(|m| args.participants.div_ceil(m.max(1))),
+        loss: args.loss,
+    };
+    let start = Instant::now();
+    let mut members: Vec<Member> = Vec::new();
+    let mut rss_curve: Vec<(f64, f64)> = Vec::new();
+    let gap = Duration::from_secs_f64(1.0 / args.join_rate);
+    let mut next_start = Instant::now();
+    let mut last_sample = Instant::now();
+    let deadline = start + join_timeout;
     let mut all_in = None;
-    while Instant::now() < deadline {
-        let done = epochs.lock().ok().and_then(|m| {
-            m.iter()
-                .next_back()
-                .map(|(_, (_, _, codes))| codes.values().sum::<usize>() >= args.participants)
-        });
-        if done == Some(true) {
-            all_in = Some(start.elapsed().as_secs_f64() * 1000.0);
+    // Join: start participants at the join rate, then wait for everyone to share an epoch.
+    loop {
+        while members.len() < args.participants && Instant::now() >= next_start {
+            members.push(spawner.spawn(members.len())?);
+            next_start += gap;
+        }
+        let admitted = shared.admitted.load(Ordering::Relaxed);
+        let (newest, on_newest) = shared
+            .epochs
+            .lock()
+            .ok()
+            .and_then(|m| {
+                m.iter()
+                    .next_back()
+                    .map(|(e, (_, _, c))| (*e, c.values().sum::<usize>()))
+            })
+            .unwrap_or((0, 0));
+        if last_sample.elapsed() >= Duration::from_millis(500) {
+            rss_curve.push((admitted as f64, rss_kib(&pid.to_string()) as f64 / 1024.0));
+            last_sample = Instant::now();
+        }
+        progress.show(&format!(
+            "joining {} {admitted}/{} admitted, {} started, epoch {newest} ({on_newest} on it), {:.1} s",
+            bar(admitted, args.participants),
+            args.participants,
+            members.len(),
+            start.elapsed().as_secs_f64()
+        ));
+        if members.len() == args.participants && on_newest >= args.participants {
+            all_in = Some(start.elapsed().as_secs_f64());
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(duration).await;
+    progress.done(&match all_in {
+        Some(s) => format!(
+            "all {} participants in one epoch after {s:.1} s",
+            args.participants
+        ),
+        None => format!(
+            "gave up after {:.0} s: {} of {} admitted",
+            join_timeout.as_secs_f64(),
+            shared.admitted.load(Ordering::Relaxed),
+            args.participants
+        ),
+    });
+    let rss_all_in = rss_kib(&pid.to_string());
+    rss_curve.push((
+        shared.admitted.load(Ordering::Relaxed) as f64,
+        rss_all_in as f64 / 1024.0,
+    ));
+    let own_rss_all_in = rss_kib("self");
+
+    // Steady phase (with churn if asked): measure the server's CPU per forwarded packet.
+    let m0 = metrics(&server.url).await.unwrap_or_default();
+    let cpu0 = proc_cpu_s(pid);
+    let steady_start = Instant::now();
+    let mut next_churn = Instant::now();
+    let churn_gap = (args.churn > 0.0).then(|| Duration::from_secs_f64(1.0 / args.churn));
+    let mut departed: Vec<Member> = Vec::new();
+    let mut spawned = members.len();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    while steady_start.elapsed() < duration {
+        if let Some(gap) = churn_gap {
+            while Instant::now() >= next_churn {
+                next_churn += gap;
+                // One leaves (never a sender), one new participant joins.
+                let candidates: Vec<usize> =
+                    (0..members.len()).filter(|&i| !members[i].sender).collect();
+                if !candidates.is_empty() {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let leaver = members.swap_remove(candidates[(rng as usize) % candidates.len()]);
+                    let _ = leaver.control.try_send(Control::Leave);
+                    departed.push(leaver);
+                }
+                members.push(spawner.spawn(spawned)?);
+                spawned += 1;
+            }
+        }
+        let left = duration.saturating_sub(steady_start.elapsed());
+        progress.show(&format!(
+            "running {} {:.0} s left, {} in the meeting, {} left, {} joined during it",
+            bar(
+                (duration - left).as_millis() as usize,
+                duration.as_millis().max(1) as usize
+            ),
+            left.as_secs_f64(),
+            members.len(),
+            departed.len(),
+            spawned - args.participants,
+        ));
+        tokio::time::sleep(Duration::from_millis(100).min(left)).await;
+    }
+    let cpu1 = proc_cpu_s(pid);
+    let steady_wall = steady_start.elapsed().as_secs_f64();
+    let m1 = metrics(&server.url).await.unwrap_or_default();
+    progress.done(&format!("ran {steady_wall:.1} s; leaving"));
+
+    // Leave, and collect what everyone saw.
+    for m in &members {
+        let _ = m.control.send(Control::Leave).await;
+    }
     let mut summaries: Vec<Summary> = Vec::new();
-    for (tx, _) in &tasks {
-        let _ = tx.send(Control::Leave).await;
-    }
-    for (_, task) in tasks {
-        if let Ok(Ok(s)) = task.await {
-            summaries.push(s);
+    let mut failed_tasks = 0usize;
+    for m in members.into_iter().chain(departed) {
+        match tokio::time::timeout(Duration::from_secs(60), m.task).await {
+            Ok(Ok(Ok(s))) => summaries.push(s),
+            _ => failed_tasks += 1,
         }
     }
-    let rss = rss_kib();
-    server.stop().await;
-    let joined: Vec<f64> = joined_at
-        .lock()
-        .map(|j| j.iter().flatten().copied().collect())
-        .unwrap_or_default();
-    let m = epochs.lock().map(|m| m.clone()).unwrap_or_default();
-    let spread: Vec<f64> = m
+    let m_end = metrics(&server.url).await.unwrap_or_default();
+    drop(server);
+
+    let forwarded = (metric(&m1, "conclave_packets_forwarded_total")
+        - metric(&m0, "conclave_packets_forwarded_total"))
+    .max(0.0) as u64;
+    let bytes = (metric(&m1, "conclave_bytes_forwarded_total")
+        - metric(&m0, "conclave_bytes_forwarded_total"))
+    .max(0.0) as u64;
+    let received = (metric(&m1, "conclave_packets_received_total")
+        - metric(&m0, "conclave_packets_received_total"))
+    .max(0.0) as u64;
+    let cpu = cpu1 - cpu0;
+    let q = |name: &str, q: &str| {
+        metric(&m_end, &format!("{name}_recent{{quantile=\"{q}\"}}")) * 1000.0
+    };
+    let mut server_fig = ServerFigures {
+        rss_start_kib: rss_start,
+        rss_all_in_kib: rss_all_in,
+        rss_per_participant_kib: rss_all_in.saturating_sub(rss_start) as f64
+            / args.participants as f64,
+        rekey_share_p50_ms: q("conclave_rekey_fanout_seconds", "0.5"),
+        rekey_share_p99_ms: q("conclave_rekey_fanout_seconds", "0.99"),
+        rekey_share_max_ms: q("conclave_rekey_fanout_seconds", "1"),
+        commit_validate_p50_ms: q("conclave_commit_seconds", "0.5"),
+        steady_cpu_s: cpu,
+        steady_wall_s: steady_wall,
+        packets_received: received,
+        packets_forwarded: forwarded,
+        bytes_forwarded: bytes,
+        slow_clients_disconnected: metric(&m_end, "conclave_slow_clients_disconnected_total")
+            as u64,
+        ..Default::default()
+    };
+    if forwarded > 0 && cpu > 0.0 {
+        server_fig.cpu_us_per_forwarded_packet = cpu * 1e6 / forwarded as f64;
+        server_fig.forwarded_packets_per_core_s = forwarded as f64 / cpu;
+    }
+
+    // The raw baseline: the same number of packets of the same mean size, fanned out with
+    // sendmmsg, timed by its own thread's CPU.
+    let baseline = if let Some(size) = bytes.checked_div(forwarded) {
+        let size = size.max(1) as usize;
+        let receivers = args.participants.clamp(1, 64);
+        progress.done(&format!(
+            "baseline: {forwarded} packets of {size} bytes with sendmmsg to {receivers} sockets"
+        ));
+        Some(
+            tokio::task::spawn_blocking(move || baseline::run(forwarded, size, receivers))
+                .await??,
+        )
+    } else {
+        None
+    };
+    let server_vs_baseline = baseline.as_ref().and_then(|b| {
+        (b.packets_per_core_s > 0.0 && server_fig.forwarded_packets_per_core_s > 0.0)
+            .then(|| server_fig.forwarded_packets_per_core_s / b.packets_per_core_s)
+    });
+    let cores_for_540k_pps = (server_fig.forwarded_packets_per_core_s > 0.0)
+        .then(|| 540_000.0 / server_fig.forwarded_packets_per_core_s);
+
+    let joined: Vec<f64> = shared.joined.lock().map(|j| j.clone()).unwrap_or_default();
+    let epochs = shared.epochs.lock().map(|m| m.clone()).unwrap_or_default();
+    let rekey: Vec<f64> = epochs
         .values()
         .filter(|(_, _, codes)| codes.values().sum::<usize>() > 1)
         .map(|(a, b, _)| b.duration_since(*a).as_secs_f64() * 1000.0)
         .collect();
-    let forks = m.values().filter(|(_, _, codes)| codes.len() > 1).count();
-    let _ = std::fs::remove_dir_all(&dir);
+    let forks = epochs.values().filter(|(_, _, c)| c.len() > 1).count();
+    let apply: Vec<f64> = summaries
+        .iter()
+        .flat_map(|s| s.commit_apply_us.iter())
+        .map(|&us| f64::from(us) / 1000.0)
+        .collect();
+    let latency: Vec<f64> = summaries
+        .iter()
+        .flat_map(|s| s.frame_latency_us.iter())
+        .map(|&us| f64::from(us) / 1000.0)
+        .collect();
+    let first_frame: Vec<f64> = summaries
+        .iter()
+        .filter_map(|s| s.first_frame_after_join_ms)
+        .map(|ms| ms as f64)
+        .collect();
+    let lines = || summaries.iter().flat_map(|s| s.senders.iter());
+    let commit_apply = dist(apply.clone());
+    let derived = |share: f64, apply: f64| args.rtt_ms + share + apply;
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir)?;
+        plots::write(
+            dir,
+            &plots::Inputs {
+                joined: &joined,
+                rekey: &rekey,
+                apply: &apply,
+                first_frame: &first_frame,
+                latency: &latency,
+                rss_curve: &rss_curve,
+                failure_kinds: &lines().flat_map(|l| l.failure_kinds.iter()).fold(
+                    BTreeMap::new(),
+                    |mut m, (k, v)| {
+                        *m.entry(k.clone()).or_default() += v;
+                        m
+                    },
+                ),
+                server_pps: server_fig.forwarded_packets_per_core_s,
+                baseline_pps: baseline.as_ref().map_or(0.0, |b| b.packets_per_core_s),
+            },
+        )?;
+    }
+    let joined_n = joined.len().min(args.participants);
     Ok(Report {
         participants: args.participants,
-        joined: joined.len(),
-        failed_joins: args.participants - joined.len(),
+        participants_joined: joined_n,
+        failed_joins: args.participants - joined_n,
+        participants_lost: failed_tasks,
         video_senders: args.video_senders.min(args.participants),
         audio_senders: args.audio_senders.min(args.participants),
-        all_in_ms: all_in,
-        join_time: dist(joined),
-        rekey_spread: dist(spread),
-        epochs: m.len(),
+        heavy_receivers: args.heavy_receivers.min(args.participants),
+        media_members: shared.media_members.load(Ordering::Relaxed),
+        join_rate: args.join_rate,
+        churn_per_s: args.churn,
+        media_loss: args.loss,
+        all_in_s: all_in,
+        join_ms: dist(joined),
+        rekey_ms: dist(rekey),
+        derived_real_rekey_p50_ms: derived(server_fig.rekey_share_p50_ms, commit_apply.p50_ms),
+        derived_real_rekey_p99_ms: derived(server_fig.rekey_share_p99_ms, commit_apply.p99_ms),
+        commit_apply_ms: commit_apply,
+        epochs: epochs.len(),
         forks,
+        first_frame_after_admit_ms: dist(first_frame),
+        frame_latency_ms: dist(latency),
         frames_sent: summaries.iter().map(|s| s.frames_sent).sum(),
-        frames_decrypted: summaries
-            .iter()
-            .flat_map(|s| s.senders.iter())
-            .map(|l| l.frames_decrypted)
-            .sum(),
-        frames_failed: summaries
-            .iter()
-            .flat_map(|s| s.senders.iter())
-            .map(|l| l.frames_failed)
-            .sum(),
-        failure_kinds: summaries
-            .iter()
-            .flat_map(|s| s.senders.iter())
-            .flat_map(|l| l.failure_kinds.iter())
-            .fold(BTreeMap::new(), |mut m, (k, v)| {
+        frames_decrypted: lines().map(|l| l.frames_decrypted).sum(),
+        frames_failed: lines().map(|l| l.frames_failed).sum(),
+        frames_before_join: lines().map(|l| l.frames_before_join).sum(),
+        frames_held_dropped: summaries.iter().map(|s| s.frames_held_dropped).sum(),
+        failure_kinds: lines().flat_map(|l| l.failure_kinds.iter()).fold(
+            BTreeMap::new(),
+            |mut m, (k, v)| {
                 *m.entry(k.clone()).or_default() += v;
                 m
-            }),
-        process_rss_kib_end: rss,
+            },
+        ),
+        media_restarts: summaries.iter().map(|s| u64::from(s.media_restarts)).sum(),
+        reconnects: summaries.iter().map(|s| u64::from(s.reconnects)).sum(),
+        server: server_fig,
+        baseline,
+        server_vs_baseline,
+        cores_for_540k_pps,
+        client_rss_per_participant_kib: own_rss_all_in.saturating_sub(own_rss_start) as f64
+            / args.participants as f64,
         wall_s: start.elapsed().as_secs_f64(),
     })
 }

@@ -73,8 +73,15 @@ pub enum Error {
 /// Tunables.
 #[derive(Clone, Copy, Debug)]
 pub struct DsConfig {
-    /// How long knocks are collected before a commit is requested (one commit adds them all).
+    /// How long knocks are collected before a commit is requested (one commit adds them all),
+    /// in a small room.
     pub batch_window: Duration,
+    /// Added to the batching window per member: every epoch costs each member a commit to
+    /// apply and each video sender a keyframe per layer, so a large room changes epochs
+    /// less often (1,000 members: at most one epoch a second while people pour in).
+    pub batch_per_member: Duration,
+    /// Upper bound of the batching window.
+    pub max_batch_window: Duration,
     /// How long the designated committer has before another member is asked.
     pub commit_timeout: Duration,
     /// How long a member's connection may stay gone before the server proposes its removal.
@@ -83,10 +90,24 @@ pub struct DsConfig {
     pub max_room_size: usize,
 }
 
+impl DsConfig {
+    /// The batching window of a room with `members` connections.
+    pub fn window_for(&self, members: usize) -> Duration {
+        let per = self
+            .batch_per_member
+            .saturating_mul(u32::try_from(members).unwrap_or(u32::MAX));
+        self.batch_window
+            .max(per)
+            .min(self.max_batch_window.max(self.batch_window))
+    }
+}
+
 impl Default for DsConfig {
     fn default() -> Self {
         DsConfig {
             batch_window: Duration::from_millis(50),
+            batch_per_member: Duration::from_millis(1),
+            max_batch_window: Duration::from_secs(1),
             commit_timeout: Duration::from_secs(5),
             remove_after: Duration::from_secs(10),
             max_room_size: 2000,
@@ -953,7 +974,7 @@ impl Ds {
             return;
         }
         let Some(since) = room.work_since else { return };
-        if now < since.saturating_add(self.config.batch_window) {
+        if now < since.saturating_add(self.config.window_for(room.conns.len())) {
             return;
         }
         let epoch = group.group_context().epoch;
@@ -1082,7 +1103,7 @@ impl Ds {
             if let Some(r) = &room.request {
                 at(r.deadline);
             } else if let Some(s) = room.work_since {
-                at(s.saturating_add(self.config.batch_window));
+                at(s.saturating_add(self.config.window_for(room.conns.len())));
             }
             for (l, since) in &room.offline {
                 if !room.proposed_removals.contains(l) {
@@ -1106,5 +1127,20 @@ fn kind(msg: &ClientMsg) -> &'static str {
         ClientMsg::MediaOffer { .. } => "media_offer",
         ClientMsg::VideoTiles { .. } => "video_tiles",
         _ => "message",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_rooms_batch_longer_up_to_a_bound() {
+        let c = DsConfig::default();
+        assert_eq!(c.window_for(2), Duration::from_millis(50));
+        assert_eq!(c.window_for(50), Duration::from_millis(50));
+        assert_eq!(c.window_for(300), Duration::from_millis(300));
+        assert_eq!(c.window_for(1000), Duration::from_secs(1));
+        assert_eq!(c.window_for(100_000), Duration::from_secs(1));
     }
 }

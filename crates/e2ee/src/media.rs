@@ -16,7 +16,8 @@
 //! A prefix of each frame may stay clear for RTP packetization ([`ClearPrefix`]); it is
 //! authenticated as AAD (the `sframe` crate's "meta data"), so changing it breaks the frame.
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use core::time::Duration;
@@ -34,10 +35,15 @@ pub const EPOCH_BITS: u8 = 8;
 pub const INDEX_BITS: u8 = 16;
 /// Largest frame (clear prefix included) that is sealed or opened: 4 MiB.
 pub const MAX_FRAME_LEN: usize = 4 << 20;
-/// How many epochs ahead of the newest known one a KID may name and still be held.
-pub const MAX_EPOCHS_AHEAD: u64 = 4;
+/// How many epochs ahead of the newest known one a KID may name and still be held. While a
+/// large meeting fills up, epochs can change several times a second and a busy receiver may
+/// apply commits later than the senders; 16 keeps such frames (bounded by the hold queue).
+pub const MAX_EPOCHS_AHEAD: u64 = 16;
 /// Most epochs whose keys are kept at once (the current one plus those in their grace window).
-pub const MAX_LIVE_EPOCHS: usize = 4;
+/// The grace window ([`MediaConfig::grace`]) is what erases old keys; this cap only bounds
+/// memory when epochs change faster than the window (16 epochs in 2 s while a meeting of
+/// 1,000 fills up). It stays far below the 256 epochs that the KID's 8 epoch bits tell apart.
+pub const MAX_LIVE_EPOCHS: usize = 16;
 /// The MLS exporter label of RFC 9605 section 5.2.
 pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
 
@@ -68,6 +74,16 @@ pub enum FrameError {
     UnknownEpoch {
         /// Low bits of the epoch named by the KID.
         epoch_bits: u8,
+        /// Leaf index named by the KID.
+        sender: u32,
+    },
+    /// The KID names an epoch from before this member joined: unreadable by design (a joiner
+    /// cannot read what came before it). Not a failure: a sender that has not applied the
+    /// commit that added us yet is still sealing under the old epoch.
+    #[error("frame from sender {sender} is for epoch {epoch}, before we joined")]
+    BeforeJoin {
+        /// The epoch (reconstructed from the KID's low bits).
+        epoch: u64,
         /// Leaf index named by the KID.
         sender: u32,
     },
@@ -127,6 +143,7 @@ impl FrameError {
     pub fn sender(&self) -> Option<u32> {
         match self {
             FrameError::UnknownEpoch { sender, .. }
+            | FrameError::BeforeJoin { sender, .. }
             | FrameError::FutureEpoch { sender, .. }
             | FrameError::UnknownSender { sender, .. }
             | FrameError::Replayed { sender, .. }
@@ -194,6 +211,9 @@ pub struct MediaStats {
     pub unknown_key: u64,
     /// Frames for a future epoch (to be held).
     pub future_epoch: u64,
+    /// Frames under an epoch from before this member joined (unreadable by design; not
+    /// counted as rejected).
+    pub before_join: u64,
     /// Malformed or oversized frames.
     pub malformed: u64,
     /// Frames opened under a previous epoch's key inside its grace window.
@@ -362,8 +382,10 @@ struct EpochKeys {
     base_key: Zeroizing<Vec<u8>>,
     /// Indexed by leaf: whether that leaf is a member in this epoch.
     members: Vec<bool>,
-    /// Indexed by leaf; derived on the first frame from that sender.
-    receivers: Vec<Option<Receiver>>,
+    /// By leaf; derived on the first frame from that sender. A map, not a table by leaf: at
+    /// 1,000 members a handful of them send, and 16 epochs of a 1,000-slot table of keys
+    /// would cost megabytes per participant.
+    receivers: HashMap<u32, Receiver>,
     /// When the keys are erased; `None` while this is the newest epoch.
     expires: Option<Timestamp>,
 }
@@ -498,6 +520,9 @@ pub struct MediaCrypto {
     suite: Option<RoomCipherSuite>,
     sending: Option<Sending>,
     epochs: VecDeque<EpochKeys>,
+    /// The first epoch installed since [`MediaCrypto::new`] or [`MediaCrypto::clear`]: the
+    /// one this member joined in.
+    first_epoch: Option<u64>,
     stats: MediaStats,
     aad: Vec<u8>,
 }
@@ -528,6 +553,7 @@ impl MediaCrypto {
             suite: None,
             sending: None,
             epochs: VecDeque::new(),
+            first_epoch: None,
             stats: MediaStats::default(),
             aad: Vec::with_capacity(64),
         }
@@ -571,6 +597,7 @@ impl MediaCrypto {
             members[i] = true;
         }
         self.suite = Some(secrets.suite);
+        self.first_epoch.get_or_insert(secrets.epoch);
         self.sending = Some(Sending {
             epoch: secrets.epoch,
             leaf: secrets.own_leaf,
@@ -580,7 +607,7 @@ impl MediaCrypto {
         self.epochs.push_back(EpochKeys {
             epoch: secrets.epoch,
             base_key: secrets.base_key,
-            receivers: Vec::new(),
+            receivers: HashMap::new(),
             members,
             expires: None,
         });
@@ -607,6 +634,7 @@ impl MediaCrypto {
     pub fn clear(&mut self) {
         self.sending = None;
         self.epochs.clear();
+        self.first_epoch = None;
     }
 
     /// The epoch outgoing frames are sealed under.
@@ -624,7 +652,7 @@ impl MediaCrypto {
     #[doc(hidden)]
     pub fn danger_reset_replay_windows(&mut self) {
         for e in self.epochs.iter_mut() {
-            for r in e.receivers.iter_mut().flatten() {
+            for r in e.receivers.values_mut() {
                 r.window = ReplayWindow::default();
             }
         }
@@ -699,6 +727,7 @@ impl MediaCrypto {
                     | FrameError::ForeignContext(_)
                     | FrameError::NotReady => self.stats.unknown_key += 1,
                     FrameError::FutureEpoch { .. } => self.stats.future_epoch += 1,
+                    FrameError::BeforeJoin { .. } => self.stats.before_join += 1,
                     _ => self.stats.malformed += 1,
                 }
             }
@@ -740,10 +769,16 @@ impl MediaCrypto {
             .position(|e| (e.epoch & EPOCH_MASK) as u8 == epoch_bits)
         else {
             let ahead = (u64::from(epoch_bits).wrapping_sub(newest)) & EPOCH_MASK;
-            return Err(if (1..=MAX_EPOCHS_AHEAD).contains(&ahead) {
-                FrameError::FutureEpoch { epoch_bits, sender }
-            } else {
-                FrameError::UnknownEpoch { epoch_bits, sender }
+            if (1..=MAX_EPOCHS_AHEAD).contains(&ahead) {
+                return Err(FrameError::FutureEpoch { epoch_bits, sender });
+            }
+            // Otherwise it is behind: the nearest earlier epoch with these low bits.
+            let behind = newest.wrapping_sub(u64::from(epoch_bits)) & EPOCH_MASK;
+            return Err(match (newest.checked_sub(behind), self.first_epoch) {
+                (Some(epoch), Some(first)) if epoch < first => {
+                    FrameError::BeforeJoin { epoch, sender }
+                }
+                _ => FrameError::UnknownEpoch { epoch_bits, sender },
             });
         };
         let is_newest = pos + 1 == self.epochs.len();
@@ -752,15 +787,10 @@ impl MediaCrypto {
         if !keys.is_member(sender) {
             return Err(FrameError::UnknownSender { sender, epoch });
         }
-        // `is_member` bounded `sender` by the member table, which is at most 2^16 long.
-        let slot = sender as usize;
-        if keys.receivers.len() <= slot {
-            keys.receivers
-                .resize_with(keys.members.len().max(slot + 1), || None);
-        }
-        let receiver = match &mut keys.receivers[slot] {
-            Some(r) => r,
-            empty @ None => {
+        // `is_member` bounded `sender` by the member table: one receiver per member at most.
+        let receiver = match keys.receivers.entry(sender) {
+            Entry::Occupied(r) => r.into_mut(),
+            Entry::Vacant(empty) => {
                 let key =
                     DecryptionKey::derive_from(sframe_suite(suite), kid_value, &*keys.base_key)
                         .map_err(|_| FrameError::Malformed("key derivation"))?;

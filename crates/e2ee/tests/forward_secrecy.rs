@@ -76,7 +76,14 @@ fn new_member_cannot_decrypt_frames_sent_before_join() {
     let err = late
         .open(&recorded, ClearPrefix::None, &mut out, T0)
         .unwrap_err();
-    assert!(matches!(err, FrameError::UnknownEpoch { .. }), "{err:?}");
+    // Named for what it is: a frame from before the join, which the joiner holds no key for.
+    let joined = room.s(idx).epoch();
+    assert!(
+        matches!(err, FrameError::BeforeJoin { epoch, .. } if epoch == joined - 1),
+        "{err:?}"
+    );
+    assert_eq!(late.stats().before_join, 1);
+    assert_eq!(late.stats().opened, 0);
     // Even with the KID rewritten to the joiner's epoch, the key differs.
     let epoch = room.s(idx).epoch();
     let forged = rewrite_kid(&recorded, 0, kid_of(0, epoch));

@@ -126,8 +126,25 @@ impl ServerKeys {
 }
 
 enum Outbound {
-    Msg(ServerMsg),
+    /// A message; with a commit's fan-out, the tracker that times it (dropped once written).
+    Msg(ServerMsg, Option<Arc<FanOut>>),
     Close(String),
+}
+
+/// Times one commit's fan-out: every message it caused holds a clone, and the last clone to
+/// go (after its writer put it on the socket) records the time since the commit arrived.
+struct FanOut {
+    arrived: Instant,
+    metrics: Arc<Metrics>,
+    armed: bool,
+}
+
+impl Drop for FanOut {
+    fn drop(&mut self) {
+        if self.armed {
+            self.metrics.observe_rekey(self.arrived.elapsed());
+        }
+    }
 }
 
 enum DsCmd {
@@ -140,6 +157,8 @@ enum DsCmd {
     Msg {
         conn: ConnId,
         msg: ClientMsg,
+        /// When its frame was read from the socket.
+        arrived: Instant,
     },
     Gone {
         conn: ConnId,
@@ -462,10 +481,11 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
     let writer = tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
             match o {
-                Outbound::Msg(m) => {
+                Outbound::Msg(m, fan_out) => {
                     if sink.send(Message::Text(m.encode().into())).await.is_err() {
                         break;
                     }
+                    drop(fan_out);
                 }
                 Outbound::Close(reason) => {
                     let _ = sink
@@ -481,7 +501,7 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
     });
     let (mut tokens, mut last) = (MSG_BURST, Instant::now());
     while let Some(Ok(msg)) = stream.next().await {
-        let reply = |code, reason: String| Outbound::Msg(ServerMsg::Error { code, reason });
+        let reply = |code, reason: String| Outbound::Msg(ServerMsg::Error { code, reason }, None);
         let now = Instant::now();
         tokens = (tokens + now.duration_since(last).as_secs_f64() * MSG_RATE).min(MSG_BURST);
         last = now;
@@ -514,13 +534,23 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
                             reason: "media unavailable".into(),
                         },
                     };
-                    let _ = tx.try_send(Outbound::Msg(answer));
+                    let _ = tx.try_send(Outbound::Msg(answer, None));
                 }
                 Ok(ClientMsg::VideoTiles { max_width }) => {
                     let _ = state.sfu_tx.send(SfuCmd::Tiles { conn, max_width }).await;
                 }
                 Ok(m) => {
-                    if state.ds_tx.send(DsCmd::Msg { conn, msg: m }).await.is_err() {
+                    let arrived = Instant::now();
+                    if state
+                        .ds_tx
+                        .send(DsCmd::Msg {
+                            conn,
+                            msg: m,
+                            arrived,
+                        })
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -558,6 +588,7 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
     let mut routes: HashMap<ConnId, mpsc::Sender<Outbound>> = HashMap::new();
     loop {
         let deadline = ds.poll_timeout().map(until);
+        let mut fan_out: Option<FanOut> = None;
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
@@ -566,12 +597,13 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
                         routes.insert(conn, out);
                         ds.connect(conn, &room, &user, now_ts());
                     }
-                    DsCmd::Msg { conn, msg } => {
+                    DsCmd::Msg { conn, msg, arrived } => {
                         let commit = matches!(msg, ClientMsg::Commit { .. });
                         let started = Instant::now();
                         ds.handle(conn, msg, now_ts());
                         if commit {
                             metrics.observe_commit(started.elapsed());
+                            fan_out = Some(FanOut { arrived, metrics: metrics.clone(), armed: false });
                         }
                     }
                     DsCmd::Gone { conn } => {
@@ -585,12 +617,31 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
             }
         }
         let mut slow = Vec::new();
-        while let Some(o) = ds.poll_output() {
+        let mut gone = Vec::new();
+        // Only an accepted commit (one that is fanned out) is timed.
+        let outputs: Vec<Output> = std::iter::from_fn(|| ds.poll_output()).collect();
+        let fanned_out = outputs.iter().any(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    msg: ServerMsg::Commit { .. },
+                    ..
+                }
+            )
+        });
+        let fan_out = fan_out.take().and_then(|mut f| {
+            f.armed = fanned_out;
+            fanned_out.then(|| Arc::new(f))
+        });
+        for o in outputs {
             match o {
                 Output::Send { conn, msg } => {
                     if let Some(r) = routes.get(&conn) {
-                        if r.try_send(Outbound::Msg(msg)).is_err() {
-                            slow.push(conn);
+                        match r.try_send(Outbound::Msg(msg, fan_out.clone())) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => slow.push(conn),
+                            // Its writer ended (the socket closed): it is leaving anyway.
+                            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(conn),
                         }
                     }
                 }
@@ -601,6 +652,9 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
                 }
                 _ => {}
             }
+        }
+        for conn in gone {
+            routes.remove(&conn);
         }
         for conn in slow {
             warn!(conn, "client too slow; disconnecting it");
@@ -636,6 +690,9 @@ async fn sfu_task(
             cmd = rx.recv() => match cmd {
                 None => break,
                 Some(SfuCmd::Add { conn, room, sdp, reply }) => {
+                    // A new offer from a connection that has a session replaces it (the
+                    // client restarts media after ICE or DTLS failed).
+                    sfu.remove_participant(conn, Instant::now());
                     let r = sfu.add_participant(conn, &room, &sdp, Instant::now()).map_err(|e| e.to_string());
                     if let Err(e) = &r {
                         warn!(conn, error = %e, "media offer refused");

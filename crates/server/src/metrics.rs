@@ -8,6 +8,71 @@ use std::time::Duration;
 use conclave_ds::{Ds, DsStats};
 
 const BUCKETS_MS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+/// Recent samples kept per latency for its quantiles.
+const RECENT: usize = 4096;
+
+/// A latency: a Prometheus histogram over all samples, plus quantiles of the recent ones.
+#[derive(Default)]
+struct Latency {
+    buckets: [u64; BUCKETS_MS.len()],
+    count: u64,
+    sum_s: f64,
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl Latency {
+    fn observe(&mut self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        for (i, b) in BUCKETS_MS.iter().enumerate() {
+            if ms <= *b {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_s += ms / 1000.0;
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ms / 1000.0);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in BUCKETS_MS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {}",
+                b / 1000.0,
+                self.buckets[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+            self.count, self.sum_s, self.count
+        );
+        let mut v: Vec<f64> = self.recent.iter().copied().collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let _ = writeln!(
+            out,
+            "# HELP {name}_recent The same, over the last {RECENT} samples.\n# TYPE {name}_recent summary"
+        );
+        for q in [0.5, 0.9, 0.99, 1.0] {
+            let x = if v.is_empty() {
+                0.0
+            } else {
+                v[((v.len() - 1) as f64 * q).round() as usize]
+            };
+            let _ = writeln!(out, "{name}_recent{{quantile=\"{q}\"}} {x}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_recent_sum {}\n{name}_recent_count {}",
+            v.iter().sum::<f64>(),
+            v.len()
+        );
+    }
+}
 
 #[derive(Default)]
 pub(crate) struct Metrics {
@@ -19,20 +84,22 @@ pub(crate) struct Metrics {
     rooms: AtomicU64,
     sfu: Mutex<(conclave_sfu::SfuStats, usize)>,
     ds: Mutex<DsStats>,
-    commit_hist: Mutex<([u64; BUCKETS_MS.len()], u64, f64)>,
+    commit: Mutex<Latency>,
+    rekey: Mutex<Latency>,
 }
 
 impl Metrics {
     pub(crate) fn observe_commit(&self, d: Duration) {
-        let ms = d.as_secs_f64() * 1000.0;
-        if let Ok(mut h) = self.commit_hist.lock() {
-            for (i, b) in BUCKETS_MS.iter().enumerate() {
-                if ms <= *b {
-                    h.0[i] += 1;
-                }
-            }
-            h.1 += 1;
-            h.2 += ms / 1000.0;
+        if let Ok(mut h) = self.commit.lock() {
+            h.observe(d);
+        }
+    }
+
+    /// The server's share of a rekey: from the commit's arrival to the last byte of its
+    /// fan-out (commit, Welcome, verdict) handed to the last member's socket.
+    pub(crate) fn observe_rekey(&self, d: Duration) {
+        if let Ok(mut h) = self.rekey.lock() {
+            h.observe(d);
         }
     }
 
@@ -179,16 +246,18 @@ impl Metrics {
             "counter",
             m.no_slot,
         );
-        if let Ok(h) = self.commit_hist.lock() {
-            let name = "conclave_commit_seconds";
-            let _ = writeln!(out, "# HELP {name} Delivery-service time to validate and fan out a commit.\n# TYPE {name} histogram");
-            for (i, b) in BUCKETS_MS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {}", b / 1000.0, h.0[i]);
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-                h.1, h.2, h.1
+        if let Ok(h) = self.commit.lock() {
+            h.render(
+                &mut out,
+                "conclave_commit_seconds",
+                "Delivery-service time to validate a commit and queue its fan-out.",
+            );
+        }
+        if let Ok(h) = self.rekey.lock() {
+            h.render(
+                &mut out,
+                "conclave_rekey_fanout_seconds",
+                "From a commit's arrival to its fan-out's last byte written to the last member's socket.",
             );
         }
         out

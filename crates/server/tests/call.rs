@@ -154,6 +154,7 @@ fn client_full(
         tile_width: None,
         files,
         ca_file,
+        media_loss: 0.0,
     };
     let (tx, rx) = mpsc::channel(8);
     let (etx, erx) = mpsc::unbounded_channel();

@@ -47,7 +47,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -353,6 +354,7 @@ struct Participant {
     inputs: Vec<Input_>,
     /// Our send side: the participant's receive-only slots.
     slots: Vec<Slot>,
+    /// The wake-up armed in the SFU's timer heap for this session, if any.
     timeout: Option<Instant>,
 }
 
@@ -388,7 +390,15 @@ struct Outbox {
     tap: Option<(usize, Vec<Vec<u8>>)>,
     /// A participant's m-lines became known: slots need (re)assigning.
     dirty: bool,
+    /// When each participant's `Rtc` wants its timeout, soonest first. An entry is stale once
+    /// the participant's timeout moved on (it is skipped): at 1,000 participants, scanning
+    /// them all on every datagram cost more than forwarding it.
+    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
 }
+
+/// How often the SFU sweeps all participants for ended sessions, keyframe retries and
+/// coalesced keyframe requests that are due.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The forwarding core.
 pub struct Sfu {
@@ -400,6 +410,7 @@ pub struct Sfu {
     rooms: HashMap<Arc<str>, Vec<ParticipantId>>,
     by_addr: HashMap<SocketAddr, ParticipantId>,
     out: Outbox,
+    next_sweep: Option<Instant>,
 }
 
 impl core::fmt::Debug for Sfu {
@@ -429,6 +440,7 @@ impl Sfu {
             rooms: HashMap::new(),
             by_addr: HashMap::new(),
             out: Outbox::default(),
+            next_sweep: None,
         }
     }
 
@@ -462,7 +474,7 @@ impl Sfu {
             .filter_map(|m| self.participants.get(m))
             .filter(|p| p.voice.speaking)
             .collect();
-        v.sort_by_key(|p| std::cmp::Reverse(p.voice.since));
+        v.sort_by_key(|p| Reverse(p.voice.since));
         v.into_iter().map(|p| p.id).collect()
     }
 
@@ -584,6 +596,9 @@ impl Sfu {
 
     /// A participant left (or its signaling connection closed).
     pub fn remove_participant(&mut self, id: ParticipantId, now: Instant) {
+        if !self.participants.contains_key(&id) {
+            return;
+        }
         self.forget(&[id]);
         self.flush(now);
     }
@@ -663,16 +678,45 @@ impl Sfu {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // The sessions whose own timers are due.
+        while let Some(&Reverse((t, id))) = self.out.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.out.timers.pop();
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            if p.timeout != Some(t) {
+                continue; // stale: its timeout moved since
+            }
+            p.timeout = None;
+            if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                warn!(participant = p.id, error = %e, "timeout handling failed");
+                p.rtc.disconnect();
+            }
+            drain(p, &mut self.out);
+        }
+        if self.next_sweep.is_none_or(|t| now >= t) {
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+            self.sweep(now);
+        }
+        match self.next_allocation {
+            Some(t) if now < t => {}
+            _ => {
+                self.next_allocation = Some(now + ALLOCATION_INTERVAL);
+                self.allocate(now);
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Ended sessions go; slots waiting too long for a keyframe ask again; coalesced keyframe
+    /// requests whose interval is over are sent.
+    fn sweep(&mut self, now: Instant) {
         let mut gone = Vec::new();
         let mut keyframes = Vec::new();
         for p in self.participants.values_mut() {
-            if p.timeout.is_none_or(|t| t <= now) {
-                if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
-                    warn!(participant = p.id, error = %e, "timeout handling failed");
-                    p.rtc.disconnect();
-                }
-                drain(p, &mut self.out);
-            }
             if !p.rtc.is_alive() {
                 gone.push(p.id);
                 continue;
@@ -714,14 +758,6 @@ impl Sfu {
         for (src, rid) in due {
             self.request_layer_keyframe(src, rid, now);
         }
-        match self.next_allocation {
-            Some(t) if now < t => {}
-            _ => {
-                self.next_allocation = Some(now + ALLOCATION_INTERVAL);
-                self.allocate(now);
-            }
-        }
-        self.flush(now);
     }
 
     /// Next datagram to send: (from our socket address, to, bytes).
@@ -731,27 +767,24 @@ impl Sfu {
 
     /// When [`Sfu::handle_timeout`] is next due.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.participants
-            .values()
-            .flat_map(|p| {
-                let pli = p
-                    .inputs
-                    .iter()
-                    .flat_map(|i| i.layers.iter())
-                    .filter(|l| l.pli_pending)
-                    .filter_map(|l| l.last_pli.map(|t| t + PLI_INTERVAL));
-                let retry = p
-                    .slots
-                    .iter()
-                    .filter(|s| s.rewrite.need_keyframe && s.source.is_some())
-                    .filter_map(|s| s.rewrite.asked.map(|t| t + KEYFRAME_RETRY));
-                p.timeout.into_iter().chain(pli).chain(retry)
-            })
-            .chain(
-                (!self.participants.is_empty())
-                    .then_some(self.next_allocation)
-                    .flatten(),
-            )
+        // Drop stale timer entries from the top.
+        while let Some(&Reverse((t, id))) = self.out.timers.peek() {
+            if self
+                .participants
+                .get(&id)
+                .is_some_and(|p| p.timeout == Some(t))
+            {
+                break;
+            }
+            self.out.timers.pop();
+        }
+        if self.participants.is_empty() {
+            return None;
+        }
+        let timer = self.out.timers.peek().map(|Reverse((t, _))| *t);
+        [timer, self.next_sweep, self.next_allocation]
+            .into_iter()
+            .flatten()
             .min()
     }
 
@@ -767,7 +800,7 @@ impl Sfu {
                 .iter()
                 .filter_map(|m| self.participants.get(m))
                 .collect();
-            ranked.sort_by_key(|p| (std::cmp::Reverse(p.voice.since), p.order));
+            ranked.sort_by_key(|p| (Reverse(p.voice.since), p.order));
             let ranked: Vec<(ParticipantId, Vec<(Mid, MediaKind)>)> = ranked
                 .iter()
                 .map(|p| (p.id, p.inputs.iter().map(|i| (i.mid, i.kind)).collect()))
@@ -910,10 +943,10 @@ impl Sfu {
                     })
             })
             .collect();
-        let rank: HashMap<ParticipantId, (std::cmp::Reverse<Option<Instant>>, u64)> = self
+        let rank: HashMap<ParticipantId, (Reverse<Option<Instant>>, u64)> = self
             .participants
             .values()
-            .map(|p| (p.id, (std::cmp::Reverse(p.voice.since), p.order)))
+            .map(|p| (p.id, (Reverse(p.voice.since), p.order)))
             .collect();
         let mut keyframes = Vec::new();
         for p in self.participants.values_mut() {
@@ -1100,7 +1133,13 @@ fn drain(p: &mut Participant, out: &mut Outbox) {
     loop {
         match p.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
-                p.timeout = Some(t);
+                // Arm only an earlier wake-up: a later one is found when the armed one fires
+                // (str0m takes an early timeout calmly), so the heap grows by at most one
+                // entry per wake-up rather than one per packet.
+                if p.timeout.is_none_or(|armed| t < armed) {
+                    p.timeout = Some(t);
+                    out.timers.push(Reverse((t, p.id)));
+                }
                 break;
             }
             Ok(Output::Transmit(t)) => {

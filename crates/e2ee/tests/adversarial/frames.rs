@@ -209,6 +209,39 @@ fn previous_epoch_keys_open_frames_within_grace_and_are_erased_after() {
     assert!(matches!(err, FrameError::UnknownEpoch { .. }), "{err:?}");
 }
 
+/// While a large meeting fills up, epochs change several times a second. A sender that is a
+/// few epochs behind (it has not applied the newest commits yet) must still be heard for the
+/// whole grace window, not only for the last few epochs.
+#[test]
+fn a_sender_many_epochs_behind_is_opened_within_the_grace_window() {
+    let (mut room, mut a, mut b) = pair();
+    let mut out = Vec::new();
+    let lagging = seal(&mut a, b"sealed ten epochs ago", ClearPrefix::None);
+    let first = room.s(1).epoch();
+    for i in 0..10u64 {
+        let bundle = room.s(2).self_update(T0).unwrap();
+        room.deliver(2, &bundle.commit);
+        let t = T0.saturating_add(Duration::from_millis(100 * i));
+        b.install_epoch(room.s(1).epoch_secrets().unwrap(), t)
+            .unwrap();
+    }
+    assert_eq!(room.s(1).epoch(), first + 10);
+    assert_eq!(b.live_epochs().len(), 11);
+    let t = T0.saturating_add(Duration::from_millis(1500));
+    let info = b.open(&lagging, ClearPrefix::None, &mut out, t).unwrap();
+    assert_eq!(info.epoch, first);
+    assert_eq!(out, b"sealed ten epochs ago");
+    // The keys of the first epoch go 2 s after the first newer epoch came; the others later.
+    b.handle_timeout(T0.saturating_add(Duration::from_millis(2000)));
+    assert!(!b.live_epochs().contains(&first));
+    b.handle_timeout(T0.saturating_add(Duration::from_millis(2901)));
+    assert_eq!(b.live_epochs(), vec![first + 10]);
+    let err = b
+        .open(&lagging, ClearPrefix::None, &mut out, T0)
+        .unwrap_err();
+    assert!(matches!(err, FrameError::UnknownEpoch { .. }), "{err:?}");
+}
+
 #[test]
 fn frames_for_the_next_epoch_are_held_and_opened_once_the_commit_is_applied() {
     let (mut room, mut a, mut b) = pair();
