@@ -127,6 +127,8 @@ pub struct Participant {
     out: VecDeque<ClientMsg>,
     events: VecDeque<Event>,
     left: bool,
+    /// The roster of the last epoch, kept once the session is gone (removed or left).
+    final_roster: Vec<RosterEntry>,
 }
 
 impl core::fmt::Debug for Participant {
@@ -154,6 +156,7 @@ impl Participant {
             policy,
             admit_mode,
             session: None,
+            final_roster: Vec::new(),
             media: MediaCrypto::default(),
             knocks: BTreeMap::new(),
             approved: Vec::new(),
@@ -192,10 +195,20 @@ impl Participant {
 
     /// The roster, once in.
     pub fn roster(&self) -> Vec<RosterEntry> {
-        self.session
-            .as_ref()
-            .and_then(|s| s.roster().ok())
-            .unwrap_or_default()
+        match self.session.as_ref() {
+            Some(s) => s.roster().unwrap_or_default(),
+            None => self.final_roster.clone(),
+        }
+    }
+
+    /// Members in the current epoch (without copying the roster).
+    pub fn member_count(&self) -> usize {
+        self.session.as_ref().map_or(0, |s| s.member_count())
+    }
+
+    /// One member of the current epoch, by leaf index.
+    pub fn member(&self, leaf: u32) -> Option<RosterEntry> {
+        self.session.as_ref().and_then(|s| s.member(leaf))
     }
 
     /// Next message to send.
@@ -267,7 +280,9 @@ impl Participant {
 
     fn epoch_changed(&mut self, change: EpochChange, now: Timestamp) -> Result<(), Error> {
         if change.removed_self {
-            self.session = None;
+            if let Some(s) = self.session.take() {
+                self.final_roster = s.roster().unwrap_or_default();
+            }
             self.media.clear();
             self.events.push_back(Event::Ended {
                 reason: "removed from the group".into(),

@@ -418,8 +418,17 @@ async fn run_once(
         Ok(c) => c,
         Err(error) => return Err(error),
     };
-    let connecting =
-        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, false, connector);
+    // Small socket buffers (tungstenite's defaults are 128 KiB each way); a Welcome with its
+    // tree still arrives whole, read in more steps.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        Some(config),
+        false,
+        connector,
+    );
     let ws = match connecting.await {
         Ok((ws, _)) => ws,
         Err(e) => {
@@ -464,7 +473,7 @@ async fn run_once(
             }
         }
         while let Some(e) = p.poll_event() {
-            state.observe(&p, &e);
+            state.observe(&p, &e, media.sender_leaves());
             if matches!(e, Event::Joined { .. }) {
                 state.joined_at.get_or_insert_with(std::time::Instant::now);
             }
@@ -617,7 +626,6 @@ struct CallState {
     alarms: Vec<String>,
     history: Vec<EpochLine>,
     names: std::collections::BTreeMap<u32, (String, String)>,
-    last_roster: Vec<RosterLine>,
     reconnects: u32,
     /// Time to apply each commit from another member, in µs.
     commit_apply_us: Vec<u32>,
@@ -626,7 +634,7 @@ struct CallState {
 }
 
 impl CallState {
-    fn observe(&mut self, p: &Participant, e: &Event) {
+    fn observe(&mut self, p: &Participant, e: &Event, senders: Vec<u32>) {
         match e {
             Event::Alarm { reason } => self.alarms.push(reason.clone()),
             Event::Joined {
@@ -637,23 +645,19 @@ impl CallState {
                 change: conclave_e2ee::EpochChange { epoch, .. },
                 security_code,
             } => {
-                let roster = p.roster();
-                for r in &roster {
-                    self.names
-                        .insert(r.leaf, (r.user_id.clone(), r.display_name.clone()));
+                // Cheap per epoch (a meeting of 1,000 changes epoch often): names only for
+                // leaves we hear from; the roster itself is read once, for the summary.
+                for leaf in senders {
+                    if let std::collections::btree_map::Entry::Vacant(v) = self.names.entry(leaf) {
+                        if let Some(r) = p.member(leaf) {
+                            v.insert((r.user_id, r.display_name));
+                        }
+                    }
                 }
-                self.last_roster = roster
-                    .iter()
-                    .map(|e| RosterLine {
-                        id: e.user_id.clone(),
-                        name: e.display_name.clone(),
-                        fingerprint: e.fingerprint.short_code(),
-                    })
-                    .collect();
                 self.history.push(EpochLine {
                     epoch: *epoch,
                     security_code: security_code.to_string(),
-                    members: roster.len(),
+                    members: p.member_count(),
                 });
             }
             _ => {}
@@ -670,6 +674,7 @@ impl CallState {
                     .names
                     .get(&leaf)
                     .cloned()
+                    .or_else(|| p.member(leaf).map(|r| (r.user_id, r.display_name)))
                     .unwrap_or_else(|| (format!("leaf-{leaf}"), String::new()));
                 SenderLine {
                     id,
@@ -692,7 +697,15 @@ impl CallState {
                 .security_code()
                 .map(|c| c.to_string())
                 .or(last.map(|l| l.security_code.clone())),
-            roster: self.last_roster.clone(),
+            roster: p
+                .roster()
+                .into_iter()
+                .map(|e| RosterLine {
+                    fingerprint: e.fingerprint.short_code(),
+                    id: e.user_id,
+                    name: e.display_name,
+                })
+                .collect(),
             senders,
             alarms: self.alarms.clone(),
             ended,
@@ -959,6 +972,13 @@ impl MediaSide {
                 debug!(error = %e, "media send");
             }
         }
+    }
+
+    fn sender_leaves(&self) -> Vec<u32> {
+        self.link
+            .as_ref()
+            .map(|l| l.counts().keys().copied().collect())
+            .unwrap_or_default()
     }
 
     fn counts(&self) -> Vec<(u32, crate::media_link::SenderCounts)> {

@@ -176,9 +176,15 @@ struct Report {
     /// transition.
     frames_held_dropped: u64,
     failure_kinds: BTreeMap<String, u64>,
+    /// Frames that opened (authenticated) but whose content was not what the sender sealed:
+    /// a frame accepted under a wrong key would show here. Must be 0.
+    frames_opened_wrong_content: u64,
     media_restarts: u64,
     reconnects: u64,
     server: ServerFigures,
+    /// During the steady phase, every 10 s: (seconds into it, server RSS KiB, load-test
+    /// process RSS KiB, members in the meeting). Flat is good.
+    rss_steady: Vec<(f64, u64, u64, usize)>,
     baseline: Option<baseline::Figures>,
     /// Server forwarded packets per core-second over the raw baseline's.
     server_vs_baseline: Option<f64>,
@@ -594,7 +600,18 @@ async fn drive(args: &LoadtestArgs, duration: Duration, join_timeout: Duration) 
     let mut departed: Vec<Member> = Vec::new();
     let mut spawned = members.len();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut rss_steady = Vec::new();
+    let mut next_rss = Instant::now();
     while steady_start.elapsed() < duration {
+        if Instant::now() >= next_rss {
+            next_rss += Duration::from_secs(10);
+            rss_steady.push((
+                steady_start.elapsed().as_secs_f64(),
+                rss_kib(&pid.to_string()),
+                rss_kib("self"),
+                members.len(),
+            ));
+        }
         if let Some(gap) = churn_gap {
             while Instant::now() >= next_churn {
                 next_churn += gap;
@@ -789,9 +806,13 @@ async fn drive(args: &LoadtestArgs, duration: Duration, join_timeout: Duration) 
                 m
             },
         ),
+        frames_opened_wrong_content: lines()
+            .filter_map(|l| l.failure_kinds.get("IntegrityCheck"))
+            .sum(),
         media_restarts: summaries.iter().map(|s| u64::from(s.media_restarts)).sum(),
         reconnects: summaries.iter().map(|s| u64::from(s.reconnects)).sum(),
         server: server_fig,
+        rss_steady,
         baseline,
         server_vs_baseline,
         cores_for_540k_pps,

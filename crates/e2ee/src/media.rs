@@ -87,6 +87,15 @@ pub enum FrameError {
         /// Leaf index named by the KID.
         sender: u32,
     },
+    /// The KID names an epoch this member was in, whose keys the grace window already
+    /// erased: its sender applied the commits since then more than the grace window late.
+    #[error("frame from sender {sender} is for epoch {epoch}, whose keys are erased")]
+    Expired {
+        /// The epoch (reconstructed from the KID's low bits).
+        epoch: u64,
+        /// Leaf index named by the KID.
+        sender: u32,
+    },
     /// The KID names an epoch just ahead of ours: hold the frame until the commit is applied.
     #[error("frame from sender {sender} is for a future epoch (bits {epoch_bits})")]
     FutureEpoch {
@@ -144,6 +153,7 @@ impl FrameError {
         match self {
             FrameError::UnknownEpoch { sender, .. }
             | FrameError::BeforeJoin { sender, .. }
+            | FrameError::Expired { sender, .. }
             | FrameError::FutureEpoch { sender, .. }
             | FrameError::UnknownSender { sender, .. }
             | FrameError::Replayed { sender, .. }
@@ -723,6 +733,7 @@ impl MediaCrypto {
                         self.stats.replayed += 1
                     }
                     FrameError::UnknownEpoch { .. }
+                    | FrameError::Expired { .. }
                     | FrameError::UnknownSender { .. }
                     | FrameError::ForeignContext(_)
                     | FrameError::NotReady => self.stats.unknown_key += 1,
@@ -774,10 +785,12 @@ impl MediaCrypto {
             }
             // Otherwise it is behind: the nearest earlier epoch with these low bits.
             let behind = newest.wrapping_sub(u64::from(epoch_bits)) & EPOCH_MASK;
+            let oldest = self.epochs.front().map_or(newest, |e| e.epoch);
             return Err(match (newest.checked_sub(behind), self.first_epoch) {
                 (Some(epoch), Some(first)) if epoch < first => {
                     FrameError::BeforeJoin { epoch, sender }
                 }
+                (Some(epoch), Some(_)) if epoch < oldest => FrameError::Expired { epoch, sender },
                 _ => FrameError::UnknownEpoch { epoch_bits, sender },
             });
         };

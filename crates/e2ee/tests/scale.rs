@@ -11,7 +11,18 @@ use std::time::Instant;
 #[test]
 fn group_of_1000_members_built_with_batched_adds() {
     let started = Instant::now();
-    let creator = device("creator");
+    // The host keeps its state on disk, so that its size at 1,000 members can be read.
+    let state_dir = std::env::temp_dir().join(format!(
+        "conclave-scale-{}-{}",
+        std::process::id(),
+        started.elapsed().as_nanos()
+    ));
+    let creator = Device::new(
+        DeviceIdentity::generate(SUITE, CredentialInfo::new("creator", "creator").unwrap())
+            .unwrap(),
+        GroupStore::dir(&state_dir).unwrap(),
+    )
+    .unwrap();
     let mut host = creator
         .create_room(RoomPolicy::open("room"), None, T0)
         .unwrap();
@@ -70,11 +81,34 @@ fn group_of_1000_members_built_with_batched_adds() {
         m.open(&wire, ClearPrefix::None, &mut out, T0).unwrap();
         assert_eq!(out, b"to a thousand");
     }
+    // A member's stored MLS state at 1,000 members (the tree dominates it).
+    host.save().unwrap();
+    let stored: u64 = walk(&state_dir);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let tree = host.ratchet_tree().unwrap().len() as u64;
+    assert!(stored >= tree, "stored {stored} B, tree {tree} B");
     eprintln!(
-        "1000 members in {:?}; add-commit sizes {:?}; self-update commit {} B; tree {} B",
+        "1000 members in {:?}; add-commit sizes {:?}; self-update commit {} B; tree {} B; \
+         the host's stored MLS state {} B",
         started.elapsed(),
         commit_sizes,
         bundle.commit.len(),
-        host.ratchet_tree().unwrap().len()
+        tree,
+        stored
     );
+}
+
+/// Bytes of all files under `dir`.
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }

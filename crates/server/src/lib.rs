@@ -398,10 +398,18 @@ async fn ws_handler(
         )
             .into_response();
     }
+    // Small socket buffers: tungstenite's defaults (128 KiB each way) made a signaling
+    // connection cost more memory than everything else a participant has on the server.
+    // Large messages (a Welcome's tree) still arrive whole; they are read in more steps.
     ws.max_message_size(MAX_MESSAGE_LEN)
         .max_frame_size(MAX_MESSAGE_LEN)
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
         .on_upgrade(move |socket| connection(socket, room, peer, state))
 }
+
+/// Read and write buffer of one signaling connection.
+const WS_BUFFER: usize = 8 * 1024;
 
 async fn send_now(socket: &mut WebSocket, msg: ServerMsg) {
     let _ = socket.send(Message::Text(msg.encode().into())).await;

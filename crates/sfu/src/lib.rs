@@ -235,7 +235,18 @@ struct Slot {
     /// The layer this slot should forward; switched to at its next keyframe.
     target: Option<Option<Rid>>,
     rewrite: Rewrite,
+    /// Its retransmission cache was sized (on its first packet).
+    rtx_sized: bool,
 }
+
+/// How long the SFU keeps forwarded video packets for retransmission, and at most how many
+/// per slot. str0m's default (3 s, up to 2,000 packets) made a receiver of eight video slots
+/// hold megabytes; a NACK comes about one round trip after the loss, and a second try one more.
+pub const RTX_CACHE_AGE: Duration = Duration::from_millis(1000);
+/// See [`RTX_CACHE_AGE`].
+pub const RTX_CACHE_PACKETS: usize = 500;
+/// Most of a slot's bytes that may be retransmissions (str0m's default cap, kept).
+pub const RTX_RATIO_CAP: f32 = 0.15;
 
 /// One simulcast layer (or the only stream) of a sender's track.
 #[derive(Debug)]
@@ -678,18 +689,26 @@ impl Sfu {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        // The sessions whose own timers are due.
+        // The sessions whose own timers are due, each once (one that is due again at once
+        // is handled on the next call, after what it produced has been forwarded).
+        let mut due = Vec::new();
         while let Some(&Reverse((t, id))) = self.out.timers.peek() {
             if t > now {
                 break;
             }
             self.out.timers.pop();
+            if self
+                .participants
+                .get(&id)
+                .is_some_and(|p| p.timeout == Some(t))
+            {
+                due.push(id);
+            }
+        }
+        for id in due {
             let Some(p) = self.participants.get_mut(&id) else {
                 continue;
             };
-            if p.timeout != Some(t) {
-                continue; // stale: its timeout moved since
-            }
             p.timeout = None;
             if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                 warn!(participant = p.id, error = %e, "timeout handling failed");
@@ -767,6 +786,14 @@ impl Sfu {
 
     /// When [`Sfu::handle_timeout`] is next due.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        // Stale entries pile up when wake-ups move later; rebuild the heap when they dominate.
+        if self.out.timers.len() > 64 + 4 * self.participants.len() {
+            self.out.timers = self
+                .participants
+                .values()
+                .filter_map(|p| p.timeout.map(|t| Reverse((t, p.id))))
+                .collect();
+        }
         // Drop stale timer entries from the top.
         while let Some(&Reverse((t, id))) = self.out.timers.peek() {
             if self
@@ -1110,6 +1137,10 @@ impl Sfu {
             if !video {
                 tx.set_unpaced(true);
             }
+            if video && !slot.rtx_sized {
+                slot.rtx_sized = true;
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+            }
             let ext = str0m::rtp::ExtensionValues {
                 audio_level: pkt.audio_level,
                 voice_activity: pkt.voice_activity,
@@ -1133,10 +1164,9 @@ fn drain(p: &mut Participant, out: &mut Outbox) {
     loop {
         match p.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
-                // Arm only an earlier wake-up: a later one is found when the armed one fires
-                // (str0m takes an early timeout calmly), so the heap grows by at most one
-                // entry per wake-up rather than one per packet.
-                if p.timeout.is_none_or(|armed| t < armed) {
+                // Exactly the wake-up str0m asks for (an early one would run its pacer
+                // early, which sends padding). The entry it replaces goes stale and is skipped.
+                if p.timeout != Some(t) {
                     p.timeout = Some(t);
                     out.timers.push(Reverse((t, p.id)));
                 }
@@ -1162,6 +1192,7 @@ fn drain(p: &mut Participant, out: &mut Outbox) {
                             layer: None,
                             target: None,
                             rewrite: Rewrite::default(),
+                            rtx_sized: false,
                         }),
                         _ => {}
                     }
