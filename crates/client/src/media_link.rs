@@ -104,7 +104,14 @@ pub struct MediaLink {
     first_opened: Option<Instant>,
     /// The session failed (for example its DTLS handshake timed out): it must be replaced.
     failed: bool,
+    /// DTLS completed once (a later ICE reconnect resumes sending).
+    established: bool,
+    /// Since when ICE has been disconnected.
+    disconnected_since: Option<Instant>,
 }
+
+/// How long the media path may stay disconnected before the session is replaced.
+pub const DISCONNECTED_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many recent frame latencies a link keeps.
 pub const LATENCY_SAMPLES: usize = 4096;
@@ -315,6 +322,8 @@ impl MediaLink {
             latencies_us: VecDeque::new(),
             first_opened: None,
             failed: false,
+            established: false,
+            disconnected_since: None,
         };
         Ok((link, offer.to_sdp_string()))
     }
@@ -421,6 +430,14 @@ impl MediaLink {
             warn!(error = %e, "media timeout");
         }
         self.drain(media, now, ts);
+        if self
+            .disconnected_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= DISCONNECTED_GIVE_UP)
+            && !self.failed
+        {
+            warn!("media path down too long; the session will be replaced");
+            self.failed = true;
+        }
     }
 
     /// When to call [`MediaLink::handle_timeout`] next.
@@ -722,9 +739,21 @@ impl MediaLink {
                         .push_back((t.source, t.destination, t.contents.to_vec()))
                 }
                 Ok(Output::Event(e)) => match e {
-                    Event::Connected => self.connected = true,
+                    Event::Connected => {
+                        self.connected = true;
+                        self.established = true;
+                        self.disconnected_since = None;
+                    }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        self.connected = false
+                        self.connected = false;
+                        self.disconnected_since.get_or_insert(now);
+                    }
+                    // ICE came back (consent checks lost a few packets): send again.
+                    Event::IceConnectionStateChange(
+                        IceConnectionState::Connected | IceConnectionState::Completed,
+                    ) if self.established => {
+                        self.connected = true;
+                        self.disconnected_since = None;
                     }
                     Event::KeyframeRequest(r) => match r.rid {
                         Some(rid) => {

@@ -759,6 +759,10 @@ async fn drive(args: &LoadtestArgs, duration: Duration, join_timeout: Duration) 
                 first_frame: &first_frame,
                 latency: &latency,
                 rss_curve: &rss_curve,
+                rss_steady: &rss_steady
+                    .iter()
+                    .map(|(t, kib, _, _)| (*t, *kib as f64 / 1024.0))
+                    .collect::<Vec<_>>(),
                 failure_kinds: &lines().flat_map(|l| l.failure_kinds.iter()).fold(
                     BTreeMap::new(),
                     |mut m, (k, v)| {

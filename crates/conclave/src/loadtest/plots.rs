@@ -15,6 +15,8 @@ pub(crate) struct Inputs<'a> {
     pub(crate) latency: &'a [f64],
     /// (members admitted, server RSS in MiB).
     pub(crate) rss_curve: &'a [(f64, f64)],
+    /// While the meeting runs: (seconds, server RSS in MiB).
+    pub(crate) rss_steady: &'a [(f64, f64)],
     pub(crate) failure_kinds: &'a BTreeMap<String, u64>,
     pub(crate) server_pps: f64,
     pub(crate) baseline_pps: f64,
@@ -57,24 +59,30 @@ fn cdf(path: &Path, title: &str, values: &[f64]) -> Result<()> {
         .y_desc("fraction at or below")
         .draw()
         .map_err(err)?;
+    // At most about 400 points (every k-th sample, and the last): the plot looks the same
+    // and the file stays small.
     let n = v.len().max(1) as f64;
+    let step = v.len().div_ceil(400).max(1);
+    let points: Vec<(f64, f64)> = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % step == 0 || *i + 1 == v.len())
+        .map(|(i, x)| (*x, (i + 1) as f64 / n))
+        .collect();
     chart
-        .draw_series(LineSeries::new(
-            v.iter().enumerate().map(|(i, x)| (*x, (i + 1) as f64 / n)),
-            &BLUE,
-        ))
+        .draw_series(LineSeries::new(points, &BLUE))
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
 
-fn rss(path: &Path, curve: &[(f64, f64)]) -> Result<()> {
+fn rss(path: &Path, title: &str, x_desc: &str, curve: &[(f64, f64)]) -> Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let xmax = curve.iter().map(|p| p.0).fold(1.0, f64::max);
     let ymax = curve.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Server RSS against members admitted", ("sans-serif", 18))
+        .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -82,7 +90,7 @@ fn rss(path: &Path, curve: &[(f64, f64)]) -> Result<()> {
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("members admitted")
+        .x_desc(x_desc)
         .y_desc("server RSS (MiB)")
         .draw()
         .map_err(err)?;
@@ -155,7 +163,20 @@ pub(crate) fn write(dir: &Path, i: &Inputs<'_>) -> Result<()> {
         "Frame latency, capture to decrypted",
         i.latency,
     )?;
-    rss(&dir.join("server_rss.svg"), i.rss_curve)?;
+    rss(
+        &dir.join("server_rss.svg"),
+        "Server RSS against members admitted",
+        "members admitted",
+        i.rss_curve,
+    )?;
+    if i.rss_steady.len() > 1 {
+        rss(
+            &dir.join("server_rss_running.svg"),
+            "Server RSS while the meeting runs",
+            "seconds",
+            i.rss_steady,
+        )?;
+    }
     bars(
         &dir.join("forwarding.svg"),
         "Forwarded packets per core-second",
