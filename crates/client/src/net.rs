@@ -465,6 +465,8 @@ async fn run_once(
     let ended;
     let mut lost = false;
     let mut restart_at: Option<tokio::time::Instant> = None;
+    // Ratchet tree parts of the Welcome to come.
+    let mut tree: Vec<u8> = Vec::new();
     loop {
         // Flush what the core wants to send; surface events.
         while let Some(m) = p.poll_transmit() {
@@ -511,7 +513,24 @@ async fn run_once(
                         return Err(NetError::Refused(reason));
                     }
                     Ok(ServerMsg::MediaAnswer { sdp }) => media.answer(&sdp, &mut p),
+                    Ok(ServerMsg::TreePart { part }) => {
+                        if tree.len() + part.0.len() > conclave_proto::MAX_TREE_LEN {
+                            warn!("ratchet tree parts beyond {} bytes; dropped", conclave_proto::MAX_TREE_LEN);
+                            state.alarms.push("the server sent an oversized ratchet tree".into());
+                            tree.clear();
+                        } else {
+                            tree.extend_from_slice(&part.0);
+                        }
+                    }
                     Ok(m) => {
+                        // A Welcome whose tree came in parts gets it back here; the core sees
+                        // one Welcome either way.
+                        let m = match m {
+                            ServerMsg::Welcome { welcome, ratchet_tree } if ratchet_tree.0.is_empty() => {
+                                ServerMsg::Welcome { welcome, ratchet_tree: conclave_proto::Bytes(std::mem::take(&mut tree)) }
+                            }
+                            m => m,
+                        };
                         let hello_answered = matches!(m, ServerMsg::Joined { .. });
                         let commit = matches!(m, ServerMsg::Commit { .. });
                         let started = std::time::Instant::now();
@@ -666,6 +685,8 @@ impl CallState {
 
     fn summary(&self, p: &Participant, media: &MediaSide, ended: String) -> Summary {
         let last = self.history.last();
+        // The roster once (the last epoch's, kept after leaving), for names and the summary.
+        let roster = p.roster();
         let senders = media
             .counts()
             .into_iter()
@@ -674,7 +695,12 @@ impl CallState {
                     .names
                     .get(&leaf)
                     .cloned()
-                    .or_else(|| p.member(leaf).map(|r| (r.user_id, r.display_name)))
+                    .or_else(|| {
+                        roster
+                            .iter()
+                            .find(|r| r.leaf == leaf)
+                            .map(|r| (r.user_id.clone(), r.display_name.clone()))
+                    })
                     .unwrap_or_else(|| (format!("leaf-{leaf}"), String::new()));
                 SenderLine {
                     id,
@@ -697,8 +723,7 @@ impl CallState {
                 .security_code()
                 .map(|c| c.to_string())
                 .or(last.map(|l| l.security_code.clone())),
-            roster: p
-                .roster()
+            roster: roster
                 .into_iter()
                 .map(|e| RosterLine {
                     fingerprint: e.fingerprint.short_code(),

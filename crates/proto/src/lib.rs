@@ -18,6 +18,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest piece of a ratchet tree in one [`ServerMsg::TreePart`].
+pub const TREE_PART_LEN: usize = 12 * 1024;
+
+/// Largest ratchet tree a client puts together from [`ServerMsg::TreePart`]s (a tree of
+/// 65,536 leaves, the most a KID can name, is far smaller).
+pub const MAX_TREE_LEN: usize = 32 << 20;
 /// Largest signaling message accepted, in bytes of JSON (a commit adding 100 members with its
 /// Welcome is about 200 KB in base64).
 pub const MAX_MESSAGE_LEN: usize = 4 << 20;
@@ -233,8 +240,16 @@ pub enum ServerMsg {
     Welcome {
         /// MLS Welcome message.
         welcome: Bytes,
-        /// MLS ratchet tree, checked by the joiner against the signed GroupInfo.
+        /// MLS ratchet tree, checked by the joiner against the signed GroupInfo. Empty when
+        /// the tree came before it in [`ServerMsg::TreePart`]s.
         ratchet_tree: Bytes,
+    },
+    /// A piece of the ratchet tree of the [`ServerMsg::Welcome`] that follows (a large tree
+    /// goes in pieces of at most [`TREE_PART_LEN`] bytes, so that no socket buffer has to hold
+    /// it whole). The client joins the pieces, in order, into that Welcome's tree.
+    TreePart {
+        /// The next bytes of the tree.
+        part: Bytes,
     },
     /// A proposal (a member's self-removal, or the server's removal of a vanished member).
     Proposal {

@@ -31,7 +31,7 @@ use axum::routing::get;
 use axum::Router;
 use conclave_ds::{ConnId, Ds, DsConfig, Output};
 use conclave_mls::{RoomCipherSuite, Timestamp};
-use conclave_proto::{ClientMsg, ErrorCode, ServerMsg, MAX_MESSAGE_LEN};
+use conclave_proto::{Bytes, ClientMsg, ErrorCode, ServerMsg, MAX_MESSAGE_LEN};
 use futures_util::{SinkExt, StreamExt};
 use mls_rs_core::crypto::SignatureSecretKey;
 use tokio::sync::{mpsc, oneshot};
@@ -408,6 +408,32 @@ async fn ws_handler(
         .on_upgrade(move |socket| connection(socket, room, peer, state))
 }
 
+/// A Welcome with a large tree goes as tree parts and then the Welcome without it: the
+/// WebSocket writer keeps the capacity of the largest frame it ever wrote, and a tree of a
+/// room of 1,000 is 283 KB (377 KB in JSON), which every joiner's connection would then hold.
+fn split_tree(m: ServerMsg) -> Vec<ServerMsg> {
+    match m {
+        ServerMsg::Welcome {
+            welcome,
+            ratchet_tree,
+        } if ratchet_tree.0.len() > conclave_proto::TREE_PART_LEN => {
+            let mut out: Vec<ServerMsg> = ratchet_tree
+                .0
+                .chunks(conclave_proto::TREE_PART_LEN)
+                .map(|c| ServerMsg::TreePart {
+                    part: Bytes(c.to_vec()),
+                })
+                .collect();
+            out.push(ServerMsg::Welcome {
+                welcome,
+                ratchet_tree: Bytes(Vec::new()),
+            });
+            out
+        }
+        m => vec![m],
+    }
+}
+
 /// Read and write buffer of one signaling connection.
 const WS_BUFFER: usize = 8 * 1024;
 
@@ -490,7 +516,18 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
         while let Some(o) = rx.recv().await {
             match o {
                 Outbound::Msg(m, fan_out) => {
-                    if sink.send(Message::Text(m.encode().into())).await.is_err() {
+                    let mut ok = true;
+                    for part in split_tree(m) {
+                        if sink
+                            .send(Message::Text(part.encode().into()))
+                            .await
+                            .is_err()
+                        {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if !ok {
                         break;
                     }
                     drop(fan_out);
@@ -730,5 +767,45 @@ async fn sfu_task(
                 t.extend(tap);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_tree_goes_in_parts_that_join_back_into_the_same_welcome() {
+        let tree: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let msgs = split_tree(ServerMsg::Welcome {
+            welcome: Bytes(vec![1, 2, 3]),
+            ratchet_tree: Bytes(tree.clone()),
+        });
+        assert_eq!(
+            msgs.len(),
+            tree.len().div_ceil(conclave_proto::TREE_PART_LEN) + 1
+        );
+        let mut joined = Vec::new();
+        for m in &msgs[..msgs.len() - 1] {
+            let ServerMsg::TreePart { part } = m else {
+                panic!("{m:?}")
+            };
+            assert!(part.0.len() <= conclave_proto::TREE_PART_LEN);
+            // Each part is a small frame on the wire.
+            assert!(m.encode().len() < 2 * conclave_proto::TREE_PART_LEN);
+            joined.extend_from_slice(&part.0);
+        }
+        assert_eq!(joined, tree);
+        assert!(matches!(
+            msgs.last(),
+            Some(ServerMsg::Welcome { welcome, ratchet_tree })
+                if welcome.0 == [1, 2, 3] && ratchet_tree.0.is_empty()
+        ));
+        // A small tree stays inside its Welcome.
+        let small = split_tree(ServerMsg::Welcome {
+            welcome: Bytes(vec![1]),
+            ratchet_tree: Bytes(vec![2; 100]),
+        });
+        assert_eq!(small.len(), 1);
     }
 }
