@@ -139,6 +139,8 @@ struct Report {
     /// Participants whose call ended in an error (or that did not end within 60 s of
     /// being asked to leave).
     participants_lost: usize,
+    /// Why, by reason.
+    lost_reasons: BTreeMap<String, usize>,
     video_senders: usize,
     audio_senders: usize,
     heavy_receivers: usize,
@@ -498,7 +500,9 @@ async fn drive(args: &LoadtestArgs, duration: Duration, join_timeout: Duration) 
     ));
     std::fs::create_dir_all(&dir)?;
     let token_key = ServerKeys::load_or_create(&dir)?.token;
-    let server = ServerProc::start(args.participants + 16, dir)?;
+    // Room for the churn: leavers stay members until the commit that removes them.
+    let headroom = 16 + (args.churn * 30.0).ceil() as usize;
+    let server = ServerProc::start(args.participants + headroom, dir)?;
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_start = rss_kib(&pid.to_string());
@@ -655,11 +659,19 @@ async fn drive(args: &LoadtestArgs, duration: Duration, join_timeout: Duration) 
     }
     let mut summaries: Vec<Summary> = Vec::new();
     let mut failed_tasks = 0usize;
+    let mut lost_reasons: BTreeMap<String, usize> = BTreeMap::new();
     for m in members.into_iter().chain(departed) {
-        match tokio::time::timeout(Duration::from_secs(60), m.task).await {
-            Ok(Ok(Ok(s))) => summaries.push(s),
-            _ => failed_tasks += 1,
-        }
+        let reason = match tokio::time::timeout(Duration::from_secs(60), m.task).await {
+            Ok(Ok(Ok(s))) => {
+                summaries.push(s);
+                continue;
+            }
+            Ok(Ok(Err(e))) => e.to_string(),
+            Ok(Err(e)) => format!("task: {e}"),
+            Err(_) => "did not leave within 60 s".to_owned(),
+        };
+        failed_tasks += 1;
+        *lost_reasons.entry(reason).or_default() += 1;
     }
     let m_end = metrics(&server.url).await.unwrap_or_default();
     drop(server);
@@ -781,6 +793,7 @@ async fn drive(args: &LoadtestArgs, duration: Duration, join_timeout: Duration) 
         participants_joined: joined_n,
         failed_joins: args.participants - joined_n,
         participants_lost: failed_tasks,
+        lost_reasons,
         video_senders: args.video_senders.min(args.participants),
         audio_senders: args.audio_senders.min(args.participants),
         heavy_receivers: args.heavy_receivers.min(args.participants),
