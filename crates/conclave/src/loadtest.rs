@@ -315,7 +315,7 @@ type Epochs = BTreeMap<u64, (Instant, Instant, BTreeMap<String, usize>)>;
 #[derive(Default)]
 struct Shared {
     epochs: Mutex<Epochs>,
-    /// (participant, ms from its start to its first epoch).
+    /// Per participant admitted: ms from its start to its first epoch.
     joined: Mutex<Vec<f64>>,
     admitted: AtomicUsize,
     media_members: AtomicUsize,
