@@ -279,6 +279,10 @@ impl Participant {
     }
 
     fn epoch_changed(&mut self, change: EpochChange, now: Timestamp) -> Result<(), Error> {
+        // Knocks answered by this commit (whoever committed it) are done.
+        for a in &change.added {
+            self.knocks.retain(|_, k| k.user_id != a.user_id);
+        }
         if change.removed_self {
             if let Some(s) = self.session.take() {
                 self.final_roster = s.roster().unwrap_or_default();
@@ -385,9 +389,6 @@ impl Participant {
                     return Ok(());
                 }
                 let change = s.confirm_commit()?;
-                for a in &change.added {
-                    self.knocks.retain(|_, k| k.user_id != a.user_id);
-                }
                 self.epoch_changed(change, now)?;
             }
             ServerMsg::CommitRejected { epoch, reason } => {

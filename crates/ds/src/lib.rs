@@ -313,6 +313,45 @@ impl Ds {
     }
 
     /// Sends `msg` to every member of the room connected now, except `except`.
+    /// Sends a knock to the members who decide on it: the hosts of a lobby room. In open and
+    /// invite-list rooms nobody decides (the committer gets the knocks with its commit
+    /// request), so nobody gets it: broadcasting every knock to every member cost a room of
+    /// 1,000 half a million messages and each member a copy of every KeyPackage.
+    fn send_to_hosts(&mut self, room_name: &str, msg: &ServerMsg) {
+        let Some(room) = self.rooms.get(room_name) else {
+            return;
+        };
+        let Some(group) = room.group.as_ref() else {
+            return;
+        };
+        let Some(policy) = policy_of(&group.group_context().extensions)
+            .ok()
+            .filter(|p| matches!(p.admission, Admission::Lobby(_)))
+        else {
+            return;
+        };
+        let hosts: Vec<u32> = group
+            .roster()
+            .members_iter()
+            .filter(|m| policy.is_host(&m.signing_identity.signature_key))
+            .map(|m| m.index)
+            .collect();
+        let targets: Vec<ConnId> = room
+            .conns
+            .iter()
+            .copied()
+            .filter(|c| {
+                matches!(
+                    self.conns.get(c).map(|c| c.state),
+                    Some(ConnState::Member(l)) if hosts.contains(&l)
+                )
+            })
+            .collect();
+        for c in targets {
+            self.send(c, msg.clone());
+        }
+    }
+
     fn send_to_members(&mut self, room_name: &str, except: Option<ConnId>, msg: &ServerMsg) {
         let Some(room) = self.rooms.get(room_name) else {
             return;
@@ -667,7 +706,7 @@ impl Ds {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::Knocking(id);
         }
-        self.send_to_members(room_name, None, &ServerMsg::Knock { knock });
+        self.send_to_hosts(room_name, &ServerMsg::Knock { knock });
         if returning {
             info!(
                 room = room_name,

@@ -334,6 +334,48 @@ fn lobby_knock_waits_for_the_host_and_can_be_denied() {
     assert_eq!(net.ds.member_count("room"), 2);
 }
 
+/// Knocks go only to who decides on them: nobody in an open room (the committer gets them
+/// with its commit request), the hosts in a lobby room. Broadcasting each knock to every
+/// member cost a room of 1,000 half a million messages while it filled.
+#[test]
+fn knocks_reach_only_the_members_who_decide_on_them() {
+    let knocks_seen = |net: &Net, conn: ConnId| {
+        net.seen.get(&conn).map_or(0, |m| {
+            m.iter()
+                .filter(|m| matches!(m, ServerMsg::Knock { .. }))
+                .count()
+        })
+    };
+    let mut net = open_room(4);
+    assert_eq!(net.ds.member_count("room"), 4);
+    for c in 1..=4 {
+        assert_eq!(
+            knocks_seen(&net, c),
+            0,
+            "member {c} got a knock in an open room"
+        );
+    }
+
+    // Lobby: the host sees the knock; a member who is not a host does not.
+    let mut net = Net::new();
+    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    net.join(2, "guest", NewRoomPolicy::Open, AdmitMode::Auto);
+    let k = net.p(1).pending_knocks()[0].knock;
+    let now = net.now;
+    net.p(1).admit(k, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 2);
+    assert!(
+        net.p(1).pending_knocks().is_empty(),
+        "answered knocks are dropped"
+    );
+    net.join(3, "second", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(knocks_seen(&net, 1), 2);
+    assert_eq!(knocks_seen(&net, 2), 0);
+    assert!(net.p(2).pending_knocks().is_empty());
+    assert_eq!(net.p(1).pending_knocks().len(), 1);
+}
+
 #[test]
 fn commit_breaking_the_policy_is_refused_by_the_ds_and_the_room_goes_on() {
     let mut net = Net::new();
