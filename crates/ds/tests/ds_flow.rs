@@ -346,7 +346,7 @@ fn knocks_reach_only_the_members_who_decide_on_them() {
                 .count()
         })
     };
-    let mut net = open_room(4);
+    let net = open_room(4);
     assert_eq!(net.ds.member_count("room"), 4);
     for c in 1..=4 {
         assert_eq!(
