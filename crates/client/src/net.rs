@@ -475,7 +475,7 @@ async fn run_once(
             }
         }
         while let Some(e) = p.poll_event() {
-            state.observe(&p, &e, media.sender_leaves());
+            state.observe(&p, &e, &media);
             if matches!(e, Event::Joined { .. }) {
                 state.joined_at.get_or_insert_with(std::time::Instant::now);
             }
@@ -653,7 +653,7 @@ struct CallState {
 }
 
 impl CallState {
-    fn observe(&mut self, p: &Participant, e: &Event, senders: Vec<u32>) {
+    fn observe(&mut self, p: &Participant, e: &Event, media: &MediaSide) {
         match e {
             Event::Alarm { reason } => self.alarms.push(reason.clone()),
             Event::Joined {
@@ -666,7 +666,7 @@ impl CallState {
             } => {
                 // Cheap per epoch (a meeting of 1,000 changes epoch often): names only for
                 // leaves we hear from; the roster itself is read once, for the summary.
-                for leaf in senders {
+                for leaf in media.sender_leaves() {
                     if let std::collections::btree_map::Entry::Vacant(v) = self.names.entry(leaf) {
                         if let Some(r) = p.member(leaf) {
                             v.insert((r.user_id, r.display_name));

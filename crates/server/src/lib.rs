@@ -136,14 +136,11 @@ enum Outbound {
 struct FanOut {
     arrived: Instant,
     metrics: Arc<Metrics>,
-    armed: bool,
 }
 
 impl Drop for FanOut {
     fn drop(&mut self) {
-        if self.armed {
-            self.metrics.observe_rekey(self.arrived.elapsed());
-        }
+        self.metrics.observe_rekey(self.arrived.elapsed());
     }
 }
 
@@ -633,7 +630,7 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
     let mut routes: HashMap<ConnId, mpsc::Sender<Outbound>> = HashMap::new();
     loop {
         let deadline = ds.poll_timeout().map(until);
-        let mut fan_out: Option<FanOut> = None;
+        let mut commit_arrived: Option<Instant> = None;
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
@@ -648,7 +645,7 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
                         ds.handle(conn, msg, now_ts());
                         if commit {
                             metrics.observe_commit(started.elapsed());
-                            fan_out = Some(FanOut { arrived, metrics: metrics.clone(), armed: false });
+                            commit_arrived = Some(arrived);
                         }
                     }
                     DsCmd::Gone { conn } => {
@@ -674,9 +671,11 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
                 }
             )
         });
-        let fan_out = fan_out.take().and_then(|mut f| {
-            f.armed = fanned_out;
-            fanned_out.then(|| Arc::new(f))
+        let fan_out = commit_arrived.filter(|_| fanned_out).map(|arrived| {
+            Arc::new(FanOut {
+                arrived,
+                metrics: metrics.clone(),
+            })
         });
         for o in outputs {
             match o {
