@@ -14,7 +14,10 @@
 //! - `CommitAccepted` / `CommitRejected`: applies or drops its pending commit;
 //! - `Commit`, `Proposal`, `Application`: processes them; a refused one raises
 //!   [`Event::Alarm`] and changes nothing;
-//! - `Welcome`: joins, checking the tree against the signed GroupInfo.
+//! - `TreePart`: keeps the piece of the ratchet tree of the Welcome to come (bounded by
+//!   [`conclave_proto::MAX_TREE_LEN`]);
+//! - `Welcome`: joins, checking the tree (sent with it or in parts before it) against the
+//!   signed GroupInfo.
 //!
 //! Every epoch change installs the new SFrame keys in [`Participant::media`].
 #![forbid(unsafe_code)]
@@ -22,6 +25,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod media_file;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod media_link;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod net;
@@ -129,6 +133,8 @@ pub struct Participant {
     left: bool,
     /// The roster of the last epoch, kept once the session is gone (removed or left).
     final_roster: Vec<RosterEntry>,
+    /// Ratchet tree parts of the Welcome to come ([`ServerMsg::TreePart`]).
+    tree: Vec<u8>,
 }
 
 impl core::fmt::Debug for Participant {
@@ -157,6 +163,7 @@ impl Participant {
             admit_mode,
             session: None,
             final_roster: Vec::new(),
+            tree: Vec::new(),
             media: MediaCrypto::default(),
             knocks: BTreeMap::new(),
             approved: Vec::new(),
@@ -181,6 +188,18 @@ impl Participant {
     /// The SFrame key ring (keys of the current epoch and those in their grace window).
     pub fn media(&mut self) -> &mut MediaCrypto {
         &mut self.media
+    }
+
+    /// The media key ring, to read (health, epochs held, when keys are next erased).
+    pub fn media_ref(&self) -> &MediaCrypto {
+        &self.media
+    }
+
+    /// Whether this device hosts the room (decides on knocks in a lobby room).
+    pub fn is_host(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.policy().is_host(self.device.identity().public_key()))
     }
 
     /// The current epoch, once in.
@@ -432,10 +451,28 @@ impl Participant {
                     self.alarm(format!("refused an application message: {e}"));
                 }
             }
+            ServerMsg::TreePart { part } => {
+                if self.tree.len() + part.0.len() > conclave_proto::MAX_TREE_LEN {
+                    self.tree = Vec::new();
+                    self.alarm(format!(
+                        "the server sent ratchet tree parts beyond {} bytes; dropped",
+                        conclave_proto::MAX_TREE_LEN
+                    ));
+                } else {
+                    self.tree.extend_from_slice(&part.0);
+                }
+            }
             ServerMsg::Welcome {
                 welcome,
                 ratchet_tree,
             } => {
+                // A large tree came before its Welcome in parts.
+                let parts = std::mem::take(&mut self.tree);
+                let ratchet_tree = if ratchet_tree.0.is_empty() {
+                    Bytes(parts)
+                } else {
+                    ratchet_tree
+                };
                 if self.session.is_some() {
                     return Err(Error::Unexpected(
                         "a Welcome while already in the group".into(),

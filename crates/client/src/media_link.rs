@@ -484,10 +484,12 @@ impl MediaLink {
         }
     }
 
-    /// Whether the next video frame must be a keyframe: the first under a new key, or one a
-    /// receiver asked for.
+    /// Whether the next video frame from a file (sent on the top layer only, see
+    /// [`MediaLink::send_frame`]) must be a keyframe: the first under a new key, or one a
+    /// receiver asked for. (The other layers' requests stay pending: nothing is sent on them,
+    /// and counting them made a file sender seek to its first keyframe on every tick.)
     pub fn keyframe_due(&self, media: &MediaCrypto) -> bool {
-        self.keyframe_wanted.iter().any(|w| *w) || self.last_video_epoch != media.sending_epoch()
+        self.layer_keyframe_due(LAYERS.len() - 1, media)
     }
 
     fn layer_keyframe_due(&self, layer: usize, media: &MediaCrypto) -> bool {

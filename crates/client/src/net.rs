@@ -465,8 +465,6 @@ async fn run_once(
     let ended;
     let mut lost = false;
     let mut restart_at: Option<tokio::time::Instant> = None;
-    // Ratchet tree parts of the Welcome to come.
-    let mut tree: Vec<u8> = Vec::new();
     loop {
         // Flush what the core wants to send; surface events.
         while let Some(m) = p.poll_transmit() {
@@ -513,24 +511,7 @@ async fn run_once(
                         return Err(NetError::Refused(reason));
                     }
                     Ok(ServerMsg::MediaAnswer { sdp }) => media.answer(&sdp, &mut p),
-                    Ok(ServerMsg::TreePart { part }) => {
-                        if tree.len() + part.0.len() > conclave_proto::MAX_TREE_LEN {
-                            warn!("ratchet tree parts beyond {} bytes; dropped", conclave_proto::MAX_TREE_LEN);
-                            state.alarms.push("the server sent an oversized ratchet tree".into());
-                            tree.clear();
-                        } else {
-                            tree.extend_from_slice(&part.0);
-                        }
-                    }
                     Ok(m) => {
-                        // A Welcome whose tree came in parts gets it back here; the core sees
-                        // one Welcome either way.
-                        let m = match m {
-                            ServerMsg::Welcome { welcome, ratchet_tree } if ratchet_tree.0.is_empty() => {
-                                ServerMsg::Welcome { welcome, ratchet_tree: conclave_proto::Bytes(std::mem::take(&mut tree)) }
-                            }
-                            m => m,
-                        };
                         let hello_answered = matches!(m, ServerMsg::Joined { .. });
                         let commit = matches!(m, ServerMsg::Commit { .. });
                         let started = std::time::Instant::now();

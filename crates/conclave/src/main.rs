@@ -6,6 +6,7 @@ mod demo;
 mod join;
 mod loadtest;
 mod serve;
+mod web_assets;
 
 /// End-to-end encrypted group calls that anyone can host.
 #[derive(Debug, Parser)]

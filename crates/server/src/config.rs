@@ -52,6 +52,15 @@ pub struct ServeArgs {
     /// TLS private key (PEM) for `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Audit: keep copies of up to N forwarded frame payloads as the SFU sees them, and write
+    /// them to `--media-tap-file` when the server stops (to check what the server can see).
+    #[arg(long, requires = "media_tap_file")]
+    #[serde(skip)]
+    pub media_tap: Option<usize>,
+    /// Where `--media-tap` writes (each payload as a 4-byte big-endian length and its bytes).
+    #[arg(long, requires = "media_tap")]
+    #[serde(skip)]
+    pub media_tap_file: Option<PathBuf>,
 }
 
 /// Resolved configuration.
@@ -81,6 +90,8 @@ pub struct ServerConfig {
     /// Keep copies of up to this many forwarded frame payloads, as the SFU sees them (0: off).
     /// For audits and tests of what the server can see.
     pub media_tap: usize,
+    /// The web client's files (empty: the server explains how to get a build that has them).
+    pub web: &'static [crate::web::WebAsset],
 }
 
 fn default_data_dir() -> PathBuf {
@@ -148,7 +159,8 @@ impl ServeArgs {
             )
             .unwrap_or(120),
             outbound_queue: 4096,
-            media_tap: 0,
+            media_tap: self.media_tap.unwrap_or(0),
+            web: &[],
         })
     }
 }

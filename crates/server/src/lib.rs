@@ -15,6 +15,7 @@
 pub mod config;
 mod metrics;
 pub mod token;
+pub mod web;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use conclave_ds::{ConnId, Ds, DsConfig, Output};
@@ -48,7 +49,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MSG_RATE: f64 = 50.0;
 const MSG_BURST: f64 = 200.0;
 
-fn now_ts() -> Timestamp {
+pub(crate) fn now_ts() -> Timestamp {
     Timestamp::from_millis(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -188,6 +189,7 @@ struct AppState {
     outbound_queue: usize,
     metrics: Arc<Metrics>,
     public_url: String,
+    web: &'static [web::WebAsset],
 }
 
 impl AppState {
@@ -292,9 +294,12 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
         outbound_queue: config.outbound_queue,
         metrics,
         public_url: url.clone(),
+        web: config.web,
     });
     let app = Router::new()
-        .route("/", get(index))
+        .route("/", get(web::index))
+        .route("/app/{*file}", get(web::app_file))
+        .route("/guest", axum::routing::post(web::guest))
         .route("/metrics", get(metrics_handler))
         .route("/ws/{room}", get(ws_handler))
         .with_state(state);
@@ -343,16 +348,6 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
         shutdown: Some(tx),
         join,
     })
-}
-
-async fn index(State(state): State<Arc<AppState>>) -> Html<String> {
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><title>Conclave</title>\
-         <h1>Conclave</h1><p>This server relays end-to-end encrypted calls; it holds no key \
-         that opens them.</p><p>Join from the command line: <code>conclave join {} --room ROOM \
-         --token TOKEN</code>. (The browser client is not built yet.)</p>",
-        state.public_url
-    ))
 }
 
 async fn metrics_handler(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -469,7 +464,14 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
         }
     };
     let now_unix = now_ts().as_millis() / 1000;
-    let claims = match state.token.verify(&token, &room, now_unix) {
+    let verified = state.token.verify(&token, &room, now_unix).and_then(|c| {
+        if c.sub == web::INVITE_SUBJECT {
+            Err(TokenError::Invitation)
+        } else {
+            Ok(c)
+        }
+    });
+    let claims = match verified {
         Ok(c) => c,
         Err(e) => {
             state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);

@@ -35,6 +35,10 @@ pub enum TokenError {
     /// No token was given.
     #[error("no token")]
     Missing,
+    /// An invitation link's token: it gets a guest token from `POST /guest`, and cannot join
+    /// by itself.
+    #[error("an invitation is not a join token (open the link in a browser)")]
+    Invitation,
     /// Not a token of this format.
     #[error("malformed token")]
     Malformed,

@@ -169,11 +169,20 @@ struct Rewrite {
     ts_last: u32,
     /// The next packet continues on another layer: rebase sequence numbers only.
     relayer: bool,
+    /// VP8: the next packet starts a new picture-ID space (new source or layer).
+    renumber: bool,
+    /// VP8: outgoing = incoming + offset (picture ID mod 2^15, TL0PICIDX mod 2^8).
+    pic_offset: u16,
+    tl0_offset: u8,
+    /// VP8: the last outgoing picture ID and TL0PICIDX.
+    pic_last: Option<u16>,
+    tl0_last: Option<u8>,
 }
 
 impl Rewrite {
     fn new_source(&mut self, video: bool, now: Instant) {
         self.rebase = true;
+        self.renumber = true;
         self.need_keyframe = video;
         self.asked = video.then_some(now);
     }
@@ -182,6 +191,61 @@ impl Rewrite {
     /// sequence-number space, the same clock.
     fn new_layer(&mut self) {
         self.relayer = true;
+        self.renumber = true;
+    }
+
+    /// The payload to send for a forwarded VP8 packet: the same bytes, or a copy whose picture
+    /// ID and TL0PICIDX continue the numbering this receiver has seen.
+    fn vp8_payload(&mut self, pkt: &Packet) -> Arc<[u8]> {
+        let ids = pkt.vp8;
+        if self.renumber {
+            self.renumber = false;
+            self.pic_offset = match (ids.picture, self.pic_last) {
+                (Some((pid, _, _)), Some(last)) => last.wrapping_add(1).wrapping_sub(pid) & 0x7fff,
+                _ => 0,
+            };
+            self.tl0_offset = match (ids.tl0, self.tl0_last) {
+                (Some((t, _)), Some(last)) => last.wrapping_add(1).wrapping_sub(t),
+                _ => 0,
+            };
+        }
+        let pic = ids
+            .picture
+            .map(|(pid, at, wide)| (pid.wrapping_add(self.pic_offset) & 0x7fff, at, wide));
+        let tl0 = ids.tl0.map(|(t, at)| (t.wrapping_add(self.tl0_offset), at));
+        // Newest outgoing values (serial-number order, so reordered packets do not pull back).
+        if let Some((out, _, _)) = pic {
+            let newer = self
+                .pic_last
+                .is_none_or(|l| out != l && (out.wrapping_sub(l) & 0x7fff) < 0x4000);
+            if newer {
+                self.pic_last = Some(out);
+            }
+        }
+        if let Some((out, _)) = tl0 {
+            if self
+                .tl0_last
+                .is_none_or(|l| out != l && out.wrapping_sub(l) < 0x80)
+            {
+                self.tl0_last = Some(out);
+            }
+        }
+        if self.pic_offset == 0 && self.tl0_offset == 0 {
+            return pkt.payload.clone();
+        }
+        let mut bytes = pkt.payload.to_vec();
+        if let Some((out, at, wide)) = pic {
+            if wide {
+                bytes[at] = 0x80 | (out >> 8) as u8;
+                bytes[at + 1] = out as u8;
+            } else {
+                bytes[at] = (out & 0x7f) as u8;
+            }
+        }
+        if let Some((out, at)) = tl0 {
+            bytes[at] = out;
+        }
+        Arc::from(bytes)
     }
 
     /// Outgoing (sequence number, timestamp) for a packet, or None to drop it.
@@ -381,8 +445,60 @@ struct Packet {
     ts: u32,
     marker: bool,
     keyframe_start: bool,
+    /// VP8 payload descriptor fields that must stay continuous across switches.
+    vp8: Vp8Ids,
     arrival: Instant,
     payload: Arc<[u8]>,
+}
+
+/// Where the picture ID and TL0PICIDX sit in a VP8 payload descriptor (RFC 7741 4.2), and
+/// their values. Each simulcast layer (and each sender) numbers its pictures on its own; a
+/// receiver's decoder tracks references by these numbers, so when a slot moves to another
+/// layer or source the SFU renumbers them to continue where the slot left off (as mediasoup
+/// and LiveKit do). The descriptor is written by the sender's packetizer, outside SFrame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Vp8Ids {
+    /// (picture ID, byte offset, 15-bit form).
+    picture: Option<(u16, usize, bool)>,
+    /// (TL0PICIDX, byte offset).
+    tl0: Option<(u8, usize)>,
+}
+
+impl Vp8Ids {
+    fn parse(p: &[u8]) -> Self {
+        let mut ids = Vp8Ids::default();
+        let Some(&b0) = p.first() else {
+            return ids;
+        };
+        if b0 & 0x80 == 0 {
+            return ids;
+        }
+        let Some(&b1) = p.get(1) else {
+            return ids;
+        };
+        let mut i = 2;
+        if b1 & 0x80 != 0 {
+            let Some(&m) = p.get(i) else {
+                return ids;
+            };
+            if m & 0x80 != 0 {
+                let Some(&lo) = p.get(i + 1) else {
+                    return ids;
+                };
+                ids.picture = Some((u16::from(m & 0x7f) << 8 | u16::from(lo), i, true));
+                i += 2;
+            } else {
+                ids.picture = Some((u16::from(m), i, false));
+                i += 1;
+            }
+        }
+        if b1 & 0x40 != 0 {
+            if let Some(&t) = p.get(i) {
+                ids.tl0 = Some((t, i));
+            }
+        }
+        ids
+    }
 }
 
 /// Something that has to happen after one participant's `Rtc` produced output.
@@ -1146,8 +1262,13 @@ impl Sfu {
                 voice_activity: pkt.voice_activity,
                 ..Default::default()
             };
+            let payload = if video && pkt.codec == Codec::Vp8 {
+                slot.rewrite.vp8_payload(pkt)
+            } else {
+                pkt.payload.clone()
+            };
             tx.write_rtp(
-                RtpWrite::new(pt, seq.into(), ts, pkt.arrival, pkt.payload.clone())
+                RtpWrite::new(pt, seq.into(), ts, pkt.arrival, payload)
                     .marker(pkt.marker)
                     .nackable(video)
                     .ext_vals(ext),
@@ -1249,6 +1370,11 @@ fn packet(p: &mut Participant, rtp: RtpPacket) -> Option<Packet> {
         .find(|pp| pp.pt() == rtp.header.payload_type)?
         .spec();
     let keyframe_start = spec.codec == Codec::Vp8 && detect_vp8_keyframe(&rtp.payload);
+    let vp8 = if spec.codec == Codec::Vp8 {
+        Vp8Ids::parse(&rtp.payload)
+    } else {
+        Vp8Ids::default()
+    };
     Some(Packet {
         src: Source { from: p.id, mid },
         rid,
@@ -1260,6 +1386,7 @@ fn packet(p: &mut Participant, rtp: RtpPacket) -> Option<Packet> {
         ts: rtp.header.timestamp,
         marker: rtp.header.marker,
         keyframe_start,
+        vp8,
         arrival: rtp.timestamp,
         payload: rtp.payload,
     })
@@ -1287,9 +1414,59 @@ mod tests {
             ts,
             marker: false,
             keyframe_start: key,
+            vp8: Vp8Ids::default(),
             arrival: Instant::now(),
             payload: Arc::from(&[][..]),
         }
+    }
+
+    fn vp8_pkt(pid: u16, tl0: u8, key: bool) -> Packet {
+        // X=1, S=1; I=1, L=1, T=1; 15-bit picture ID; TL0PICIDX; TID byte; then the frame.
+        let payload = vec![
+            0x90,
+            0xe0,
+            0x80 | (pid >> 8) as u8,
+            pid as u8,
+            tl0,
+            0x20,
+            if key { 0x10 } else { 0x11 },
+            0x02,
+            0x00,
+        ];
+        let mut p = pkt(0, 0, key);
+        p.vp8 = Vp8Ids::parse(&payload);
+        p.payload = Arc::from(payload);
+        p
+    }
+
+    #[test]
+    fn vp8_picture_ids_continue_across_a_switch_of_layer_or_source() {
+        let mut r = Rewrite::default();
+        r.new_source(true, Instant::now());
+        let a = r.vp8_payload(&vp8_pkt(1000, 5, true));
+        assert_eq!(
+            Vp8Ids::parse(&a).picture.map(|p| p.0),
+            Some(1000),
+            "first source as is"
+        );
+        let b = r.vp8_payload(&vp8_pkt(1001, 5, false));
+        assert_eq!(Vp8Ids::parse(&b).picture.map(|p| p.0), Some(1001));
+        // Another layer numbers its pictures on its own: renumbered to continue.
+        r.new_layer();
+        let c = r.vp8_payload(&vp8_pkt(20000, 200, true));
+        let ids = Vp8Ids::parse(&c);
+        assert_eq!(ids.picture.map(|p| p.0), Some(1002));
+        assert_eq!(ids.tl0.map(|t| t.0), Some(6));
+        let d = r.vp8_payload(&vp8_pkt(20001, 200, false));
+        assert_eq!(Vp8Ids::parse(&d).picture.map(|p| p.0), Some(1003));
+        // The frame itself (after the descriptor) is untouched.
+        assert_eq!(&d[6..], &vp8_pkt(20001, 200, false).payload[6..]);
+        // Wrapping at 2^15.
+        r.new_source(true, Instant::now());
+        let e = r.vp8_payload(&vp8_pkt(0x7fff, 255, true));
+        assert_eq!(Vp8Ids::parse(&e).picture.map(|p| p.0), Some(1004));
+        // A descriptor too short to hold what it announces is left alone.
+        assert_eq!(Vp8Ids::parse(&[0x90, 0xe0, 0x80]), Vp8Ids::default());
     }
 
     #[test]

@@ -1,0 +1,598 @@
+//! # Conclave in the browser
+//!
+//! The participant core ([`conclave_client::Participant`]) and the E2EE core
+//! ([`conclave_e2ee`]) exported to JavaScript with wasm-bindgen. The web client runs this
+//! module in one dedicated worker, which also owns the signaling WebSocket and the
+//! `RTCRtpScriptTransform`s: MLS state, the device key and the SFrame keys live only in that
+//! worker's memory (and the device key in IndexedDB). The page gets the roster, the security
+//! code and health figures, never a key.
+//!
+//! Sans-IO like the native runtime: the worker passes in every server message and the time
+//! (milliseconds since the Unix epoch), and takes out the messages to send and the events to
+//! show. Randomness comes from the browser's CSPRNG (`crypto.getRandomValues`, through the
+//! RustCrypto backend's `getrandom`).
+//!
+//! Frames: [`Call::seal`] returns nothing while there is no media key, so the worker drops
+//! the frame instead of sending it in the clear. [`Call::open`] returns plaintext only for a
+//! frame that authenticated; a frame for an epoch not reached yet is held (bounded) and
+//! released by [`Call::release`] once the commit is applied.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use conclave_client::{AdmitMode, Event, NewRoomPolicy, Participant};
+use conclave_e2ee::{
+    ClearPrefix, CredentialInfo, Device, DeviceIdentity, FrameError, GroupStore, HoldQueue,
+    MediaCrypto, RoomCipherSuite, SelfUpdateTimer, Timestamp,
+};
+use conclave_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+/// How long a sender counts as "decrypting" or "failing" after its last frame of that kind.
+const HEALTH_WINDOW_MS: u64 = 2_000;
+/// Frames held for an epoch not reached yet, at most, and for how long.
+const HOLD_FRAMES: usize = 512;
+const HOLD_MS: u64 = 3_000;
+/// Periodic self-update (post-compromise security), as the native client: every 10 minutes
+/// with 20% jitter.
+const SELF_UPDATE_EVERY: core::time::Duration = core::time::Duration::from_secs(600);
+
+/// Errors of this crate (as JavaScript sees them: an `Error` with this text).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebError {
+    /// The E2EE core refused something.
+    #[error(transparent)]
+    E2ee(#[from] conclave_e2ee::Error),
+    /// The participant core refused something.
+    #[error(transparent)]
+    Client(#[from] conclave_client::Error),
+    /// Bad input from the page.
+    #[error("{0}")]
+    Input(String),
+}
+
+fn js(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn ts(now_ms: f64) -> Timestamp {
+    // A clock before 1970 or beyond u64 is not a clock; clamp rather than wrap.
+    Timestamp::from_millis(if now_ms.is_finite() && now_ms > 0.0 {
+        now_ms as u64
+    } else {
+        0
+    })
+}
+
+/// A new device identity for `user_id` (the token's subject) named `name`: an Ed25519 key
+/// generated here from the browser's CSPRNG. Returns its serialized form, which the worker
+/// keeps in IndexedDB (and nowhere else).
+#[wasm_bindgen(js_name = newIdentity)]
+pub fn new_identity(user_id: &str, name: &str) -> Result<Vec<u8>, JsError> {
+    let info = CredentialInfo::new(user_id, name).map_err(js)?;
+    let id = DeviceIdentity::generate(RoomCipherSuite::Curve25519Aes128, info).map_err(js)?;
+    Ok(id.to_bytes().map_err(js)?.to_vec())
+}
+
+/// The user id, display name and fingerprint (short code) of a stored identity, as JSON.
+#[wasm_bindgen(js_name = identityInfo)]
+pub fn identity_info(identity: &[u8]) -> Result<String, JsError> {
+    let id = DeviceIdentity::from_bytes(identity).map_err(js)?;
+    let fp = id.fingerprint().map_err(js)?;
+    Ok(serde_json::json!({
+        "user_id": id.info().user_id,
+        "name": id.info().display_name,
+        "fingerprint": fp.to_string(),
+    })
+    .to_string())
+}
+
+/// The claims a join token carries (`sub`, `name`, `room`, `exp`), as JSON, without checking
+/// its signature (the server does); `undefined` if it is not a token.
+#[wasm_bindgen(js_name = tokenClaims)]
+pub fn token_claims(token: &str) -> Option<String> {
+    use base64::Engine;
+    let body = token.strip_prefix("ct1.")?.rsplit_once('.')?.0;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    v.get("sub")?.as_str()?;
+    Some(v.to_string())
+}
+
+/// The first message on the signaling socket.
+#[wasm_bindgen(js_name = helloMessage)]
+pub fn hello_message(token: &str) -> String {
+    ClientMsg::Hello {
+        version: PROTOCOL_VERSION,
+        token: token.to_owned(),
+    }
+    .encode()
+}
+
+/// Per remote sender: what arrived and what became of it.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Health {
+    opened: u64,
+    failed: u64,
+    held: u64,
+    before_join: u64,
+    /// Second copies of frames already opened (a retransmission delivered twice): dropped,
+    /// not a failure.
+    duplicates: u64,
+    last_opened_ms: Option<u64>,
+    last_failed_ms: Option<u64>,
+    last_held_ms: Option<u64>,
+    last_error: Option<String>,
+}
+
+impl Health {
+    /// decrypting / waiting for key / failing / no media.
+    fn status(&self, now_ms: u64) -> &'static str {
+        let recent =
+            |t: Option<u64>| t.is_some_and(|t| now_ms.saturating_sub(t) < HEALTH_WINDOW_MS);
+        let newer = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => a > b,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if recent(self.last_failed_ms) && newer(self.last_failed_ms, self.last_opened_ms) {
+            "failing"
+        } else if recent(self.last_opened_ms) {
+            "decrypting"
+        } else if recent(self.last_held_ms) {
+            "waiting for key"
+        } else {
+            "no media"
+        }
+    }
+}
+
+/// Why the epoch last changed, for the encryption details panel.
+#[derive(Clone, Debug, Serialize)]
+struct LastChange {
+    epoch: u64,
+    at_ms: u64,
+    reason: String,
+}
+
+/// One browser participant in one room.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Call {
+    p: Participant,
+    held: HoldQueue<u32>,
+    released: BTreeMap<u32, Vec<u8>>,
+    health: BTreeMap<u32, Health>,
+    ui: std::collections::VecDeque<String>,
+    timer: SelfUpdateTimer,
+    last_change: Option<LastChange>,
+    out: Vec<u8>,
+    last_sender: Option<u32>,
+    last_held: bool,
+    /// The server answered our hello (the media offer may go now).
+    hello_answered: bool,
+    /// Frames that could not be sealed (no key yet): dropped, never sent in the clear.
+    unsealed: u64,
+    sealed: u64,
+}
+
+fn clear_for(video: bool) -> ClearPrefix {
+    if video {
+        ClearPrefix::Vp8
+    } else {
+        ClearPrefix::None
+    }
+}
+
+fn describe_change(change: &conclave_e2ee::EpochChange) -> String {
+    let names = |v: &[conclave_e2ee::RosterEntry]| {
+        v.iter()
+            .map(|r| r.display_name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (change.added.is_empty(), change.removed.is_empty()) {
+        (false, true) => format!("{} joined", names(&change.added)),
+        (true, false) => format!("{} left", names(&change.removed)),
+        (false, false) => format!(
+            "{} joined; {} left",
+            names(&change.added),
+            names(&change.removed)
+        ),
+        (true, true) => "a member refreshed its keys (self-update)".to_owned(),
+    }
+}
+
+#[wasm_bindgen]
+impl Call {
+    /// A participant for `room` with the stored `identity`, shown as `name`. If it creates
+    /// the room, the room is a lobby with this device as its host when `lobby` is set
+    /// (knocks then wait for [`Call::admit`] or [`Call::deny`]), otherwise open.
+    #[wasm_bindgen(constructor)]
+    pub fn new(identity: &[u8], name: &str, room: &str, lobby: bool) -> Result<Call, JsError> {
+        let mut id = DeviceIdentity::from_bytes(identity).map_err(js)?;
+        if id.info().display_name != name {
+            id = id.with_display_name(name).map_err(js)?;
+        }
+        let device = Device::new(id, GroupStore::memory()).map_err(js)?;
+        let (policy, admit) = if lobby {
+            (NewRoomPolicy::Lobby, AdmitMode::Ask)
+        } else {
+            (NewRoomPolicy::Open, AdmitMode::Auto)
+        };
+        Ok(Call {
+            p: Participant::new(device, room, policy, admit),
+            held: HoldQueue::new(HOLD_FRAMES, core::time::Duration::from_millis(HOLD_MS)),
+            released: BTreeMap::new(),
+            health: BTreeMap::new(),
+            ui: Default::default(),
+            timer: SelfUpdateTimer::new(SELF_UPDATE_EVERY, 200),
+            last_change: None,
+            out: Vec::with_capacity(4096),
+            last_sender: None,
+            last_held: false,
+            hello_answered: false,
+            unsealed: 0,
+            sealed: 0,
+        })
+    }
+
+    /// Handles one text message from the server. A message that does not decode, or that the
+    /// core refuses, becomes an alarm event (the call goes on); the error names it.
+    pub fn handle(&mut self, text: &str, now_ms: f64, random: u32) -> Result<(), JsError> {
+        let now = ts(now_ms);
+        let msg = match ServerMsg::decode(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.push_ui(serde_json::json!({"type": "alarm", "reason": format!("undecodable server message: {e}")}));
+                return Err(js(e));
+            }
+        };
+        match msg {
+            ServerMsg::MediaAnswer { sdp } => {
+                self.push_ui(serde_json::json!({"type": "media_answer", "sdp": sdp}));
+                Ok(())
+            }
+            ServerMsg::Error { code, reason } => {
+                self.push_ui(
+                    serde_json::json!({"type": "server_error", "code": code, "reason": reason}),
+                );
+                Ok(())
+            }
+            m => {
+                if matches!(m, ServerMsg::Joined { .. }) {
+                    self.hello_answered = true;
+                }
+                let r = self.p.handle(m, now);
+                self.drain_events(now, random);
+                r.map_err(|e| {
+                    self.push_ui(serde_json::json!({"type": "alarm", "reason": e.to_string()}));
+                    js(e)
+                })
+            }
+        }
+    }
+
+    fn push_ui(&mut self, v: serde_json::Value) {
+        self.ui.push_back(v.to_string());
+    }
+
+    fn drain_events(&mut self, now: Timestamp, random: u32) {
+        while let Some(e) = self.p.poll_event() {
+            let v = match e {
+                Event::Joined {
+                    epoch,
+                    security_code,
+                } => {
+                    self.timer.arm(now, u64::from(random));
+                    self.last_change = Some(LastChange {
+                        epoch,
+                        at_ms: now.as_millis(),
+                        reason: "this device joined".into(),
+                    });
+                    serde_json::json!({"type": "joined", "epoch": epoch, "security_code": security_code.as_str()})
+                }
+                Event::EpochChanged {
+                    change,
+                    security_code,
+                } => {
+                    self.timer.arm(now, u64::from(random));
+                    let reason = describe_change(&change);
+                    self.last_change = Some(LastChange {
+                        epoch: change.epoch,
+                        at_ms: now.as_millis(),
+                        reason: reason.clone(),
+                    });
+                    serde_json::json!({"type": "epoch", "epoch": change.epoch, "security_code": security_code.as_str(), "reason": reason, "membership": change.changes_membership()})
+                }
+                Event::Knock {
+                    knock,
+                    user_id,
+                    name,
+                    fingerprint,
+                } => {
+                    serde_json::json!({"type": "knock", "knock": knock, "user_id": user_id, "name": name, "fingerprint": fingerprint.map(|f| f.to_string())})
+                }
+                Event::Alarm { reason } => serde_json::json!({"type": "alarm", "reason": reason}),
+                Event::Ended { reason } => serde_json::json!({"type": "ended", "reason": reason}),
+                other => serde_json::json!({"type": "other", "event": format!("{other:?}")}),
+            };
+            self.ui.push_back(v.to_string());
+        }
+    }
+
+    /// Whether the server has answered our hello (the media offer may be sent).
+    #[wasm_bindgen(js_name = helloAnswered)]
+    pub fn hello_answered(&self) -> bool {
+        self.hello_answered
+    }
+
+    /// The next message to send to the server, if any.
+    #[wasm_bindgen(js_name = pollTransmit)]
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.p.poll_transmit().map(|m| m.encode())
+    }
+
+    /// The next event for the page (JSON with a `type`), if any.
+    #[wasm_bindgen(js_name = pollEvent)]
+    pub fn poll_event(&mut self) -> Option<String> {
+        self.ui.pop_front()
+    }
+
+    /// The SDP offer to send (wrapped as a signaling message).
+    #[wasm_bindgen(js_name = mediaOffer)]
+    pub fn media_offer(sdp: &str) -> String {
+        ClientMsg::MediaOffer {
+            sdp: sdp.to_owned(),
+        }
+        .encode()
+    }
+
+    /// How wide the largest remote tile is shown (the SFU sends no larger layer).
+    #[wasm_bindgen(js_name = videoTiles)]
+    pub fn video_tiles(max_width: u32) -> String {
+        ClientMsg::VideoTiles { max_width }.encode()
+    }
+
+    /// Milliseconds since the Unix epoch at which [`Call::handle_timeout`] has work (key
+    /// erasure, a periodic self-update, held frames expiring); `undefined` for none.
+    #[wasm_bindgen(js_name = nextTimeout)]
+    pub fn next_timeout(&self) -> Option<f64> {
+        let keys = self.p.media_ref().poll_timeout();
+        let update = self.timer.poll_timeout();
+        [keys, update]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.as_millis() as f64)
+    }
+
+    /// Does what is due at `now_ms`.
+    #[wasm_bindgen(js_name = handleTimeout)]
+    pub fn handle_timeout(&mut self, now_ms: f64, random: u32) -> Result<(), JsError> {
+        let now = ts(now_ms);
+        self.p.media().handle_timeout(now);
+        if self.timer.is_due(now) && self.p.epoch().is_some() {
+            self.timer.arm(now, u64::from(random));
+            self.p.self_update(now).map_err(js)?;
+        }
+        self.drain_events(now, random);
+        Ok(())
+    }
+
+    /// Seals one outgoing encoded frame (`video`: VP8, whose frame tag and keyframe header
+    /// stay clear for the packetizer; otherwise Opus, all encrypted). `undefined` when there
+    /// is no key yet or the frame is refused: the caller drops the frame.
+    pub fn seal(&mut self, video: bool, frame: &[u8]) -> Option<Vec<u8>> {
+        match self.p.media().seal(frame, clear_for(video), &mut self.out) {
+            Ok(_) => {
+                self.sealed += 1;
+                Some(self.out.clone())
+            }
+            Err(_) => {
+                self.unsealed += 1;
+                None
+            }
+        }
+    }
+
+    /// The epoch outgoing frames are sealed under (the sender asks for a keyframe when it
+    /// changes); `undefined` before the first key.
+    #[wasm_bindgen(js_name = sendingEpoch)]
+    pub fn sending_epoch(&self) -> Option<f64> {
+        self.p.media_ref().sending_epoch().map(|e| e as f64)
+    }
+
+    /// Opens one received frame. Returns the plaintext only if it authenticated. Otherwise
+    /// `undefined`, and [`Call::last_held`] says whether it was kept under `tag` for an epoch
+    /// not reached yet (see [`Call::release`]). [`Call::last_sender`] names the sender the
+    /// frame claims (also on failure, for health; it is authenticated only on success).
+    pub fn open(&mut self, video: bool, wire: &[u8], tag: u32, now_ms: f64) -> Option<Vec<u8>> {
+        let now = ts(now_ms);
+        let t = now.as_millis();
+        let clear = clear_for(video);
+        self.last_held = false;
+        self.last_sender = MediaCrypto::peek(wire, clear).ok().map(|(s, _)| s);
+        match self.p.media().open(wire, clear, &mut self.out, now) {
+            Ok(info) => {
+                let h = self.health.entry(info.sender).or_default();
+                h.opened += 1;
+                h.last_opened_ms = Some(t);
+                Some(self.out.clone())
+            }
+            Err(FrameError::FutureEpoch { sender, .. }) => {
+                self.held.hold(tag, wire.to_vec(), clear, now);
+                let h = self.health.entry(sender).or_default();
+                h.held += 1;
+                h.last_held_ms = Some(t);
+                self.last_held = true;
+                None
+            }
+            Err(FrameError::BeforeJoin { sender, .. }) => {
+                self.health.entry(sender).or_default().before_join += 1;
+                None
+            }
+            Err(FrameError::Replayed { sender, .. }) if self.p.member(sender).is_some() => {
+                self.health.entry(sender).or_default().duplicates += 1;
+                None
+            }
+            Err(e) => {
+                if let Some(s) = self.last_sender {
+                    // Only known members get a health entry; a bogus KID must not grow the map.
+                    if self.p.member(s).is_some() {
+                        let h = self.health.entry(s).or_default();
+                        h.failed += 1;
+                        h.last_failed_ms = Some(t);
+                        h.last_error = Some(e.to_string());
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The sender the last [`Call::open`] named (leaf index).
+    #[wasm_bindgen(js_name = lastSender)]
+    pub fn last_sender(&self) -> Option<u32> {
+        self.last_sender
+    }
+
+    /// Whether the last [`Call::open`] held its frame.
+    #[wasm_bindgen(js_name = lastHeld)]
+    pub fn last_held(&self) -> bool {
+        self.last_held
+    }
+
+    /// Opens what can now be opened of the held frames (call after an epoch event); returns
+    /// their tags, whose plaintext [`Call::take_released`] gives. Held frames that fail or
+    /// expire are counted and dropped.
+    pub fn release(&mut self, now_ms: f64) -> Vec<u32> {
+        let now = ts(now_ms);
+        let mut tags = Vec::new();
+        let released = {
+            let (held, media) = (&mut self.held, self.p.media());
+            held.release(media, now)
+        };
+        for (tag, r) in released {
+            match r {
+                Ok((info, plain)) => {
+                    let h = self.health.entry(info.sender).or_default();
+                    h.opened += 1;
+                    h.last_opened_ms = Some(now.as_millis());
+                    self.released.insert(tag, plain);
+                    tags.push(tag);
+                }
+                Err(e) => {
+                    if let Some(s) = e.sender() {
+                        if self.p.member(s).is_some() {
+                            let h = self.health.entry(s).or_default();
+                            h.failed += 1;
+                            h.last_failed_ms = Some(now.as_millis());
+                            h.last_error = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        tags
+    }
+
+    /// The plaintext of a released held frame.
+    #[wasm_bindgen(js_name = takeReleased)]
+    pub fn take_released(&mut self, tag: u32) -> Option<Vec<u8>> {
+        self.released.remove(&tag)
+    }
+
+    /// The host admits a knock.
+    pub fn admit(&mut self, knock: u64, now_ms: f64, random: u32) -> Result<(), JsError> {
+        self.p.admit(knock, ts(now_ms)).map_err(js)?;
+        self.drain_events(ts(now_ms), random);
+        Ok(())
+    }
+
+    /// The host turns a knock away.
+    pub fn deny(&mut self, knock: u64) {
+        self.p.deny(knock);
+    }
+
+    /// Leaves: proposes our removal and erases the media keys.
+    pub fn leave(&mut self) -> Result<(), JsError> {
+        self.p.leave().map_err(js)
+    }
+
+    /// Everything the page shows, as JSON: epoch, security code, roster with fingerprints,
+    /// per-sender health, pending knocks, the room's policy and ciphersuite, why the epoch
+    /// last changed, and frame counters.
+    pub fn state(&self, now_ms: f64) -> String {
+        let t = ts(now_ms).as_millis();
+        let me = self.p.session().map(|s| s.own_leaf());
+        let roster: Vec<_> = self
+            .p
+            .roster()
+            .into_iter()
+            .map(|r| {
+                let h = self.health.get(&r.leaf);
+                serde_json::json!({
+                    "leaf": r.leaf,
+                    "user_id": r.user_id,
+                    "name": r.display_name,
+                    "fingerprint": r.fingerprint.to_string(),
+                    "me": Some(r.leaf) == me,
+                    "status": if Some(r.leaf) == me { "this device" } else { h.map_or("no media", |h| h.status(t)) },
+                    "health": h,
+                })
+            })
+            .collect();
+        let knocks: Vec<_> = self
+            .p
+            .pending_knocks()
+            .into_iter()
+            .map(|k| serde_json::json!({"knock": k.knock, "user_id": k.user_id, "name": k.name}))
+            .collect();
+        let session = self.p.session();
+        let media = self.p.media_ref();
+        let stats = media.stats();
+        serde_json::json!({
+            "epoch": self.p.epoch(),
+            "security_code": self.p.security_code().map(|c| c.as_str().to_owned()),
+            "me": me,
+            "roster": roster,
+            "knocks": knocks,
+            "policy": session.map(|s| s.policy().kind()),
+            "is_host": self.p.is_host(),
+            "suite": session.map(|s| suite_name(s.suite())),
+            "last_change": self.last_change,
+            "live_epochs": media.live_epochs(),
+            "sending_epoch": media.sending_epoch(),
+            "frames": {
+                "sealed": self.sealed,
+                "unsealed_dropped": self.unsealed,
+                "opened": stats.opened,
+                "failed": self.health.values().map(|h| h.failed).sum::<u64>(),
+                "duplicates": self.health.values().map(|h| h.duplicates).sum::<u64>(),
+                "held_now": self.held.len(),
+                "held_dropped": self.held.dropped(),
+                "before_join": stats.before_join,
+            },
+        })
+        .to_string()
+    }
+}
+
+fn suite_name(s: RoomCipherSuite) -> &'static str {
+    match s {
+        RoomCipherSuite::Curve25519Aes128 => {
+            "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (MLS suite 1); SFrame AES_128_GCM_SHA256_128"
+        }
+        RoomCipherSuite::MlKem768X25519 => {
+            "X25519 + ML-KEM-768 hybrid KEM, AES-128-GCM, SHA-256, Ed25519; SFrame AES_128_GCM_SHA256_128"
+        }
+        #[allow(unreachable_patterns)]
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,346 @@
+// Conclave's call worker. It alone holds the keys: the device identity (kept in IndexedDB),
+// the MLS group state and the SFrame keys all live in this worker's WebAssembly instance. It
+// owns the signaling WebSocket, and every encoded audio and video frame of the call passes
+// through it (RTCRtpScriptTransform, or transferred encoded streams where only those exist):
+// outgoing frames are sealed or dropped, incoming frames are opened or dropped. The page only
+// ever gets the roster, the security code and health figures.
+import init, * as wasm from "./conclave_web.js";
+
+const HOLD_LIMIT = 600; // held frames waiting for an epoch, at most (the core holds 512)
+const HOLD_MS = 4000;
+
+let call = null; // wasm Call
+let ws = null;
+let pendingOffer = null; // SDP to send once the server answered our hello
+let helloAnswered = false;
+let leaving = false;
+let ended = false;
+let nextTag = 1;
+const held = new Map(); // tag -> { frame, controller, at }
+const slots = new Map(); // receive slot -> { kind, leaf }
+const senders = []; // { transformer, lastEpoch }
+let timer = null;
+let ready; // promise: wasm loaded
+let wantProbe = false;
+const probe = []; // test probe: plaintext samples of sent frames (only when asked for)
+
+function post(msg) {
+  self.postMessage(msg);
+}
+
+function rand() {
+  const a = new Uint32Array(1);
+  crypto.getRandomValues(a);
+  return a[0];
+}
+
+// --- identity in IndexedDB --------------------------------------------------------------
+
+function idb() {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open("conclave", 1);
+    req.onupgradeneeded = () => req.result.createObjectStore("identities");
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+async function idbGet(key) {
+  const db = await idb();
+  return new Promise((resolve, reject) => {
+    const r = db.transaction("identities").objectStore("identities").get(key);
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+
+async function idbPut(key, value) {
+  const db = await idb();
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction("identities", "readwrite");
+    tx.objectStore("identities").put(value, key);
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
+}
+
+// One device key per user id (the token's subject), made here on first use.
+async function identityFor(userId, name) {
+  const key = `identity:${userId}`;
+  let bytes = await idbGet(key).catch(() => undefined);
+  let created = false;
+  if (!(bytes instanceof Uint8Array)) {
+    bytes = wasm.newIdentity(userId, name);
+    created = true;
+    await idbPut(key, bytes).catch((e) =>
+      post({ type: "warning", text: `could not store the device key (${e}); it lasts for this call only` }),
+    );
+  }
+  return { bytes, created, info: JSON.parse(wasm.identityInfo(bytes)) };
+}
+
+// --- signaling ---------------------------------------------------------------------------
+
+function flush() {
+  if (!call || !ws || ws.readyState !== WebSocket.OPEN) return;
+  let m;
+  while ((m = call.pollTransmit()) !== undefined) ws.send(m);
+  drainEvents();
+}
+
+function drainEvents() {
+  let e;
+  let epochMoved = false;
+  while ((e = call.pollEvent()) !== undefined) {
+    const ev = JSON.parse(e);
+    if (ev.type === "joined" || ev.type === "epoch") epochMoved = true;
+    if (ev.type === "ended") {
+      ended = true;
+    }
+    post({ type: "event", event: ev });
+  }
+  if (epochMoved) {
+    releaseHeld();
+    postState();
+  }
+}
+
+function releaseHeld() {
+  const now = Date.now();
+  for (const tag of call.release(now)) {
+    const h = held.get(tag);
+    const plain = call.takeReleased(tag);
+    held.delete(tag);
+    if (!h || !plain) continue;
+    h.frame.data = plain.buffer;
+    try {
+      h.controller.enqueue(h.frame);
+    } catch (_) {
+      // The stream closed meanwhile.
+    }
+  }
+  for (const [tag, h] of held) {
+    if (now - h.at > HOLD_MS) held.delete(tag);
+  }
+}
+
+function postState() {
+  if (!call) return;
+  const state = JSON.parse(call.state(Date.now()));
+  state.slots = [...slots.entries()].map(([slot, s]) => ({ slot, kind: s.kind, leaf: s.leaf }));
+  state.held_js = held.size;
+  post({ type: "state", state });
+}
+
+function schedule() {
+  if (timer) clearTimeout(timer);
+  if (!call) return;
+  const next = call.nextTimeout();
+  const wait = next === undefined ? 1000 : Math.max(0, Math.min(1000, next - Date.now()));
+  timer = setTimeout(tick, wait);
+}
+
+function tick() {
+  timer = null;
+  if (!call) return;
+  try {
+    call.handleTimeout(Date.now(), rand());
+  } catch (e) {
+    post({ type: "event", event: { type: "alarm", reason: String(e) } });
+  }
+  flush();
+  postState();
+  schedule();
+}
+
+async function start(msg) {
+  await ready;
+  const claims = wasm.tokenClaims(msg.token);
+  if (!claims) {
+    post({ type: "fatal", text: "That link does not carry a join token." });
+    return;
+  }
+  const c = JSON.parse(claims);
+  const name = msg.name || c.name || c.sub;
+  const id = await identityFor(c.sub, name);
+  post({ type: "identity", userId: c.sub, name, fingerprint: id.info.fingerprint, created: id.created });
+  call = new wasm.Call(id.bytes, name, msg.room, !!msg.lobby);
+  wantProbe = !!msg.probe;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(`${scheme}//${location.host}/ws/${encodeURIComponent(msg.room)}`);
+  ws.onopen = () => {
+    ws.send(wasm.helloMessage(msg.token));
+    post({ type: "signaling", state: "open" });
+  };
+  ws.onmessage = (m) => {
+    if (typeof m.data !== "string" || !call) return;
+    const joinedBefore = helloAnswered;
+    try {
+      call.handle(m.data, Date.now(), rand());
+    } catch (e) {
+      // Refused input is already an alarm event; the call goes on.
+    }
+    helloAnswered = call.helloAnswered();
+    if (!joinedBefore && helloAnswered && pendingOffer) {
+      ws.send(wasm.Call.mediaOffer(pendingOffer.sdp));
+      ws.send(wasm.Call.videoTiles(pendingOffer.tileWidth));
+      pendingOffer = null;
+    }
+    flush();
+    schedule();
+  };
+  ws.onclose = (e) => {
+    post({ type: "signaling", state: "closed", code: e.code, reason: e.reason, leaving });
+    ended = true;
+    wipe();
+  };
+  ws.onerror = () => post({ type: "signaling", state: "error" });
+  schedule();
+}
+
+// Erase every key: the call is over (left, removed, or the connection is gone; the native
+// client rejoins as a new member after a lost connection, and so does a reloaded page).
+function wipe() {
+  if (timer) clearTimeout(timer);
+  timer = null;
+  held.clear();
+  if (call) {
+    call.free();
+    call = null;
+  }
+  postState();
+}
+
+// --- media transforms ---------------------------------------------------------------------
+
+function sendTransform(readable, writable, options, transformer) {
+  const video = options.kind === "video";
+  const s = { transformer, lastEpoch: undefined };
+  senders.push(s);
+  const ts = new TransformStream({
+    transform(frame, controller) {
+      if (!call || ended) return; // no keys: nothing goes out
+      const plain = new Uint8Array(frame.data);
+      const sealed = call.seal(video, plain);
+      if (!sealed) return; // not ready: dropped, never sent in the clear
+      const epoch = call.sendingEpoch();
+      if (epoch !== s.lastEpoch) {
+        // A new key: ask the encoder for a keyframe, so that whoever just joined can start.
+        const first = s.lastEpoch === undefined;
+        s.lastEpoch = epoch;
+        if (!first && transformer && typeof transformer.generateKeyFrame === "function") {
+          transformer.generateKeyFrame().catch(() => {});
+        }
+      }
+      if (wantProbe && probe.length < 200 && plain.length > 64) {
+        // Test probe: 32 bytes from the encrypted part of the frame (past any clear prefix).
+        const at = Math.min(plain.length - 32, 16 + ((probe.length * 7) % Math.max(1, plain.length - 48)));
+        probe.push({ kind: options.kind, bytes: Array.from(plain.subarray(at, at + 32)) });
+      }
+      frame.data = sealed.buffer;
+      controller.enqueue(frame);
+    },
+  });
+  readable.pipeThrough(ts).pipeTo(writable).catch(() => {});
+}
+
+function recvTransform(readable, writable, options) {
+  const video = options.kind === "video";
+  const slot = { kind: options.kind, leaf: undefined };
+  slots.set(options.slot, slot);
+  const ts = new TransformStream({
+    transform(frame, controller) {
+      if (!call || ended) return; // nothing is played without a key
+      const tag = nextTag++;
+      const plain = call.open(video, new Uint8Array(frame.data), tag, Date.now());
+      if (plain) {
+        const leaf = call.lastSender();
+        if (leaf !== slot.leaf) {
+          slot.leaf = leaf;
+          post({ type: "slot", slot: options.slot, kind: options.kind, leaf });
+        }
+        frame.data = plain.buffer;
+        controller.enqueue(frame);
+      } else if (call.lastHeld()) {
+        if (held.size >= HOLD_LIMIT) held.delete(held.keys().next().value);
+        held.set(tag, { frame, controller, at: Date.now() });
+      }
+      // Otherwise the frame failed (counted by the core, shown as the sender's health) and
+      // is dropped: never handed to a decoder.
+    },
+  });
+  readable.pipeThrough(ts).pipeTo(writable).catch(() => {});
+}
+
+function attach(readable, writable, options, transformer) {
+  if (options.side === "send") sendTransform(readable, writable, options, transformer);
+  else recvTransform(readable, writable, options);
+}
+
+// RTCRtpScriptTransform (Chromium, Firefox, Safari).
+self.onrtctransform = (event) => {
+  const t = event.transformer;
+  attach(t.readable, t.writable, t.options, t);
+};
+
+self.onmessage = async (m) => {
+  const msg = m.data;
+  switch (msg.type) {
+    case "start":
+      start(msg).catch((e) => post({ type: "fatal", text: `could not start: ${e}` }));
+      break;
+    case "streams":
+      // createEncodedStreams (older Chromium): the page transferred the streams here.
+      attach(msg.readable, msg.writable, msg.options, null);
+      break;
+    case "offer":
+      if (helloAnswered && ws && ws.readyState === WebSocket.OPEN) {
+        ws.send(wasm.Call.mediaOffer(msg.sdp));
+        ws.send(wasm.Call.videoTiles(msg.tileWidth));
+      } else {
+        pendingOffer = { sdp: msg.sdp, tileWidth: msg.tileWidth };
+      }
+      break;
+    case "admit":
+      if (call) {
+        try {
+          call.admit(BigInt(msg.knock), Date.now(), rand());
+        } catch (e) {
+          post({ type: "event", event: { type: "alarm", reason: String(e) } });
+        }
+        flush();
+      }
+      break;
+    case "deny":
+      if (call) {
+        call.deny(BigInt(msg.knock));
+        flush();
+      }
+      break;
+    case "leave":
+      leaving = true;
+      if (call) {
+        try {
+          call.leave();
+        } catch (_) {}
+        flush();
+      }
+      setTimeout(() => {
+        if (ws) ws.close(1000, "left");
+        wipe();
+      }, 300);
+      break;
+    case "state":
+      postState();
+      break;
+    case "probe":
+      post({ type: "probe", samples: probe.slice() });
+      break;
+  }
+};
+
+ready = init();
+ready.then(
+  () => post({ type: "ready" }),
+  (e) => post({ type: "fatal", text: `the encryption module did not load: ${e}` }),
+);
