@@ -729,6 +729,10 @@ mod adversarial {
             ("another room", s.token("elsewhere", "eve", 3600)),
             ("expired", s.token("t", "eve", -10)),
             ("another server", other.token("t", "eve", 3600)),
+            (
+                "an invitation (it only gets guest tokens)",
+                s.token("t", conclave_server::web::INVITE_SUBJECT, 3600),
+            ),
         ];
         for (what, token) in cases {
             let mut ws = raw(&s, "t").await;
@@ -772,7 +776,7 @@ mod adversarial {
         assert_eq!(ca, cb);
         let metrics = reqwest_metrics(&s).await;
         assert!(
-            metrics.contains("conclave_tokens_refused_total 5"),
+            metrics.contains("conclave_tokens_refused_total 6"),
             "{metrics}"
         );
         s.running.stop().await;

@@ -147,6 +147,45 @@ async function makeClip(browser, url, path) {
   return chunks.length;
 }
 
+// A lobby room hosted by a browser: the host sees each knock with the knocker's key
+// fingerprint, denies one and admits the other.
+async function lobby(browser, server) {
+  const room = "lobby-test";
+  const link = (id, name) =>
+    execFileSync(bin, ["token", "--room", room, "--identity", id, "--name", name, "--data-dir", data, "--url", server.url, "--link"], {
+      encoding: "utf8",
+    }).trim();
+  const open = async (url) => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+    const page = await ctx.newPage();
+    page.on("pageerror", (e) => log(`[lobby page error] ${e.message}`));
+    await page.goto(url);
+    return page;
+  };
+  const snap = (p) => p.evaluate(() => window.conclave.snapshot());
+  const host = await open(link("hana", "Hana") + "&lobby=1");
+  await until("the host in its room", () => snap(host).then((s) => s.epoch === 0), 20_000);
+  const knocker = await open(link("kai", "Kai"));
+  const intruder = await open(link("ivo", "Ivo"));
+  await until("two knocks on the host's page", () => host.locator("#knocks li").count().then((n) => n === 2), 20_000);
+  const kaiFp = await knocker.textContent("#my-fp-lobby");
+  const waiting = await knocker.isVisible("#lobby");
+  const kaiItem = host.locator("#knocks li", { hasText: "Kai" });
+  const shownFp = await kaiItem.textContent();
+  await host.locator("#knocks li", { hasText: "Ivo" }).locator("button", { hasText: "Deny" }).click();
+  await kaiItem.locator("button", { hasText: "Admit" }).click();
+  await until("Kai admitted", () => snap(knocker).then((s) => s.epoch === 1), 20_000);
+  await until("Ivo turned away", () => intruder.isVisible("#left"), 20_000);
+  const [h, k, i] = [await snap(host), await snap(knocker), await snap(intruder)];
+  check(
+    "lobby_host_sees_the_knockers_fingerprint_and_decides",
+    waiting && shownFp.includes(kaiFp) && kaiFp.length > 10 &&
+      h.securityCode === k.securityCode && h.roster.length === 2 && i.epoch === null,
+    { kai_waited_in_lobby: waiting, kai_fingerprint: kaiFp, host_shows: shownFp, host: h.roster.map((m) => m.name), ivo: await intruder.textContent("#left-why") },
+  );
+  await host.screenshot({ path: join(outDir, "lobby-host.png") });
+}
+
 async function main() {
   const server = await startServer();
   log(`server at ${server.url}`);
@@ -283,6 +322,7 @@ async function main() {
 
   await pageA.evaluate(() => window.conclave.leave());
   await pageB.evaluate(() => window.conclave.leave());
+  await lobby(browser, server);
   await sleep(500);
   await browser.close();
 

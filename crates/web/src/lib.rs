@@ -39,23 +39,24 @@ const HOLD_MS: u64 = 3_000;
 /// with 20% jitter.
 const SELF_UPDATE_EVERY: core::time::Duration = core::time::Duration::from_secs(600);
 
-/// Errors of this crate (as JavaScript sees them: an `Error` with this text).
+/// Errors of this crate (JavaScript gets an `Error` with this text).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WebError {
-    /// The E2EE core refused something.
-    #[error(transparent)]
-    E2ee(#[from] conclave_e2ee::Error),
-    /// The participant core refused something.
-    #[error(transparent)]
-    Client(#[from] conclave_client::Error),
-    /// Bad input from the page.
+    /// The E2EE core, the participant core or the protocol refused something (a malformed
+    /// server message, a bad identity, an operation not possible now).
     #[error("{0}")]
-    Input(String),
+    Refused(String),
 }
 
-fn js(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
+impl From<WebError> for JsValue {
+    fn from(e: WebError) -> JsValue {
+        JsError::new(&e.to_string()).into()
+    }
+}
+
+fn js(e: impl std::fmt::Display) -> WebError {
+    WebError::Refused(e.to_string())
 }
 
 fn ts(now_ms: f64) -> Timestamp {
@@ -71,7 +72,7 @@ fn ts(now_ms: f64) -> Timestamp {
 /// generated here from the browser's CSPRNG. Returns its serialized form, which the worker
 /// keeps in IndexedDB (and nowhere else).
 #[wasm_bindgen(js_name = newIdentity)]
-pub fn new_identity(user_id: &str, name: &str) -> Result<Vec<u8>, JsError> {
+pub fn new_identity(user_id: &str, name: &str) -> Result<Vec<u8>, WebError> {
     let info = CredentialInfo::new(user_id, name).map_err(js)?;
     let id = DeviceIdentity::generate(RoomCipherSuite::Curve25519Aes128, info).map_err(js)?;
     Ok(id.to_bytes().map_err(js)?.to_vec())
@@ -79,7 +80,7 @@ pub fn new_identity(user_id: &str, name: &str) -> Result<Vec<u8>, JsError> {
 
 /// The user id, display name and fingerprint (short code) of a stored identity, as JSON.
 #[wasm_bindgen(js_name = identityInfo)]
-pub fn identity_info(identity: &[u8]) -> Result<String, JsError> {
+pub fn identity_info(identity: &[u8]) -> Result<String, WebError> {
     let id = DeviceIdentity::from_bytes(identity).map_err(js)?;
     let fp = id.fingerprint().map_err(js)?;
     Ok(serde_json::json!({
@@ -214,7 +215,7 @@ impl Call {
     /// the room, the room is a lobby with this device as its host when `lobby` is set
     /// (knocks then wait for [`Call::admit`] or [`Call::deny`]), otherwise open.
     #[wasm_bindgen(constructor)]
-    pub fn new(identity: &[u8], name: &str, room: &str, lobby: bool) -> Result<Call, JsError> {
+    pub fn new(identity: &[u8], name: &str, room: &str, lobby: bool) -> Result<Call, WebError> {
         let mut id = DeviceIdentity::from_bytes(identity).map_err(js)?;
         if id.info().display_name != name {
             id = id.with_display_name(name).map_err(js)?;
@@ -244,7 +245,7 @@ impl Call {
 
     /// Handles one text message from the server. A message that does not decode, or that the
     /// core refuses, becomes an alarm event (the call goes on); the error names it.
-    pub fn handle(&mut self, text: &str, now_ms: f64, random: u32) -> Result<(), JsError> {
+    pub fn handle(&mut self, text: &str, now_ms: f64, random: u32) -> Result<(), WebError> {
         let now = ts(now_ms);
         let msg = match ServerMsg::decode(text) {
             Ok(m) => m,
@@ -374,7 +375,7 @@ impl Call {
 
     /// Does what is due at `now_ms`.
     #[wasm_bindgen(js_name = handleTimeout)]
-    pub fn handle_timeout(&mut self, now_ms: f64, random: u32) -> Result<(), JsError> {
+    pub fn handle_timeout(&mut self, now_ms: f64, random: u32) -> Result<(), WebError> {
         let now = ts(now_ms);
         self.p.media().handle_timeout(now);
         if self.timer.is_due(now) && self.p.epoch().is_some() {
@@ -509,7 +510,7 @@ impl Call {
     }
 
     /// The host admits a knock.
-    pub fn admit(&mut self, knock: u64, now_ms: f64, random: u32) -> Result<(), JsError> {
+    pub fn admit(&mut self, knock: u64, now_ms: f64, random: u32) -> Result<(), WebError> {
         self.p.admit(knock, ts(now_ms)).map_err(js)?;
         self.drain_events(ts(now_ms), random);
         Ok(())
@@ -521,7 +522,7 @@ impl Call {
     }
 
     /// Leaves: proposes our removal and erases the media keys.
-    pub fn leave(&mut self) -> Result<(), JsError> {
+    pub fn leave(&mut self) -> Result<(), WebError> {
         self.p.leave().map_err(js)
     }
 

@@ -1,0 +1,404 @@
+//! The browser participant's core (what the worker calls through wasm-bindgen), run natively
+//! against the real delivery-service core and a native participant, in simulated time. Every
+//! message crosses as the JSON text the WebSocket carries.
+
+use std::collections::VecDeque;
+
+use conclave_client::{AdmitMode, NewRoomPolicy, Participant};
+use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
+use conclave_e2ee::{
+    ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
+};
+use conclave_proto::{Bytes, ClientMsg, ServerMsg};
+use conclave_web::{new_identity, Call};
+
+const T0: u64 = 1_700_000_000_000;
+const NATIVE: ConnId = 1;
+const BROWSER: ConnId = 2;
+const THIRD: ConnId = 3;
+
+/// A VP8 keyframe's first bytes (frame tag, start code, size) and a body.
+fn vp8_keyframe(tag: u8) -> Vec<u8> {
+    let mut f = vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01];
+    f.extend(std::iter::repeat_n(tag, 200));
+    f
+}
+
+fn device(name: &str) -> Device {
+    let id = DeviceIdentity::generate(
+        RoomCipherSuite::Curve25519Aes128,
+        CredentialInfo::new(name, name).unwrap(),
+    )
+    .unwrap();
+    Device::new(id, GroupStore::memory()).unwrap()
+}
+
+struct Room {
+    ds: Ds,
+    natives: Vec<(ConnId, Participant)>,
+    browser: Call,
+    now: u64,
+    /// Server messages for the browser that the test holds back (to deliver later).
+    hold_browser: bool,
+    held: VecDeque<ServerMsg>,
+    /// Rewrites what the server sends the browser (a misbehaving or differently built server).
+    to_browser: fn(ServerMsg) -> Vec<ServerMsg>,
+}
+
+impl Room {
+    /// A native member creates the room; the browser joins it.
+    fn new() -> Room {
+        let (secret, identity) =
+            generate_server_identity(RoomCipherSuite::Curve25519Aes128).unwrap();
+        let id = new_identity("bea", "Bea").unwrap();
+        let mut room = Room {
+            ds: Ds::new(DsConfig::default(), secret, identity),
+            natives: vec![(
+                NATIVE,
+                Participant::new(device("ada"), "room", NewRoomPolicy::Open, AdmitMode::Auto),
+            )],
+            browser: Call::new(&id, "Bea", "room", false).unwrap(),
+            now: T0,
+            hold_browser: false,
+            held: VecDeque::new(),
+            to_browser: |m| vec![m],
+        };
+        room.ds.connect(NATIVE, "room", "ada", room.ts());
+        room.settle();
+        room
+    }
+
+    fn ts(&self) -> Timestamp {
+        Timestamp::from_millis(self.now)
+    }
+
+    fn connect_browser(&mut self) {
+        self.ds.connect(BROWSER, "room", "bea", self.ts());
+        self.settle();
+    }
+
+    fn deliver_to_browser(&mut self, msg: ServerMsg) {
+        for m in (self.to_browser)(msg) {
+            let _ = self.browser.handle(&m.encode(), self.now as f64, 7);
+        }
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..40 {
+            self.pump();
+            match self.ds.poll_timeout() {
+                Some(t) if t.as_millis() <= self.now + 2_000 => {
+                    self.now = self.now.max(t.as_millis());
+                    self.ds.handle_timeout(self.ts());
+                }
+                _ => break,
+            }
+        }
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(o) = self.ds.poll_output() {
+                progressed = true;
+                if let Output::Send { conn, msg } = o {
+                    if conn == BROWSER {
+                        if self.hold_browser {
+                            self.held.push_back(msg);
+                        } else {
+                            self.deliver_to_browser(msg);
+                        }
+                    } else if let Some((_, p)) = self.natives.iter_mut().find(|(c, _)| *c == conn) {
+                        let _ = p.handle(msg, Timestamp::from_millis(self.now));
+                    }
+                }
+            }
+            let now = self.ts();
+            let mut out = Vec::new();
+            for (c, p) in self.natives.iter_mut() {
+                while let Some(m) = p.poll_transmit() {
+                    out.push((*c, m));
+                }
+                while p.poll_event().is_some() {}
+            }
+            while let Some(text) = self.browser.poll_transmit() {
+                out.push((
+                    BROWSER,
+                    ClientMsg::decode(&text).expect("the browser speaks the protocol"),
+                ));
+            }
+            for (c, m) in out {
+                progressed = true;
+                self.ds.handle(c, m, now);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn native(&mut self, conn: ConnId) -> &mut Participant {
+        &mut self
+            .natives
+            .iter_mut()
+            .find(|(c, _)| *c == conn)
+            .expect("a native member")
+            .1
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::from_str(&self.browser.state(self.now as f64)).unwrap()
+    }
+
+    fn events(&mut self) -> Vec<serde_json::Value> {
+        let mut v = Vec::new();
+        while let Some(e) = self.browser.poll_event() {
+            v.push(serde_json::from_str(&e).unwrap());
+        }
+        v
+    }
+}
+
+#[test]
+fn browser_never_seals_a_frame_without_a_key() {
+    let mut room = Room::new();
+    // Before it is in the group: nothing to seal with, so nothing is sent.
+    assert!(room.browser.seal(true, &vp8_keyframe(1)).is_none());
+    assert!(room.browser.seal(false, &[1, 2, 3]).is_none());
+    assert_eq!(room.state()["frames"]["unsealed_dropped"], 2);
+    assert_eq!(room.state()["frames"]["sealed"], 0);
+    room.connect_browser();
+    assert!(room.browser.seal(true, &vp8_keyframe(1)).is_some());
+    // After leaving, the keys are gone again.
+    room.browser.leave().unwrap();
+    assert!(room.browser.seal(true, &vp8_keyframe(2)).is_none());
+}
+
+#[test]
+fn browser_and_native_member_open_each_others_frames_and_show_one_code() {
+    let mut room = Room::new();
+    room.connect_browser();
+    let state = room.state();
+    assert_eq!(state["roster"].as_array().unwrap().len(), 2);
+    let native_code = room.native(NATIVE).security_code().unwrap().to_string();
+    assert_eq!(state["security_code"], native_code.as_str());
+    let events = room.events();
+    assert!(events.iter().any(|e| e["type"] == "joined"), "{events:?}");
+
+    // Browser to native: the VP8 header stays clear, the rest is sealed.
+    let frame = vp8_keyframe(0xab);
+    let wire = room.browser.seal(true, &frame).unwrap();
+    assert_eq!(
+        &wire[..10],
+        &frame[..10],
+        "the packetizer's bytes stay clear"
+    );
+    assert!(
+        !wire.windows(32).any(|w| w == &frame[10..42]),
+        "the body is not in the clear"
+    );
+    let mut plain = Vec::new();
+    let ts = room.ts();
+    let info = room
+        .native(NATIVE)
+        .media()
+        .open(&wire, ClearPrefix::Vp8, &mut plain, ts)
+        .unwrap();
+    assert_eq!(plain, frame);
+    assert_eq!(u64::from(info.sender), state["me"].as_u64().unwrap());
+
+    // Native to browser (audio: all encrypted).
+    let mut wire = Vec::new();
+    room.native(NATIVE)
+        .media()
+        .seal(b"opus packet", ClearPrefix::None, &mut wire)
+        .unwrap();
+    let opened = room.browser.open(false, &wire, 1, room.now as f64).unwrap();
+    assert_eq!(opened, b"opus packet");
+    assert_eq!(room.browser.last_sender(), Some(0));
+    let state = room.state();
+    let ada = &state["roster"][0];
+    assert_eq!(ada["name"], "ada");
+    assert_eq!(ada["status"], "decrypting");
+}
+
+#[test]
+fn tampered_or_replayed_frames_are_never_played_and_show_as_failing() {
+    let mut room = Room::new();
+    room.connect_browser();
+    let mut wire = Vec::new();
+    room.native(NATIVE)
+        .media()
+        .seal(&vp8_keyframe(3), ClearPrefix::Vp8, &mut wire)
+        .unwrap();
+    // A bit flip in the clear VP8 header: authenticated, so the frame fails.
+    let mut bad = wire.clone();
+    bad[4] ^= 0x01;
+    assert!(room.browser.open(true, &bad, 1, room.now as f64).is_none());
+    assert!(!room.browser.last_held());
+    assert_eq!(room.state()["roster"][0]["status"], "failing");
+    assert_eq!(room.state()["frames"]["failed"], 1);
+    // The genuine frame still opens, once; its second copy is a duplicate, not played.
+    assert!(room.browser.open(true, &wire, 2, room.now as f64).is_some());
+    assert_eq!(room.state()["roster"][0]["status"], "decrypting");
+    assert!(room.browser.open(true, &wire, 3, room.now as f64).is_none());
+    assert_eq!(room.state()["roster"][0]["health"]["duplicates"], 1);
+    // A KID naming no member does not make up a roster entry or a health record.
+    let mut forged = wire.clone();
+    forged[10] ^= 0x7f;
+    assert!(room
+        .browser
+        .open(true, &forged, 4, room.now as f64)
+        .is_none());
+    assert_eq!(room.state()["roster"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn frames_for_an_epoch_not_reached_are_held_then_released_in_order() {
+    let mut room = Room::new();
+    room.connect_browser();
+    // A third member joins; the browser does not get the commit yet.
+    room.hold_browser = true;
+    room.natives.push((
+        THIRD,
+        Participant::new(device("cy"), "room", NewRoomPolicy::Open, AdmitMode::Auto),
+    ));
+    let ts = room.ts();
+    room.ds.connect(THIRD, "room", "cy", ts);
+    room.settle();
+    assert_eq!(room.native(NATIVE).epoch(), Some(2));
+    let mut tags = Vec::new();
+    for i in 0..3u8 {
+        let mut wire = Vec::new();
+        room.native(NATIVE)
+            .media()
+            .seal(&vp8_keyframe(i), ClearPrefix::Vp8, &mut wire)
+            .unwrap();
+        let tag = 100 + u32::from(i);
+        assert!(room
+            .browser
+            .open(true, &wire, tag, room.now as f64)
+            .is_none());
+        assert!(room.browser.last_held(), "held, not dropped");
+        tags.push(tag);
+    }
+    assert_eq!(room.state()["roster"][0]["status"], "waiting for key");
+    // The commit arrives: the held frames open, in order.
+    room.hold_browser = false;
+    while let Some(m) = room.held.pop_front() {
+        room.deliver_to_browser(m);
+    }
+    assert_eq!(room.state()["epoch"], 2);
+    let released = room.browser.release(room.now as f64);
+    assert_eq!(released, tags);
+    for (i, tag) in tags.iter().enumerate() {
+        assert_eq!(
+            room.browser.take_released(*tag).unwrap(),
+            vp8_keyframe(i as u8)
+        );
+    }
+    let events = room.events();
+    let epoch = events.iter().find(|e| e["type"] == "epoch").unwrap();
+    assert_eq!(epoch["reason"], "cy joined");
+    assert_eq!(room.state()["last_change"]["reason"], "cy joined");
+}
+
+#[test]
+fn a_welcome_whose_tree_came_in_parts_joins() {
+    let mut room = Room::new();
+    // The server sends the tree ahead of the Welcome in small pieces.
+    room.to_browser = |m| match m {
+        ServerMsg::Welcome {
+            welcome,
+            ratchet_tree,
+        } => {
+            let mut v: Vec<ServerMsg> = ratchet_tree
+                .0
+                .chunks(100)
+                .map(|c| ServerMsg::TreePart {
+                    part: Bytes(c.to_vec()),
+                })
+                .collect();
+            v.push(ServerMsg::Welcome {
+                welcome,
+                ratchet_tree: Bytes(Vec::new()),
+            });
+            v
+        }
+        m => vec![m],
+    };
+    room.connect_browser();
+    assert_eq!(room.state()["epoch"], 1);
+    assert_eq!(
+        room.state()["security_code"],
+        room.native(NATIVE)
+            .security_code()
+            .unwrap()
+            .to_string()
+            .as_str()
+    );
+}
+
+#[test]
+fn oversized_tree_parts_raise_an_alarm_and_are_dropped() {
+    let mut room = Room::new();
+    let part = ServerMsg::TreePart {
+        part: Bytes(vec![0; conclave_proto::TREE_PART_LEN]),
+    };
+    let text = part.encode();
+    let n = conclave_proto::MAX_TREE_LEN / conclave_proto::TREE_PART_LEN + 1;
+    for _ in 0..n {
+        let _ = room.browser.handle(&text, room.now as f64, 1);
+    }
+    let events = room.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "alarm" && e["reason"].as_str().unwrap().contains("tree")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn malformed_server_messages_are_refused_and_the_call_goes_on() {
+    let mut room = Room::new();
+    room.connect_browser();
+    for bad in [
+        "",
+        "{",
+        r#"{"type":"commit","commit":"!!"}"#,
+        r#"{"type":"nope"}"#,
+    ] {
+        assert!(
+            room.browser.handle(bad, room.now as f64, 1).is_err(),
+            "{bad}"
+        );
+    }
+    // A commit that is not MLS: an alarm, no epoch change.
+    let junk = ServerMsg::Commit {
+        commit: Bytes(vec![1, 2, 3]),
+    };
+    let _ = room.browser.handle(&junk.encode(), room.now as f64, 1);
+    let events = room.events();
+    assert!(
+        events.iter().filter(|e| e["type"] == "alarm").count() >= 5,
+        "{events:?}"
+    );
+    assert_eq!(room.state()["epoch"], 1);
+    assert!(room.browser.seal(false, b"still works").is_some());
+}
+
+#[test]
+fn the_token_claims_and_identity_are_read_without_trusting_them() {
+    assert!(conclave_web::token_claims("not a token").is_none());
+    assert!(conclave_web::token_claims("ct1.!!!.sig").is_none());
+    let id = new_identity("u1", "Una").unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&conclave_web::identity_info(&id).unwrap()).unwrap();
+    assert_eq!(info["user_id"], "u1");
+    assert_eq!(info["name"], "Una");
+    assert_eq!(info["fingerprint"].as_str().unwrap().split(' ').count(), 4);
+    assert!(conclave_web::identity_info(&[1, 2, 3]).is_err());
+    assert!(Call::new(&[0; 10], "x", "room", false).is_err());
+}
