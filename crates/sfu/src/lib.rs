@@ -451,6 +451,30 @@ struct Packet {
     payload: Arc<[u8]>,
 }
 
+impl Packet {
+    /// A VP8 packet of participant 0's track "0" with this payload (for tests and fuzzing).
+    fn vp8(payload: Arc<[u8]>, arrival: Instant) -> Packet {
+        Packet {
+            src: Source {
+                from: 0,
+                mid: Mid::from("0"),
+            },
+            rid: None,
+            audio_level: None,
+            voice_activity: None,
+            codec: Codec::Vp8,
+            clock_rate: Frequency::NINETY_KHZ,
+            seq: 0,
+            ts: 0,
+            marker: false,
+            keyframe_start: false,
+            vp8: Vp8Ids::parse(&payload),
+            arrival,
+            payload,
+        }
+    }
+}
+
 /// Where the picture ID and TL0PICIDX sit in a VP8 payload descriptor (RFC 7741 4.2), and
 /// their values. Each simulcast layer (and each sender) numbers its pictures on its own; a
 /// receiver's decoder tracks references by these numbers, so when a slot moves to another
@@ -1392,6 +1416,26 @@ fn packet(p: &mut Participant, rtp: RtpPacket) -> Option<Packet> {
     })
 }
 
+/// For fuzzing the VP8 payload-descriptor handling: renumbers `payloads` (one slot's VP8 RTP
+/// payloads; `true` marks a switch to another layer or source before that packet) as the SFU
+/// does, and returns what it would send.
+#[doc(hidden)]
+pub fn fuzz_vp8_renumber(payloads: &[(&[u8], bool)]) -> Vec<Vec<u8>> {
+    let mut r = Rewrite::default();
+    let now = Instant::now();
+    payloads
+        .iter()
+        .map(|(p, switch)| {
+            if *switch {
+                r.new_source(true, now);
+            }
+            let mut pkt = Packet::vp8(Arc::from(*p), now);
+            pkt.keyframe_start = detect_vp8_keyframe(p);
+            r.vp8_payload(&pkt).to_vec()
+        })
+        .collect()
+}
+
 /// How long str0m is given between timeouts at most.
 pub const MAX_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -1400,24 +1444,12 @@ mod tests {
     use super::*;
 
     fn pkt(seq: u64, ts: u32, key: bool) -> Packet {
-        Packet {
-            src: Source {
-                from: 1,
-                mid: Mid::from("0"),
-            },
-            rid: None,
-            audio_level: None,
-            voice_activity: None,
-            codec: Codec::Vp8,
-            clock_rate: Frequency::NINETY_KHZ,
-            seq,
-            ts,
-            marker: false,
-            keyframe_start: key,
-            vp8: Vp8Ids::default(),
-            arrival: Instant::now(),
-            payload: Arc::from(&[][..]),
-        }
+        let mut p = Packet::vp8(Arc::from(&[][..]), Instant::now());
+        p.src.from = 1;
+        p.seq = seq;
+        p.ts = ts;
+        p.keyframe_start = key;
+        p
     }
 
     fn vp8_pkt(pid: u16, tl0: u8, key: bool) -> Packet {

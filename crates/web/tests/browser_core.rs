@@ -224,37 +224,6 @@ fn browser_and_native_member_open_each_others_frames_and_show_one_code() {
 }
 
 #[test]
-fn tampered_or_replayed_frames_are_never_played_and_show_as_failing() {
-    let mut room = Room::new();
-    room.connect_browser();
-    let mut wire = Vec::new();
-    room.native(NATIVE)
-        .media()
-        .seal(&vp8_keyframe(3), ClearPrefix::Vp8, &mut wire)
-        .unwrap();
-    // A bit flip in the clear VP8 header: authenticated, so the frame fails.
-    let mut bad = wire.clone();
-    bad[4] ^= 0x01;
-    assert!(room.browser.open(true, &bad, 1, room.now as f64).is_none());
-    assert!(!room.browser.last_held());
-    assert_eq!(room.state()["roster"][0]["status"], "failing");
-    assert_eq!(room.state()["frames"]["failed"], 1);
-    // The genuine frame still opens, once; its second copy is a duplicate, not played.
-    assert!(room.browser.open(true, &wire, 2, room.now as f64).is_some());
-    assert_eq!(room.state()["roster"][0]["status"], "decrypting");
-    assert!(room.browser.open(true, &wire, 3, room.now as f64).is_none());
-    assert_eq!(room.state()["roster"][0]["health"]["duplicates"], 1);
-    // A KID naming no member does not make up a roster entry or a health record.
-    let mut forged = wire.clone();
-    forged[10] ^= 0x7f;
-    assert!(room
-        .browser
-        .open(true, &forged, 4, room.now as f64)
-        .is_none());
-    assert_eq!(room.state()["roster"].as_array().unwrap().len(), 2);
-}
-
-#[test]
 fn frames_for_an_epoch_not_reached_are_held_then_released_in_order() {
     let mut room = Room::new();
     room.connect_browser();
@@ -341,55 +310,6 @@ fn a_welcome_whose_tree_came_in_parts_joins() {
 }
 
 #[test]
-fn oversized_tree_parts_raise_an_alarm_and_are_dropped() {
-    let mut room = Room::new();
-    let part = ServerMsg::TreePart {
-        part: Bytes(vec![0; conclave_proto::TREE_PART_LEN]),
-    };
-    let text = part.encode();
-    let n = conclave_proto::MAX_TREE_LEN / conclave_proto::TREE_PART_LEN + 1;
-    for _ in 0..n {
-        let _ = room.browser.handle(&text, room.now as f64, 1);
-    }
-    let events = room.events();
-    assert!(
-        events
-            .iter()
-            .any(|e| e["type"] == "alarm" && e["reason"].as_str().unwrap().contains("tree")),
-        "{events:?}"
-    );
-}
-
-#[test]
-fn malformed_server_messages_are_refused_and_the_call_goes_on() {
-    let mut room = Room::new();
-    room.connect_browser();
-    for bad in [
-        "",
-        "{",
-        r#"{"type":"commit","commit":"!!"}"#,
-        r#"{"type":"nope"}"#,
-    ] {
-        assert!(
-            room.browser.handle(bad, room.now as f64, 1).is_err(),
-            "{bad}"
-        );
-    }
-    // A commit that is not MLS: an alarm, no epoch change.
-    let junk = ServerMsg::Commit {
-        commit: Bytes(vec![1, 2, 3]),
-    };
-    let _ = room.browser.handle(&junk.encode(), room.now as f64, 1);
-    let events = room.events();
-    assert!(
-        events.iter().filter(|e| e["type"] == "alarm").count() >= 5,
-        "{events:?}"
-    );
-    assert_eq!(room.state()["epoch"], 1);
-    assert!(room.browser.seal(false, b"still works").is_some());
-}
-
-#[test]
 fn the_token_claims_and_identity_are_read_without_trusting_them() {
     assert!(conclave_web::token_claims("not a token").is_none());
     assert!(conclave_web::token_claims("ct1.!!!.sig").is_none());
@@ -401,4 +321,89 @@ fn the_token_claims_and_identity_are_read_without_trusting_them() {
     assert_eq!(info["fingerprint"].as_str().unwrap().split(' ').count(), 4);
     assert!(conclave_web::identity_info(&[1, 2, 3]).is_err());
     assert!(Call::new(&[0; 10], "x", "room", false).is_err());
+}
+
+/// Attacks by a malicious server or member on the browser core (`cargo test adversarial`).
+mod adversarial {
+    use super::*;
+
+    #[test]
+    fn tampered_or_replayed_frames_are_never_played_and_show_as_failing() {
+        let mut room = Room::new();
+        room.connect_browser();
+        let mut wire = Vec::new();
+        room.native(NATIVE)
+            .media()
+            .seal(&vp8_keyframe(3), ClearPrefix::Vp8, &mut wire)
+            .unwrap();
+        // A bit flip in the clear VP8 header: authenticated, so the frame fails.
+        let mut bad = wire.clone();
+        bad[4] ^= 0x01;
+        assert!(room.browser.open(true, &bad, 1, room.now as f64).is_none());
+        assert!(!room.browser.last_held());
+        assert_eq!(room.state()["roster"][0]["status"], "failing");
+        assert_eq!(room.state()["frames"]["failed"], 1);
+        // The genuine frame still opens, once; its second copy is a duplicate, not played.
+        assert!(room.browser.open(true, &wire, 2, room.now as f64).is_some());
+        assert_eq!(room.state()["roster"][0]["status"], "decrypting");
+        assert!(room.browser.open(true, &wire, 3, room.now as f64).is_none());
+        assert_eq!(room.state()["roster"][0]["health"]["duplicates"], 1);
+        // A KID naming no member does not make up a roster entry or a health record.
+        let mut forged = wire.clone();
+        forged[10] ^= 0x7f;
+        assert!(room
+            .browser
+            .open(true, &forged, 4, room.now as f64)
+            .is_none());
+        assert_eq!(room.state()["roster"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn oversized_tree_parts_raise_an_alarm_and_are_dropped() {
+        let mut room = Room::new();
+        let part = ServerMsg::TreePart {
+            part: Bytes(vec![0; conclave_proto::TREE_PART_LEN]),
+        };
+        let text = part.encode();
+        let n = conclave_proto::MAX_TREE_LEN / conclave_proto::TREE_PART_LEN + 1;
+        for _ in 0..n {
+            let _ = room.browser.handle(&text, room.now as f64, 1);
+        }
+        let events = room.events();
+        assert!(
+            events
+                .iter()
+                .any(|e| e["type"] == "alarm" && e["reason"].as_str().unwrap().contains("tree")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_server_messages_are_refused_and_the_call_goes_on() {
+        let mut room = Room::new();
+        room.connect_browser();
+        for bad in [
+            "",
+            "{",
+            r#"{"type":"commit","commit":"!!"}"#,
+            r#"{"type":"nope"}"#,
+        ] {
+            assert!(
+                room.browser.handle(bad, room.now as f64, 1).is_err(),
+                "{bad}"
+            );
+        }
+        // A commit that is not MLS: an alarm, no epoch change.
+        let junk = ServerMsg::Commit {
+            commit: Bytes(vec![1, 2, 3]),
+        };
+        let _ = room.browser.handle(&junk.encode(), room.now as f64, 1);
+        let events = room.events();
+        assert!(
+            events.iter().filter(|e| e["type"] == "alarm").count() >= 5,
+            "{events:?}"
+        );
+        assert_eq!(room.state()["epoch"], 1);
+        assert!(room.browser.seal(false, b"still works").is_some());
+    }
 }
