@@ -436,6 +436,7 @@ function render() {
       const li = document.createElement("li");
       const name = document.createElement("b");
       name.textContent = m.me ? `${m.name} (you)` : m.name;
+      if (speaking.has(m.leaf)) li.classList.add("speaking-row");
       const st = document.createElement("span");
       st.className = `status ${STATUS_CLASS[m.status] || "none"}`;
       st.textContent = m.status;
@@ -490,6 +491,7 @@ function render() {
       r.el.querySelector(".state").textContent = m ? m.status : "";
       r.el.dataset.leaf = leaf;
     }
+    r.el.classList.toggle("speaking", visible && speaking.has(leaf));
   }
   renderDetails();
 }
@@ -565,6 +567,25 @@ setInterval(() => {
   if (worker && !left) worker.postMessage({ type: "state" });
 }, 1000);
 
+// Who is speaking: the decoded audio level of each receive slot (after decryption, in this
+// browser), shown on the roster and the tiles.
+const speaking = new Set();
+setInterval(async () => {
+  if (!pc || left || pc.connectionState === "closed" || !state) return;
+  const stats = await pc.getStats();
+  const now = new Set();
+  stats.forEach((s) => {
+    if (s.type !== "inbound-rtp" || s.kind !== "audio" || !(s.audioLevel > 0.02)) return;
+    const r = recv.find((x) => x.transceiver.mid === s.mid);
+    const slot = r && state.slots.find((x) => x.slot === r.slot);
+    if (slot && slot.leaf !== undefined && slot.leaf !== null) now.add(slot.leaf);
+  });
+  const changed = now.size !== speaking.size || [...now].some((l) => !speaking.has(l));
+  speaking.clear();
+  for (const l of now) speaking.add(l);
+  if (changed) render();
+}, 500);
+
 // For tests and diagnostics: what this page shows, and the decoder's counts per slot.
 window.conclave = {
   async snapshot() {
@@ -598,7 +619,9 @@ window.conclave = {
       securityCode: state ? state.security_code : null,
       epoch: state ? state.epoch : null,
       me: state ? state.me : null,
-      roster: state ? state.roster.map((m) => ({ leaf: m.leaf, name: m.name, status: m.status, health: m.health })) : [],
+      roster: state
+        ? state.roster.map((m) => ({ leaf: m.leaf, name: m.name, status: m.status, health: m.health, speaking: speaking.has(m.leaf) }))
+        : [],
       slots: state
         ? state.slots
             .filter((s) => s.kind === "video")
