@@ -12,6 +12,8 @@
 //   their encryption worker, past the clear VP8 header) appears in any payload the SFU
 //   forwarded (the server's audit tap);
 // - page_says_end_to_end_encrypted_only_with_keys: the badge says so only once in the group;
+// - browsers_rejoin_after_the_server_restarts: the server stops and comes back at the same
+//   address; both pages rejoin by themselves (a new group) and decode each other again;
 // - invitation_link_gives_each_guest_an_identity: the second browser joins from the printed
 //   kind of link (an invitation) by entering a name.
 // It writes a screenshot of each browser's grid and a JSON report to the output folder.
@@ -59,16 +61,35 @@ async function until(what, fn, ms) {
   throw new Error(`timed out after ${ms} ms waiting for ${what}`);
 }
 
-function startServer() {
+// Two free loopback ports (TCP for HTTP, UDP for media), so that a restarted server comes
+// back at the same address.
+async function freePorts() {
+  const net = await import("node:net");
+  const dgram = await import("node:dgram");
+  const tcp = await new Promise((resolve) => {
+    const srv = net.createServer().listen(0, "127.0.0.1", () => {
+      const port = srv.address().port;
+      srv.close(() => resolve(port));
+    });
+  });
+  const udp = await new Promise((resolve) => {
+    const sock = dgram.createSocket("udp4").bind(0, "127.0.0.1", () => {
+      const port = sock.address().port;
+      sock.close(() => resolve(port));
+    });
+  });
+  return { tcp, udp };
+}
+
+function startServer(ports, tap) {
   const child = spawn(
     bin,
     [
       "serve",
-      "--listen", "127.0.0.1:0",
-      "--media-listen", "127.0.0.1:0",
+      "--listen", `127.0.0.1:${ports.tcp}`,
+      "--media-listen", `127.0.0.1:${ports.udp}`,
       "--data-dir", data,
-      "--media-tap", "20000",
-      "--media-tap-file", tapFile,
+      ...(tap ? ["--media-tap", "20000", "--media-tap-file", tap] : []),
     ],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } },
   );
@@ -187,7 +208,8 @@ async function lobby(browser, server) {
 }
 
 async function main() {
-  const server = await startServer();
+  const ports = await freePorts();
+  let server = await startServer(ports, tapFile);
   log(`server at ${server.url}`);
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -320,16 +342,45 @@ async function main() {
   );
   check("no_alarms", sa.alarms.filter((a) => !a.includes("test probe")).length === 0 && sb.alarms.filter((a) => !a.includes("test probe")).length === 0 && summary && summary.alarms.length === 0, { ada: sa.alarms, bea: sb.alarms, native: summary && summary.alarms });
 
+  // The server goes away (its tap is written) and comes back at the same address: both
+  // browsers rejoin by themselves, as a new group, and decode each other again.
+  server.child.kill("SIGTERM");
+  await new Promise((r) => server.child.on("exit", r));
+  const tap = readFileSync(tapFile);
+  server = await startServer(ports, null);
+  log("server restarted");
+  const rejoined = await until(
+    "both browsers back in one group",
+    async () => {
+      const [a, b] = [await snap(pageA), await snap(pageB)];
+      return a.roster.length === 2 && b.roster.length === 2 && a.securityCode === b.securityCode && a.securityCode !== sa.securityCode && [a, b];
+    },
+    45_000,
+  ).catch((e) => (log(e.message), null));
+  let again = null;
+  if (rejoined) {
+    const decoded = (s, who) => s.slots.filter((x) => x.name === who).reduce((n, x) => n + x.framesDecoded, 0);
+    const r1 = [decoded(await snap(pageA), "Bea"), decoded(await snap(pageB), "Ada")];
+    await sleep(4000);
+    const r2 = [decoded(await snap(pageA), "Bea"), decoded(await snap(pageB), "Ada")];
+    again = { ada_decodes_bea: [r1[0], r2[0]], bea_decodes_ada: [r1[1], r2[1]] };
+  }
+  check(
+    "browsers_rejoin_after_the_server_restarts",
+    rejoined && again.ada_decodes_bea[1] > again.ada_decodes_bea[0] && again.bea_decodes_ada[1] > again.bea_decodes_ada[0],
+    rejoined ? { code: rejoined[0].securityCode, epoch: rejoined[0].epoch, decoded: again } : "did not rejoin",
+  );
+  await pageA.screenshot({ path: join(outDir, "browser-a-rejoined.png") });
+
   await pageA.evaluate(() => window.conclave.leave());
   await pageB.evaluate(() => window.conclave.leave());
   await lobby(browser, server);
   await sleep(500);
   await browser.close();
-
-  // Stop the server: it writes what the SFU forwarded.
   server.child.kill("SIGTERM");
   await new Promise((r) => server.child.on("exit", r));
-  const tap = readFileSync(tapFile);
+
+  // What the first server's SFU forwarded, against what the browsers encoded.
   const payloads = [];
   for (let i = 0; i + 4 <= tap.length; ) {
     const n = tap.readUInt32BE(i);
@@ -343,8 +394,7 @@ async function main() {
     payloads.length > 100 && probes.length > 50 && leaked.length === 0,
     { payloads: payloads.length, bytes: hay.length, plaintext_samples: probes.length, found: leaked.length },
   );
-  // A check of the check: the samples are real (they appear in what the browsers encoded),
-  // and a sample cut from a forwarded payload is found.
+  // A check of the check: a sample cut from a forwarded payload is found.
   if (payloads.length) {
     const p = payloads[Math.floor(payloads.length / 2)];
     check("tap_search_finds_what_is_there", p.length < 32 || hay.indexOf(p.subarray(0, 32)) !== -1, "self-check of the search");

@@ -36,6 +36,7 @@ const recv = []; // { slot, kind, transceiver, el }
 const knockFingerprints = new Map();
 const alarms = [];
 let probeWaiter = null;
+let finished = false; // removed, turned away or refused: no rejoining
 let transformsAttached = 0;
 let transformsWanted = 0;
 
@@ -56,6 +57,11 @@ function alarm(text) {
       return d;
     }),
   );
+}
+
+function notice(text) {
+  $("notice").textContent = text || "";
+  $("notice").classList.toggle("hidden", !text);
 }
 
 function show(section) {
@@ -157,8 +163,17 @@ function preferCodec(transceiver, kind, mime) {
   }
 }
 
+// Rejoining after a lost connection, as the native client does: 250 ms doubling to 8 s,
+// with jitter; 8 failures in a row end the call. The device joins as a new member (a new
+// epoch; in a lobby room a host admits it again).
+const REJOIN_ATTEMPTS = 8;
+let session = null; // { token, name }
+let rejoinAttempt = 0;
+let rejoinTimer = null;
+
 async function go(token, name) {
   show("lobby");
+  session = { token, name };
   try {
     local = await navigator.mediaDevices.getUserMedia({
       audio: true,
@@ -168,15 +183,39 @@ async function go(token, name) {
     alarm(`no camera or microphone (${e.message}); joining to watch and listen only`);
     local = new MediaStream();
   }
+  const audioTrack = local.getAudioTracks()[0] || null;
+  const videoTrack = local.getVideoTracks()[0] || null;
+  selfTile(videoTrack);
+  $("mic").disabled = !audioTrack;
+  $("cam").disabled = !videoTrack;
+  $("leave").disabled = false;
+  $("mic").onclick = () => {
+    audioTrack.enabled = !audioTrack.enabled;
+    $("mic").textContent = audioTrack.enabled ? "Mute" : "Unmute";
+    $("mic").classList.toggle("on", !audioTrack.enabled);
+  };
+  $("cam").onclick = () => {
+    videoTrack.enabled = !videoTrack.enabled;
+    $("cam").textContent = videoTrack.enabled ? "Camera off" : "Camera on";
+    $("cam").classList.toggle("on", !videoTrack.enabled);
+  };
+  $("leave").onclick = () => leave("You left the call.");
+  await connect();
+}
+
+// One membership: the worker's signaling session and a peer connection whose every sender and
+// receiver goes through the worker.
+async function connect() {
   worker.postMessage({
     type: "start",
-    token,
-    name,
+    token: session.token,
+    name: session.name,
     room,
     lobby: params.get("lobby") === "1",
     probe: params.get("probe") === "1",
   });
-
+  transformsWanted = 0;
+  transformsAttached = 0;
   const config = { bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
   if (support === "streams") config.encodedInsertableStreams = true;
   pc = new RTCPeerConnection(config);
@@ -205,22 +244,34 @@ async function go(token, name) {
   await pc.setLocalDescription();
   await gathered(pc, 2000);
   worker.postMessage({ type: "offer", sdp: pc.localDescription.sdp, tileWidth: TILE_WIDTH });
+}
 
-  selfTile(videoTrack);
-  $("mic").disabled = !audioTrack;
-  $("cam").disabled = !videoTrack;
-  $("leave").disabled = false;
-  $("mic").onclick = () => {
-    audioTrack.enabled = !audioTrack.enabled;
-    $("mic").textContent = audioTrack.enabled ? "Mute" : "Unmute";
-    $("mic").classList.toggle("on", !audioTrack.enabled);
-  };
-  $("cam").onclick = () => {
-    videoTrack.enabled = !videoTrack.enabled;
-    $("cam").textContent = videoTrack.enabled ? "Camera off" : "Camera on";
-    $("cam").classList.toggle("on", !videoTrack.enabled);
-  };
-  $("leave").onclick = () => leave("You left the call.");
+// The connection is gone: drop this membership's media (the worker already erased its keys).
+function teardown() {
+  if (pc) pc.close();
+  pc = null;
+  for (const r of recv) if (r.el) r.el.remove();
+  recv.length = 0;
+  state = null;
+}
+
+function rejoinLater(why) {
+  if (left || rejoinTimer) return;
+  teardown();
+  if (rejoinAttempt >= REJOIN_ATTEMPTS) {
+    leave(`${why}; gave up after ${REJOIN_ATTEMPTS} attempts to rejoin.`, "Disconnected");
+    return;
+  }
+  const base = Math.min(8000, 250 * 2 ** rejoinAttempt);
+  const wait = Math.round(base * (0.8 + 0.4 * Math.random()));
+  rejoinAttempt++;
+  notice(`Connection lost (${why}); rejoining in ${(wait / 1000).toFixed(1)} s, attempt ${rejoinAttempt} of ${REJOIN_ATTEMPTS}. Nothing is sent until this device is back in the group.`);
+  show("lobby");
+  render();
+  rejoinTimer = setTimeout(() => {
+    rejoinTimer = null;
+    connect().catch((e) => rejoinLater(`could not reconnect: ${e.message}`));
+  }, wait);
 }
 
 function gathered(pc, ms) {
@@ -239,6 +290,9 @@ function gathered(pc, ms) {
 function leave(why, title = "You left the call") {
   if (left) return;
   left = true;
+  if (rejoinTimer) clearTimeout(rejoinTimer);
+  rejoinTimer = null;
+  notice(null);
   worker.postMessage({ type: "leave" });
   if (pc) pc.close();
   if (local) for (const t of local.getTracks()) t.stop();
@@ -340,8 +394,8 @@ function onWorker(msg) {
       probeWaiter = null;
       break;
     case "signaling":
-      if (msg.state === "closed" && !left) {
-        leave(msg.reason ? `The connection to the server closed: ${msg.reason}` : "The connection to the server closed.", "Disconnected");
+      if (msg.state === "closed" && !left && !finished) {
+        rejoinLater(msg.reason ? `the connection to the server closed (${msg.reason})` : "the connection to the server was lost");
       }
       break;
     case "event":
@@ -363,11 +417,17 @@ function onEvent(ev) {
     case "alarm":
       alarm(ev.reason);
       break;
+    case "joined":
+      rejoinAttempt = 0;
+      notice(null);
+      break;
     case "ended":
+      finished = true;
       leave(ev.reason, "The call ended for you");
       break;
     case "server_error":
       if (["unauthorized", "room_full", "version"].includes(ev.code)) {
+        finished = true;
         fatal(`The server refused to let this device in: ${ev.reason}`);
       } else {
         alarm(`server: ${ev.reason}`);

@@ -156,6 +156,18 @@ function tick() {
 
 async function start(msg) {
   await ready;
+  // A new membership (the first, or a rejoin after a lost connection): nothing of the last
+  // one is kept but the device key.
+  const old = ws;
+  ws = null;
+  if (old) old.close();
+  wipe();
+  helloAnswered = false;
+  pendingOffer = null;
+  leaving = false;
+  ended = false;
+  slots.clear();
+  senders.length = 0;
   const claims = wasm.tokenClaims(msg.token);
   if (!claims) {
     post({ type: "fatal", text: "That link does not carry a join token." });
@@ -168,13 +180,15 @@ async function start(msg) {
   call = new wasm.Call(id.bytes, name, msg.room, !!msg.lobby);
   wantProbe = !!msg.probe;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  ws = new WebSocket(`${scheme}//${location.host}/ws/${encodeURIComponent(msg.room)}`);
-  ws.onopen = () => {
-    ws.send(wasm.helloMessage(msg.token));
+  const sock = new WebSocket(`${scheme}//${location.host}/ws/${encodeURIComponent(msg.room)}`);
+  ws = sock;
+  sock.onopen = () => {
+    if (sock !== ws) return;
+    sock.send(wasm.helloMessage(msg.token));
     post({ type: "signaling", state: "open" });
   };
-  ws.onmessage = (m) => {
-    if (typeof m.data !== "string" || !call) return;
+  sock.onmessage = (m) => {
+    if (sock !== ws || typeof m.data !== "string" || !call) return;
     const joinedBefore = helloAnswered;
     try {
       call.handle(m.data, Date.now(), rand());
@@ -183,19 +197,22 @@ async function start(msg) {
     }
     helloAnswered = call.helloAnswered();
     if (!joinedBefore && helloAnswered && pendingOffer) {
-      ws.send(wasm.Call.mediaOffer(pendingOffer.sdp));
-      ws.send(wasm.Call.videoTiles(pendingOffer.tileWidth));
+      sock.send(wasm.Call.mediaOffer(pendingOffer.sdp));
+      sock.send(wasm.Call.videoTiles(pendingOffer.tileWidth));
       pendingOffer = null;
     }
     flush();
     schedule();
   };
-  ws.onclose = (e) => {
+  sock.onclose = (e) => {
+    if (sock !== ws) return; // a socket this worker already replaced
     post({ type: "signaling", state: "closed", code: e.code, reason: e.reason, leaving });
     ended = true;
     wipe();
   };
-  ws.onerror = () => post({ type: "signaling", state: "error" });
+  sock.onerror = () => {
+    if (sock === ws) post({ type: "signaling", state: "error" });
+  };
   schedule();
 }
 
