@@ -41,6 +41,20 @@ use mls_rs::identity::SigningIdentity;
 use mls_rs_codec::MlsDecode;
 use tracing::{debug, info, warn};
 
+/// The claims of a join token (`ct1.<base64url(JSON)>.<signature>`), read without checking
+/// the signature (the server checks it; a client only learns which identity and name its
+/// credential must carry). `None` if it is not shaped like a token or names no subject.
+pub fn token_claims(token: &str) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let body = token.strip_prefix("ct1.")?.rsplit_once('.')?.0;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    v.get("sub")?.as_str()?;
+    Some(v)
+}
+
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

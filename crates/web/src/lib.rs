@@ -95,14 +95,7 @@ pub fn identity_info(identity: &[u8]) -> Result<String, WebError> {
 /// its signature (the server does); `undefined` if it is not a token.
 #[wasm_bindgen(js_name = tokenClaims)]
 pub fn token_claims(token: &str) -> Option<String> {
-    use base64::Engine;
-    let body = token.strip_prefix("ct1.")?.rsplit_once('.')?.0;
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(body)
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    v.get("sub")?.as_str()?;
-    Some(v.to_string())
+    conclave_client::token_claims(token).map(|v| v.to_string())
 }
 
 /// The first message on the signaling socket.

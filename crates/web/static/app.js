@@ -305,15 +305,21 @@ function leave(why, title = "You left the call") {
 
 // --- media elements ------------------------------------------------------------------------
 
-function selfTile(track) {
-  if (!track) return;
-  const tile = document.createElement("div");
-  tile.className = "tile self";
+// A muted, autoplaying video element showing one track (sound goes through <audio>).
+function videoOf(track) {
   const video = document.createElement("video");
   video.muted = true;
   video.autoplay = true;
   video.playsInline = true;
   video.srcObject = new MediaStream([track]);
+  return video;
+}
+
+function selfTile(track) {
+  if (!track) return;
+  const tile = document.createElement("div");
+  tile.className = "tile self";
+  const video = videoOf(track);
   const label = document.createElement("span");
   label.className = "label";
   label.textContent = "You";
@@ -336,11 +342,7 @@ function attachTrack(transceiver, track) {
   const tile = document.createElement("div");
   tile.className = "tile hidden";
   tile.dataset.slot = r.slot;
-  const video = document.createElement("video");
-  video.muted = true;
-  video.autoplay = true;
-  video.playsInline = true;
-  video.srcObject = new MediaStream([track]);
+  const video = videoOf(track);
   const label = document.createElement("span");
   label.className = "label";
   const st = document.createElement("span");
