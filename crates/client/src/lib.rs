@@ -33,8 +33,8 @@ pub mod net;
 use std::collections::{BTreeMap, VecDeque};
 
 use conclave_e2ee::{
-    Device, EpochChange, Incoming, MediaCrypto, RoomPolicy, RosterEntry, SecurityCode, Session,
-    Timestamp,
+    Admission, Device, EpochChange, Fingerprint, Incoming, KeyPackageCard, MediaCrypto, RoomPolicy,
+    RosterEntry, SecurityCode, Session, Timestamp,
 };
 use conclave_proto::{Bytes, ClientMsg, KnockId, KnockInfo, ServerMsg};
 use mls_rs::identity::SigningIdentity;
@@ -80,13 +80,39 @@ pub enum NewRoomPolicy {
     Lobby,
 }
 
-/// How this participant admits knocks when it is asked to commit them in a lobby room.
+/// How a lobby host admits knocks. (In open and invite-list rooms nobody decides: the
+/// committer adds every knock the policy allows.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdmitMode {
-    /// Admit every knock.
+    /// Admit every knock without asking anyone: a lobby then protects nothing. Only for
+    /// automation that knows this (`conclave join --admit danger-auto`).
     Auto,
-    /// Wait for [`Participant::admit`] or [`Participant::deny`] per knock.
+    /// Wait for [`Participant::admit`] or [`Participant::deny`] per knock (the default).
     Ask,
+}
+
+/// Most knocks a participant keeps waiting for a decision (each KeyPackage is at most
+/// [`conclave_e2ee::MAX_KEY_PACKAGE_LEN`] bytes, so at most 8 MiB in all).
+pub const MAX_PENDING_KNOCKS: usize = 1024;
+
+/// A knock as this participant was shown it: who the KeyPackage itself says knocks (never the
+/// server's description beside it), and the exact KeyPackage an approval admits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingKnock {
+    /// The server's number for the knock (what [`Participant::admit`] takes).
+    pub knock: KnockId,
+    /// User id from the KeyPackage's credential.
+    pub user_id: String,
+    /// Display name from the KeyPackage's credential.
+    pub name: String,
+    /// Fingerprint of the knocking device's key.
+    pub fingerprint: Fingerprint,
+}
+
+#[derive(Clone, Debug)]
+struct Knock {
+    card: KeyPackageCard,
+    key_package: Vec<u8>,
 }
 
 /// What a UI should show.
@@ -111,13 +137,12 @@ pub enum Event {
     Knock {
         /// The knock.
         knock: KnockId,
-        /// User id.
+        /// User id, from the KeyPackage's credential.
         user_id: String,
-        /// Display name.
+        /// Display name, from the KeyPackage's credential.
         name: String,
-        /// Fingerprint of the knocking device's key, from its KeyPackage (`None` if the
-        /// KeyPackage does not parse; such a knock cannot be admitted anyway).
-        fingerprint: Option<conclave_e2ee::Fingerprint>,
+        /// Fingerprint of the knocking device's key, from its KeyPackage.
+        fingerprint: Fingerprint,
     },
     /// Something was refused that an honest server and honest members would not send: a
     /// policy-breaking commit, a forged message, a server proposal other than a removal.
@@ -140,8 +165,11 @@ pub struct Participant {
     admit_mode: AdmitMode,
     session: Option<Session>,
     media: MediaCrypto,
-    knocks: BTreeMap<KnockId, KnockInfo>,
-    approved: Vec<KnockId>,
+    /// Knocks as first shown, by the server's knock id.
+    knocks: BTreeMap<KnockId, Knock>,
+    /// What the person approved: digests of the exact KeyPackages they were shown. Each is
+    /// used once: it goes when a commit adds that device.
+    approved: Vec<([u8; 32], Fingerprint)>,
     out: VecDeque<ClientMsg>,
     events: VecDeque<Event>,
     left: bool,
@@ -255,35 +283,102 @@ impl Participant {
     }
 
     /// Knocks waiting for this host's decision.
-    pub fn pending_knocks(&self) -> Vec<KnockInfo> {
+    pub fn pending_knocks(&self) -> Vec<PendingKnock> {
         self.knocks
-            .values()
-            .filter(|k| !self.approved.contains(&k.knock))
-            .cloned()
+            .iter()
+            .filter(|(_, k)| !self.is_approved(&k.card))
+            .map(|(&knock, k)| PendingKnock {
+                knock,
+                user_id: k.card.credential.user_id.clone(),
+                name: k.card.credential.display_name.clone(),
+                fingerprint: k.card.fingerprint,
+            })
             .collect()
     }
 
-    /// The host admits a knock: commits its add now (with any other approved knocks and
-    /// pending proposals). If a commit is already in flight, the add goes into the next one.
+    fn is_approved(&self, card: &KeyPackageCard) -> bool {
+        self.approved.iter().any(|(d, _)| *d == card.digest)
+    }
+
+    /// The host admits a knock: the exact KeyPackage it was shown under that knock (never
+    /// another one the server sends later under the same number), once. Commits the add now,
+    /// with any other approved knocks and pending proposals; if a commit is already in flight,
+    /// the add goes into the next one.
     pub fn admit(&mut self, knock: KnockId, now: Timestamp) -> Result<(), Error> {
-        if !self.knocks.contains_key(&knock) {
+        let Some(k) = self.knocks.get(&knock) else {
             return Err(Error::Unexpected(format!("no knock {knock}")));
-        }
-        if !self.approved.contains(&knock) {
-            self.approved.push(knock);
+        };
+        if !self.is_approved(&k.card) {
+            self.approved.push((k.card.digest, k.card.fingerprint));
         }
         let Some(epoch) = self.epoch() else {
             return Ok(());
         };
-        let knocks: Vec<KnockInfo> = self.knocks.values().cloned().collect();
+        let knocks: Vec<KnockInfo> = self
+            .knocks
+            .iter()
+            .map(|(&knock, k)| KnockInfo {
+                knock,
+                user_id: k.card.credential.user_id.clone(),
+                name: k.card.credential.display_name.clone(),
+                key_package: Bytes(k.key_package.clone()),
+            })
+            .collect();
         self.commit_requested(epoch, knocks, now)
     }
 
     /// The host turns a knock away.
     pub fn deny(&mut self, knock: KnockId) {
-        self.knocks.remove(&knock);
-        self.approved.retain(|k| *k != knock);
+        if let Some(k) = self.knocks.remove(&knock) {
+            self.approved.retain(|(d, _)| *d != k.card.digest);
+        }
         self.out.push_back(ClientMsg::Deny { knock });
+    }
+
+    /// Records a knock the first time its number is seen (later messages cannot change what
+    /// the host was shown under it) and tells the UI who its KeyPackage says knocks.
+    fn knocked(&mut self, knock: &KnockInfo) {
+        if self.knocks.contains_key(&knock.knock) {
+            return;
+        }
+        if self.knocks.len() >= MAX_PENDING_KNOCKS {
+            return self.alarm(format!(
+                "more than {MAX_PENDING_KNOCKS} knocks waiting; knock {} dropped",
+                knock.knock
+            ));
+        }
+        let card = match KeyPackageCard::read(&knock.key_package.0) {
+            Ok(card) => card,
+            Err(e) => {
+                return self.alarm(format!(
+                    "knock {}: its KeyPackage is unusable: {e}",
+                    knock.knock
+                ))
+            }
+        };
+        if card.credential.user_id != knock.user_id || card.credential.display_name != knock.name {
+            self.alarm(format!(
+                "the server described knock {} as {:?} ({:?}); its KeyPackage says {:?} ({:?}), which is shown",
+                knock.knock,
+                knock.name,
+                knock.user_id,
+                card.credential.display_name,
+                card.credential.user_id
+            ));
+        }
+        self.events.push_back(Event::Knock {
+            knock: knock.knock,
+            user_id: card.credential.user_id.clone(),
+            name: card.credential.display_name.clone(),
+            fingerprint: card.fingerprint,
+        });
+        self.knocks.insert(
+            knock.knock,
+            Knock {
+                card,
+                key_package: knock.key_package.0.clone(),
+            },
+        );
     }
 
     /// Leaves cleanly: proposes our own removal, which the next committer commits.
@@ -312,9 +407,12 @@ impl Participant {
     }
 
     fn epoch_changed(&mut self, change: EpochChange, now: Timestamp) -> Result<(), Error> {
-        // Knocks answered by this commit (whoever committed it) are done.
+        // Knocks answered by this commit (whoever committed it) are done, and so are the
+        // approvals of those devices: an approval admits once.
         for a in &change.added {
-            self.knocks.retain(|_, k| k.user_id != a.user_id);
+            self.knocks
+                .retain(|_, k| k.card.fingerprint != a.fingerprint);
+            self.approved.retain(|(_, f)| *f != a.fingerprint);
         }
         if change.removed_self {
             if let Some(s) = self.session.take() {
@@ -390,26 +488,7 @@ impl Participant {
                     });
                 }
             }
-            ServerMsg::Knock { knock } => {
-                let fingerprint = mls_rs::MlsMessage::from_bytes(&knock.key_package.0)
-                    .ok()
-                    .and_then(|m| {
-                        let kp = m.as_key_package()?;
-                        let suite = conclave_e2ee::RoomCipherSuite::from_mls(kp.cipher_suite())?;
-                        conclave_e2ee::Fingerprint::of_key(
-                            suite,
-                            &kp.signing_identity().signature_key,
-                        )
-                        .ok()
-                    });
-                self.events.push_back(Event::Knock {
-                    knock: knock.knock,
-                    user_id: knock.user_id.clone(),
-                    name: knock.name.clone(),
-                    fingerprint,
-                });
-                self.knocks.insert(knock.knock, knock);
-            }
+            ServerMsg::Knock { knock } => self.knocked(&knock),
             ServerMsg::CommitRequest { epoch, knocks } => {
                 self.commit_requested(epoch, knocks, now)?
             }
@@ -527,45 +606,67 @@ impl Participant {
         if s.epoch() != epoch || s.has_pending_commit() {
             return Ok(());
         }
-        for k in &knocks {
-            self.knocks.entry(k.knock).or_insert_with(|| k.clone());
+        // Who decides on adds: in a lobby, a host's person (unless the host runs with
+        // `AdmitMode::Auto`), and nobody else may add; elsewhere the policy alone.
+        let (lobby, host) = match &s.policy().admission {
+            Admission::Lobby(_) => (
+                true,
+                s.policy().is_host(self.device.identity().public_key()),
+            ),
+            _ => (false, false),
+        };
+        if lobby && host && self.admit_mode == AdmitMode::Ask {
+            for k in &knocks {
+                self.knocked(k);
+            }
         }
-        let admit: Vec<&KnockInfo> = knocks
-            .iter()
-            .filter(|k| self.admit_mode == AdmitMode::Auto || self.approved.contains(&k.knock))
-            .collect();
-        let kps: Vec<Vec<u8>> = admit.iter().map(|k| k.key_package.0.clone()).collect();
+        let Some(s) = self.session.as_ref() else {
+            return Ok(());
+        };
+        let mut kps: Vec<Vec<u8>> = Vec::new();
+        let mut devices: Vec<Fingerprint> = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
+        for k in &knocks {
+            if lobby && !host {
+                continue;
+            }
+            let card = match s.check_joiner(&k.key_package.0) {
+                Ok(card) => card,
+                Err(e) => {
+                    refused.push(format!("knock {}: {e}", k.knock));
+                    continue;
+                }
+            };
+            // A lobby host's person approved these exact bytes (not whatever the server now
+            // sends under the same knock number).
+            let approved = self.approved.iter().any(|(d, _)| *d == card.digest);
+            if lobby && self.admit_mode == AdmitMode::Ask && !approved {
+                continue;
+            }
+            // One KeyPackage per device in one commit.
+            if devices.contains(&card.fingerprint) {
+                continue;
+            }
+            devices.push(card.fingerprint);
+            kps.push(k.key_package.0.clone());
+        }
+        for reason in refused {
+            self.alarm(format!("left out of the commit: {reason}"));
+        }
+        let Some(s) = self.session.as_mut() else {
+            return Ok(());
+        };
         if kps.is_empty() && s.pending_proposals() == 0 && !knocks.is_empty() {
             // Nothing we may admit yet (a host has not decided): do not burn an epoch.
             return Ok(());
         }
         match s.commit(&kps, &[], now) {
-            Ok(bundle) => {
-                self.out.push_back(ClientMsg::Commit {
-                    epoch,
-                    commit: Bytes(bundle.commit),
-                    welcome: bundle.welcome.map(Bytes),
-                });
-            }
-            Err(e) => {
-                // One bad KeyPackage must not block the others: retry without it.
-                warn!(error = %e, "commit failed; retrying knock by knock");
-                let mut good = Vec::new();
-                for kp in &kps {
-                    let mut probe = s.danger_clone();
-                    let mut trial = good.clone();
-                    trial.push(kp.clone());
-                    if probe.commit(&trial, &[], now).is_ok() {
-                        good.push(kp.clone());
-                    }
-                }
-                let bundle = s.commit(&good, &[], now)?;
-                self.out.push_back(ClientMsg::Commit {
-                    epoch,
-                    commit: Bytes(bundle.commit),
-                    welcome: bundle.welcome.map(Bytes),
-                });
-            }
+            Ok(bundle) => self.out.push_back(ClientMsg::Commit {
+                epoch,
+                commit: Bytes(bundle.commit),
+                welcome: bundle.welcome.map(Bytes),
+            }),
+            Err(e) => self.alarm(format!("could not build the requested commit: {e}")),
         }
         Ok(())
     }

@@ -649,6 +649,15 @@ impl CallState {
                         }
                     }
                 }
+                // Members who leave keep their names for the summary (their leaves are gone
+                // from the roster by the time it is read).
+                if let Event::EpochChanged { change, .. } = e {
+                    for r in &change.removed {
+                        self.names
+                            .entry(r.leaf)
+                            .or_insert_with(|| (r.user_id.clone(), r.display_name.clone()));
+                    }
+                }
                 self.history.push(EpochLine {
                     epoch: *epoch,
                     security_code: security_code.to_string(),

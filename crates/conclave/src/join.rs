@@ -31,8 +31,11 @@ pub(crate) struct JoinArgs {
     /// If this participant creates the room: open (default) or lobby (it becomes the host).
     #[arg(long, default_value = "open")]
     policy: String,
-    /// How to admit knocks in a lobby room this participant hosts: auto or ask.
-    #[arg(long, default_value = "auto")]
+    /// How a lobby host admits knocks: `ask` (a y/N prompt per knock on the terminal, showing
+    /// the name, user id and device fingerprint from the knocker's own KeyPackage), or
+    /// `danger-auto`, which admits every knock the server passes on, so that the lobby
+    /// protects nothing (for automation that knows this). Open rooms admit automatically.
+    #[arg(long, default_value = "ask")]
     admit: String,
     /// Keep this device's identity here (created if missing) so its fingerprint stays the same
     /// across calls; default: a fresh identity for this call.
@@ -71,13 +74,29 @@ fn device(args: &JoinArgs, user_id: &str, name: &str) -> Result<Device> {
         }
         Some(path) => {
             let id = DeviceIdentity::generate(suite, CredentialInfo::new(user_id, name)?)?;
-            std::fs::write(path, &*id.to_bytes()?)
+            conclave_e2ee::write_private(path, &id.to_bytes()?)
                 .with_context(|| format!("{}", path.display()))?;
             id
         }
         None => DeviceIdentity::generate(suite, CredentialInfo::new(user_id, name)?)?,
     };
     Ok(Device::new(identity, GroupStore::memory())?)
+}
+
+/// `--admit`: a lobby host is asked about every knock unless it says `danger-auto`; `auto`
+/// (which once admitted everyone by default) is refused for a lobby.
+fn admit_mode(admit: &str, policy: &NewRoomPolicy) -> Result<AdmitMode> {
+    Ok(match (admit, policy) {
+        ("ask", _) => AdmitMode::Ask,
+        ("danger-auto", _) => AdmitMode::Auto,
+        ("auto", NewRoomPolicy::Lobby) => bail!(
+            "--admit auto in a lobby room would let in everyone the server sends: a lobby host \
+             is asked (--admit ask, the default), or says --admit danger-auto"
+        ),
+        // Open rooms admit every knock whatever this says.
+        ("auto", _) => AdmitMode::Ask,
+        (other, _) => bail!("--admit {other}: ask or danger-auto"),
+    })
 }
 
 pub(crate) fn join(args: JoinArgs) -> Result<()> {
@@ -111,11 +130,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         "lobby" => NewRoomPolicy::Lobby,
         other => bail!("--policy {other}: open or lobby"),
     };
-    let admit = match args.admit.as_str() {
-        "auto" => AdmitMode::Auto,
-        "ask" => AdmitMode::Ask,
-        other => bail!("--admit {other}: auto or ask"),
-    };
+    let admit = admit_mode(&args.admit, &policy)?;
     let duration = args
         .duration
         .as_deref()
@@ -183,8 +198,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
                     fingerprint,
                 } = e
                 {
-                    let fp =
-                        fingerprint.map_or_else(|| "unknown key".to_owned(), |f| f.short_code());
+                    let fp = fingerprint.short_code();
                     let _ = ask_tx.send((*knock, format!("{name} ({user_id}, device {fp})")));
                 }
             })
@@ -247,7 +261,7 @@ fn report(p: &conclave_client::Participant, e: &Event, json: bool) {
             ..
         } => println!(
             "knock: {name} ({user_id}) device {}",
-            fingerprint.map_or_else(|| "?".to_owned(), |f| f.short_code())
+            fingerprint.short_code()
         ),
         Event::Alarm { reason } => println!("ALARM: {reason}"),
         Event::Ended { reason } => println!("ended: {reason}"),
@@ -258,5 +272,28 @@ fn report(p: &conclave_client::Participant, e: &Event, json: bool) {
 fn print_roster(p: &conclave_client::Participant) {
     for e in p.roster() {
         println!("  {} ({}) [{}]", e.display_name, e.user_id, e.fingerprint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lobby_host_is_asked_unless_it_says_danger() {
+        let lobby = NewRoomPolicy::Lobby;
+        assert_eq!(admit_mode("ask", &lobby).unwrap(), AdmitMode::Ask);
+        assert!(admit_mode("auto", &lobby).is_err());
+        assert_eq!(admit_mode("danger-auto", &lobby).unwrap(), AdmitMode::Auto);
+        assert!(admit_mode("yes", &lobby).is_err());
+        // And the flag's default is to ask.
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            join: JoinArgs,
+        }
+        let cli = Cli::parse_from(["x", "http://h", "--room", "r", "--token", "t"]);
+        assert_eq!(cli.join.admit, "ask");
     }
 }

@@ -30,23 +30,23 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use conclave_mls::{
-    committer, policy_of, provider, suite_provider, Admission, ConclaveIdentityProvider,
-    ConclaveRules, CredentialInfo, Provider, RoomCipherSuite, Timestamp, INVITE_EXTENSION,
-    ROOM_POLICY_EXTENSION,
+    check_invited, committer, policy_of, provider, suite_provider, Admission,
+    ConclaveIdentityProvider, ConclaveRules, CredentialInfo, KeyPackageCard, Provider,
+    RoomCipherSuite, Timestamp, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
 };
 use conclave_proto::{
     Bytes, ClientMsg, ErrorCode, KnockId, KnockInfo, ServerMsg, PROTOCOL_VERSION,
 };
-use mls_rs::extension::built_in::ExternalSendersExt;
+use mls_rs::extension::built_in::{ExternalSendersExt, RequiredCapabilitiesExt};
 use mls_rs::external_client::builder::{
     ExternalBaseConfig, WithCryptoProvider, WithIdentityProvider, WithMlsRules,
 };
 use mls_rs::external_client::{ExternalClient, ExternalGroup, ExternalReceivedMessage};
-use mls_rs::group::proposal::Proposal;
+use mls_rs::group::proposal::{AddProposal, Proposal};
 use mls_rs::group::{CommitEffect, ExportedTree};
 use mls_rs::identity::basic::BasicCredential;
 use mls_rs::identity::SigningIdentity;
-use mls_rs::{CipherSuiteProvider, MlsMessage};
+use mls_rs::{CipherSuiteProvider, KeyPackage, MlsMessage};
 use mls_rs_core::crypto::SignatureSecretKey;
 use tracing::{debug, info, warn};
 
@@ -88,6 +88,12 @@ pub struct DsConfig {
     pub remove_after: Duration,
     /// Most members plus knocks per room.
     pub max_room_size: usize,
+    /// How long a connection asked to create a room's group has to upload it before the next
+    /// connection is asked instead.
+    pub create_timeout: Duration,
+    /// Most KeyPackage bytes one commit request carries (knocks beyond it wait for the next
+    /// epoch), so that the commit and Welcome stay far below the signaling message limit.
+    pub max_request_bytes: usize,
 }
 
 impl DsConfig {
@@ -111,6 +117,8 @@ impl Default for DsConfig {
             commit_timeout: Duration::from_secs(5),
             remove_after: Duration::from_secs(10),
             max_room_size: 2000,
+            create_timeout: Duration::from_secs(10),
+            max_request_bytes: 1 << 20,
         }
     }
 }
@@ -125,6 +133,15 @@ pub enum Output {
         conn: ConnId,
         /// The message.
         msg: ServerMsg,
+    },
+    /// `conn` became a member of its room's group (`member: true`) or stopped being one. The
+    /// SFU forwards media to and from a connection only while it is a member: a token holder
+    /// that never got in receives no one's ciphertext, levels or timing.
+    Membership {
+        /// The connection.
+        conn: ConnId,
+        /// Whether it is a member now.
+        member: bool,
     },
     /// Close `conn` (after sending what was queued before).
     Close {
@@ -217,9 +234,15 @@ struct Room {
     request: Option<Request>,
     /// Members that did not answer a commit request in time this epoch.
     skipped: Vec<ConnId>,
-    /// KeyPackages that arrived before the room's group existed.
+    /// KeyPackages that arrived before the room's group existed: one per connection, at most
+    /// [`MAX_EARLY_KNOCKS`], each dropped with its connection.
     early: Vec<(ConnId, Vec<u8>)>,
+    /// Since when the current creator has been asked to create the group.
+    creating_since: Option<Timestamp>,
 }
+
+/// Most knocks a room keeps while its group does not exist yet.
+pub const MAX_EARLY_KNOCKS: usize = 256;
 
 impl Room {
     fn epoch(&self) -> Option<u64> {
@@ -373,6 +396,19 @@ impl Ds {
         }
     }
 
+    /// Moves a connection to `state`, telling the runtime when its membership changes.
+    fn set_state(&mut self, conn: ConnId, state: ConnState) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let was = matches!(c.state, ConnState::Member(_));
+        let is = matches!(state, ConnState::Member(_));
+        c.state = state;
+        if was != is {
+            self.out.push_back(Output::Membership { conn, member: is });
+        }
+    }
+
     fn refuse(&mut self, conn: ConnId, code: ErrorCode, reason: impl Into<String>) {
         let reason = reason.into();
         debug!(conn, ?code, %reason, "refused");
@@ -382,6 +418,7 @@ impl Ds {
 
     /// A connection whose token the runtime verified: `user_id` in `room`.
     pub fn connect(&mut self, conn: ConnId, room: &str, user_id: &str, now: Timestamp) {
+        self.retire_dead_group(room, now);
         let max = self.config.max_room_size;
         let r = self.rooms.entry(room.to_owned()).or_default();
         let size = r
@@ -408,6 +445,9 @@ impl Ds {
                     .is_some_and(|c| c.state == ConnState::Creating)
             });
         r.conns.push(conn);
+        if creating {
+            r.creating_since = Some(now);
+        }
         let state = if creating {
             ConnState::Creating
         } else {
@@ -424,7 +464,6 @@ impl Ds {
         let server_identity =
             mls_rs_codec::MlsEncode::mls_encode_to_vec(&self.server_identity).unwrap_or_default();
         info!(conn, room, user_id, creating, "connected");
-        let _ = now;
         self.send(
             conn,
             ServerMsg::Joined {
@@ -446,6 +485,8 @@ impl Ds {
             return;
         };
         room.conns.retain(|x| *x != conn);
+        // A knock dies with its connection, early or not.
+        room.early.retain(|(x, _)| *x != conn);
         info!(conn, room = %c.room, state = ?c.state, "disconnected");
         match c.state {
             ConnState::Member(leaf) => {
@@ -458,18 +499,75 @@ impl Ds {
             room.request = None;
             room.work_since.get_or_insert(now);
         }
-        let empty = room.conns.is_empty();
         let name = c.room.clone();
+        self.retire_dead_group(&name, now);
+        let Some(room) = self.rooms.get_mut(&name) else {
+            return;
+        };
+        let empty = room.conns.is_empty();
         if empty && room.group.is_none() {
             self.rooms.remove(&name);
         } else {
             self.schedule(&name, now);
         }
         // A room whose creator left before creating the group: ask the next connection.
-        self.promote_creator(&name);
+        self.promote_creator(&name, now);
     }
 
-    fn promote_creator(&mut self, room_name: &str) {
+    /// An open room whose group has no member online can never commit again: nobody could
+    /// admit the next person (the last member left, or every member's connection is gone). Its
+    /// group is retired, and the next rightful person starts a new one; knocks waiting on the
+    /// old group are kept for the new one. (This gives the server nothing it lacked: it can
+    /// always tell a connection to create a group. A joiner sees a new group with new keys.)
+    fn retire_dead_group(&mut self, room_name: &str, now: Timestamp) {
+        let Some(room) = self.rooms.get(room_name) else {
+            return;
+        };
+        // Only open rooms for now: a new group is made by whoever is asked, with its own
+        // policy, and until meetings carry a charter that the joiner checks (issue 12, item
+        // 4) a lobby must not turn into someone's open room.
+        let open = room
+            .group
+            .as_ref()
+            .and_then(|g| policy_of(&g.group_context().extensions).ok())
+            .is_some_and(|p| matches!(p.admission, Admission::Open));
+        if !open
+            || room.conns.iter().any(|c| {
+                matches!(
+                    self.conns.get(c).map(|c| c.state),
+                    Some(ConnState::Member(_))
+                )
+            })
+        {
+            return;
+        }
+        info!(
+            room = room_name,
+            "no member of the room's group is online: the group is retired"
+        );
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let knocks = std::mem::take(&mut room.knocks);
+        let conns = room.conns.clone();
+        *room = Room {
+            conns,
+            next_knock: room.next_knock,
+            early: knocks
+                .into_iter()
+                .map(|k| (k.conn, k.info.key_package.0))
+                .collect(),
+            ..Room::default()
+        };
+        for c in room.conns.clone() {
+            if let Some(conn) = self.conns.get_mut(&c) {
+                conn.state = ConnState::Waiting;
+            }
+        }
+        self.promote_creator(room_name, now);
+    }
+
+    fn promote_creator(&mut self, room_name: &str, now: Timestamp) {
         let Some(room) = self.rooms.get(room_name) else {
             return;
         };
@@ -485,6 +583,11 @@ impl Ds {
             return;
         }
         if let Some(&next) = room.conns.first() {
+            if let Some(r) = self.rooms.get_mut(room_name) {
+                r.creating_since = Some(now);
+                // Its own knock, if it sent one while waiting, is void: it creates instead.
+                r.early.retain(|(c, _)| *c != next);
+            }
             if let Some(c) = self.conns.get_mut(&next) {
                 c.state = ConnState::Creating;
                 let user_id = c.user_id.clone();
@@ -610,14 +713,13 @@ impl Ds {
             );
         }
         let leaf = members[0].index;
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.state = ConnState::Member(leaf);
-        }
+        self.set_state(conn, ConnState::Member(leaf));
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
         info!(room = room_name, policy = policy.kind(), "group created");
         room.group = Some(group);
+        room.creating_since = None;
         // Knocks that came before the group existed are taken now.
         let early = std::mem::take(&mut room.early);
         for (c, kp) in early {
@@ -628,45 +730,87 @@ impl Ds {
         self.schedule(room_name, now);
     }
 
-    fn knock(&mut self, conn: ConnId, room_name: &str, key_package: Vec<u8>, now: Timestamp) {
-        let parsed = MlsMessage::from_bytes(&key_package).ok();
-        let Some(kp) = parsed.as_ref().and_then(|m| m.as_key_package()) else {
-            return self.refuse(conn, ErrorCode::Malformed, "not a KeyPackage");
-        };
+    /// Validates a knock's KeyPackage fully before anyone sees it: size, signatures (the
+    /// KeyPackage's and its leaf's), lifetime, ciphersuite, capabilities the group requires,
+    /// the credential naming the token's user, and, in an invite-list room, the invite. A
+    /// KeyPackage refused here never reaches a committer, so it cannot stop the others' adds.
+    fn check_key_package(
+        &self,
+        conn: ConnId,
+        room_name: &str,
+        key_package: &[u8],
+        now: Timestamp,
+    ) -> Result<KeyPackage, String> {
+        let card = KeyPackageCard::read(key_package).map_err(|e| e.to_string())?;
+        let c = self.conns.get(&conn).ok_or("no such connection")?;
         // The credential must carry the user id the token named: members see the identity
         // the server vouched for, and cannot be shown another.
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        let info = match CredentialInfo::from_credential(&kp.signing_identity().credential) {
-            Ok(i) => i,
-            Err(e) => return self.refuse(conn, ErrorCode::Rejected, e.to_string()),
-        };
-        if info.user_id != c.user_id {
-            return self.refuse(
-                conn,
-                ErrorCode::Rejected,
-                format!(
-                    "the KeyPackage names {:?}, the token {:?}",
-                    info.user_id, c.user_id
-                ),
-            );
+        if card.credential.user_id != c.user_id {
+            return Err(format!(
+                "the KeyPackage names {:?}, the token {:?}",
+                card.credential.user_id, c.user_id
+            ));
         }
+        let msg = MlsMessage::from_bytes(key_package).map_err(|e| e.to_string())?;
+        let kp = self
+            .client
+            .validate_key_package(msg, Some(now.into()))
+            .map_err(|e| format!("invalid KeyPackage: {e}"))?;
+        let Some(group) = self.rooms.get(room_name).and_then(|r| r.group.as_ref()) else {
+            return Ok(kp);
+        };
+        let ctx = group.group_context();
+        if kp.cipher_suite() != ctx.cipher_suite {
+            return Err("the KeyPackage is for another ciphersuite".into());
+        }
+        let add = AddProposal::from(kp.clone());
+        if let Ok(Some(required)) = ctx.extensions.get_as::<RequiredCapabilitiesExt>() {
+            let caps = add.capabilities();
+            let missing = required
+                .extensions
+                .iter()
+                .any(|e| !caps.extensions.contains(e))
+                || required
+                    .proposals
+                    .iter()
+                    .any(|p| !caps.proposals.contains(p));
+            if missing {
+                return Err("the KeyPackage lacks capabilities the room requires".into());
+            }
+        }
+        let policy = policy_of(&ctx.extensions).map_err(|e| e.to_string())?;
+        check_invited(card.suite, &policy, &add).map_err(|e| e.to_string())?;
+        Ok(kp)
+    }
+
+    fn knock(&mut self, conn: ConnId, room_name: &str, key_package: Vec<u8>, now: Timestamp) {
+        let kp = match self.check_key_package(conn, room_name, &key_package, now) {
+            Ok(kp) => kp,
+            Err(reason) => return self.refuse(conn, ErrorCode::Rejected, reason),
+        };
+        let Some(info) = CredentialInfo::from_credential(&kp.signing_identity().credential).ok()
+        else {
+            return self.refuse(conn, ErrorCode::Rejected, "invalid credential");
+        };
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
         let Some(group) = room.group.as_ref() else {
-            // The creator has not uploaded the group yet: keep the knock until it does.
+            // The creator has not uploaded the group yet: keep the knock until it does (one
+            // per connection, a bounded number per room).
+            if room.early.iter().any(|(c, _)| *c == conn) {
+                return self.refuse(conn, ErrorCode::Unexpected, "already knocked");
+            }
+            if room.early.len() >= MAX_EARLY_KNOCKS {
+                return self.refuse(
+                    conn,
+                    ErrorCode::RateLimited,
+                    "too many knocks wait for this room's group; try again",
+                );
+            }
             room.early.push((conn, key_package));
             return;
         };
-        if kp.cipher_suite() != group.group_context().cipher_suite {
-            return self.refuse(
-                conn,
-                ErrorCode::Rejected,
-                "the KeyPackage is for another ciphersuite",
-            );
-        }
         let signature_key = kp.signing_identity().signature_key.as_bytes().to_vec();
         // The same device knocking again (it lost its connection and came back with a fresh
         // KeyPackage): its old leaf is stale, so propose its removal now rather than after
@@ -750,23 +894,39 @@ impl Ds {
             Ok(m) => m,
             Err(e) => return reject(self, format!("undecodable commit: {e}")),
         };
+        // A connection commits as its own leaf only: a member's connection cannot carry
+        // another member's commit (checked before the commit touches the group).
+        match msg.description() {
+            mls_rs::MlsMessageDescription::PublicProtocolMessage {
+                sender: mls_rs::group::Sender::Member(l),
+                ..
+            } if l == leaf => {}
+            _ => {
+                return reject(
+                    self,
+                    "a commit must be a public message signed by the sending member's leaf".into(),
+                )
+            }
+        }
+        // The group as it was, to go back to if the commit turns out unacceptable below.
+        let before = group.clone();
         let desc = match group.process_incoming_message_with_time(msg, now.into()) {
             Ok(ExternalReceivedMessage::Commit(d)) => d,
-            Ok(_) => return reject(self, "not a commit".into()),
-            Err(e) => return reject(self, format!("invalid commit: {e}")),
+            Ok(_) => {
+                *group = before;
+                return reject(self, "not a commit".into());
+            }
+            Err(e) => {
+                *group = before;
+                return reject(self, format!("invalid commit: {e}"));
+            }
         };
-        if desc.committer != leaf {
-            // Cannot happen for a valid commit signed by this member's leaf; refuse loudly.
-            warn!(
-                conn,
-                leaf,
-                committer = desc.committer,
-                "commit signed by another leaf"
-            );
-        }
         let new_epoch = match &desc.effect {
             CommitEffect::NewEpoch(e) | CommitEffect::Removed { new_epoch: e, .. } => e.clone(),
-            CommitEffect::ReInit(_) => return reject(self, "re-init is not allowed".into()),
+            CommitEffect::ReInit(_) => {
+                *group = before;
+                return reject(self, "re-init is not allowed".into());
+            }
         };
         let mut added_keys = Vec::new();
         let mut removed = Vec::new();
@@ -779,6 +939,23 @@ impl Ds {
                 (Proposal::SelfRemove(_), mls_rs::group::Sender::Member(l)) => removed.push(l),
                 _ => {}
             }
+        }
+        // Every add is a knock this DS validated, from a connection whose token named that
+        // identity, and it comes with the Welcome its joiner needs: a member cannot add a
+        // device nobody vouched for, nor one that would never get in.
+        let unknocked = added_keys
+            .iter()
+            .any(|k| !room.knocks.iter().any(|kn| kn.signature_key == *k));
+        let refusal = if unknocked {
+            Some("the commit adds a device that did not knock")
+        } else if !added_keys.is_empty() && welcome.is_none() {
+            Some("the commit adds members but carries no Welcome")
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            *group = before;
+            return reject(self, why.into());
         }
         self.stats.commits_accepted += 1;
         info!(
@@ -856,9 +1033,7 @@ impl Ds {
                         },
                     );
                     if removed.contains(&l) {
-                        if let Some(c) = self.conns.get_mut(&other) {
-                            c.state = ConnState::Waiting;
-                        }
+                        self.set_state(other, ConnState::Waiting);
                         self.out.push_back(Output::Close {
                             conn: other,
                             reason: "removed from the group".into(),
@@ -868,28 +1043,24 @@ impl Ds {
             }
         }
         if removed.contains(&leaf) {
+            self.set_state(conn, ConnState::Waiting);
             self.out.push_back(Output::Close {
                 conn,
                 reason: "removed from the group".into(),
             });
         }
-        match (&welcome, joined.is_empty()) {
-            (Some(w), false) => {
-                for (jc, l) in joined {
-                    if let Some(c) = self.conns.get_mut(&jc) {
-                        c.state = ConnState::Member(l);
-                    }
-                    self.send(
-                        jc,
-                        ServerMsg::Welcome {
-                            welcome: Bytes(w.clone()),
-                            ratchet_tree: Bytes(tree.clone()),
-                        },
-                    );
-                }
+        // (A commit with adds always has its Welcome: checked above.)
+        if let Some(w) = &welcome {
+            for (jc, l) in joined {
+                self.set_state(jc, ConnState::Member(l));
+                self.send(
+                    jc,
+                    ServerMsg::Welcome {
+                        welcome: Bytes(w.clone()),
+                        ratchet_tree: Bytes(tree.clone()),
+                    },
+                );
             }
-            (None, false) => warn!(room = room_name, "a commit added members without a Welcome"),
-            _ => {}
         }
         self.schedule(room_name, now);
     }
@@ -913,11 +1084,11 @@ impl Ds {
         };
         match group.process_incoming_message_with_time(msg, now.into()) {
             Ok(ExternalReceivedMessage::Proposal(p)) => {
-                // A member leaving cleanly: the server need not propose its removal too.
-                if let (Proposal::SelfRemove(_), mls_rs::group::ProposalSender::Member(l)) =
-                    (&p.proposal, &p.sender)
-                {
-                    room.proposed_removals.push(*l);
+                // A member leaving cleanly (the RFC 9420 way, a Remove of its own leaf, or the
+                // SelfRemove of older Conclave clients): it is never asked to commit again,
+                // and the server need not propose its removal too.
+                if let Some(l) = leaving_member(&p.proposal, &p.sender) {
+                    room.proposed_removals.push(l);
                 }
             }
             Ok(_) => return self.refuse(conn, ErrorCode::Rejected, "not a proposal"),
@@ -1055,7 +1226,19 @@ impl Ds {
         let Some(&(_, conn)) = online.iter().find(|(l, _)| *l == leaf) else {
             return;
         };
-        let knocks: Vec<KnockInfo> = room.knocks.iter().map(|k| k.info.clone()).collect();
+        // Bounded in bytes: the rest wait for the next epoch.
+        let mut budget = self.config.max_request_bytes;
+        let knocks: Vec<KnockInfo> = room
+            .knocks
+            .iter()
+            .take_while(|k| {
+                let len = k.info.key_package.0.len();
+                let fits = len <= budget;
+                budget = budget.saturating_sub(len);
+                fits
+            })
+            .map(|k| k.info.clone())
+            .collect();
         room.request = Some(Request {
             conn,
             epoch,
@@ -1069,6 +1252,31 @@ impl Ds {
     pub fn handle_timeout(&mut self, now: Timestamp) {
         let names: Vec<String> = self.rooms.keys().cloned().collect();
         for name in names {
+            // A creator that never uploads the group is let go; the next is asked.
+            let late = self.rooms.get(&name).and_then(|room| {
+                let since = room.creating_since?;
+                if room.group.is_some() || now < since.saturating_add(self.config.create_timeout) {
+                    return None;
+                }
+                room.conns.iter().copied().find(|c| {
+                    self.conns
+                        .get(c)
+                        .is_some_and(|c| c.state == ConnState::Creating)
+                })
+            });
+            if let Some(conn) = late {
+                warn!(room = %name, conn, "the creator did not create the group in time");
+                self.refuse(
+                    conn,
+                    ErrorCode::Unexpected,
+                    "the group was not created in time",
+                );
+                self.out.push_back(Output::Close {
+                    conn,
+                    reason: "did not create the group in time".into(),
+                });
+                self.disconnect(conn, now);
+            }
             // Commit requests not answered in time.
             if let Some(room) = self.rooms.get_mut(&name) {
                 if let Some(req) = &room.request {
@@ -1139,6 +1347,9 @@ impl Ds {
         let mut next: Option<Timestamp> = None;
         let mut at = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
         for room in self.rooms.values() {
+            if let (Some(since), None) = (room.creating_since, &room.group) {
+                at(since.saturating_add(self.config.create_timeout));
+            }
             if let Some(r) = &room.request {
                 at(r.deadline);
             } else if let Some(s) = room.work_since {
@@ -1151,6 +1362,19 @@ impl Ds {
             }
         }
         next
+    }
+}
+
+/// The leaf a proposal says is leaving by its own wish: a member's Remove of its own leaf, or
+/// a member's SelfRemove.
+fn leaving_member(proposal: &Proposal, sender: &mls_rs::group::ProposalSender) -> Option<u32> {
+    let mls_rs::group::ProposalSender::Member(l) = *sender else {
+        return None;
+    };
+    match proposal {
+        Proposal::Remove(r) if r.to_remove() == l => Some(l),
+        Proposal::SelfRemove(_) => Some(l),
+        _ => None,
     }
 }
 

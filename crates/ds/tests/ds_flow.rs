@@ -1,164 +1,10 @@
 //! The delivery service with real participants (the client core and the E2EE core) on an
 //! in-memory network, driven by simulated time.
 
-use std::collections::BTreeMap;
+mod common;
+
+use common::*;
 use std::time::Duration;
-
-use conclave_client::{AdmitMode, Event, NewRoomPolicy, Participant};
-use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
-use conclave_e2ee::{
-    ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
-};
-use conclave_proto::{Bytes, ClientMsg, ErrorCode, ServerMsg};
-
-const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
-const SUITE: RoomCipherSuite = RoomCipherSuite::Curve25519Aes128;
-
-fn device(name: &str) -> Device {
-    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new(name, name).unwrap()).unwrap();
-    Device::new(id, GroupStore::memory()).unwrap()
-}
-
-struct Net {
-    ds: Ds,
-    parts: BTreeMap<ConnId, Participant>,
-    closed: Vec<ConnId>,
-    /// Every message the server sent, per connection (for assertions).
-    seen: BTreeMap<ConnId, Vec<ServerMsg>>,
-    events: BTreeMap<ConnId, Vec<Event>>,
-    now: Timestamp,
-    /// A malicious server: commits it does not deliver to these connections.
-    withhold_commits_from: Vec<ConnId>,
-}
-
-impl Net {
-    fn new() -> Net {
-        let (secret, identity) = generate_server_identity(SUITE).unwrap();
-        Net {
-            ds: Ds::new(DsConfig::default(), secret, identity),
-            parts: BTreeMap::new(),
-            closed: Vec::new(),
-            seen: BTreeMap::new(),
-            events: BTreeMap::new(),
-            now: T0,
-            withhold_commits_from: Vec::new(),
-        }
-    }
-
-    fn join(&mut self, conn: ConnId, user: &str, policy: NewRoomPolicy, admit: AdmitMode) {
-        self.join_with(conn, user, device(user), policy, admit)
-    }
-
-    fn join_with(
-        &mut self,
-        conn: ConnId,
-        user: &str,
-        d: Device,
-        policy: NewRoomPolicy,
-        admit: AdmitMode,
-    ) {
-        self.parts
-            .insert(conn, Participant::new(d, "room", policy, admit));
-        self.ds.connect(conn, "room", user, self.now);
-        self.settle();
-    }
-
-    /// Delivers everything until quiet, then lets time run to each pending timeout (up to 1 s
-    /// of simulated time, enough for batching windows).
-    fn settle(&mut self) {
-        self.pump();
-        for _ in 0..20 {
-            match self.ds.poll_timeout() {
-                Some(t) if t <= self.now.saturating_add(Duration::from_secs(1)) => {
-                    self.now = self.now.max(t);
-                    self.ds.handle_timeout(self.now);
-                    self.pump();
-                }
-                _ => break,
-            }
-        }
-    }
-
-    fn advance(&mut self, d: Duration) {
-        self.now = self.now.saturating_add(d);
-        self.ds.handle_timeout(self.now);
-        self.settle();
-    }
-
-    fn pump(&mut self) {
-        loop {
-            let mut progressed = false;
-            while let Some(o) = self.ds.poll_output() {
-                progressed = true;
-                match o {
-                    Output::Send { conn, msg } => {
-                        if matches!(msg, ServerMsg::Commit { .. })
-                            && self.withhold_commits_from.contains(&conn)
-                        {
-                            continue;
-                        }
-                        self.seen.entry(conn).or_default().push(msg.clone());
-                        if let Some(p) = self.parts.get_mut(&conn) {
-                            let _ = p.handle(msg, self.now);
-                        }
-                    }
-                    Output::Close { conn, .. } => {
-                        self.closed.push(conn);
-                        if self.parts.remove(&conn).is_some() {
-                            self.ds.disconnect(conn, self.now);
-                        }
-                    }
-                    other => panic!("unexpected output {other:?}"),
-                }
-            }
-            let conns: Vec<ConnId> = self.parts.keys().copied().collect();
-            for c in conns {
-                let p = self.parts.get_mut(&c).unwrap();
-                let mut msgs = Vec::new();
-                while let Some(m) = p.poll_transmit() {
-                    msgs.push(m);
-                }
-                while let Some(e) = p.poll_event() {
-                    self.events.entry(c).or_default().push(e);
-                }
-                for m in msgs {
-                    progressed = true;
-                    self.ds.handle(c, m, self.now);
-                }
-            }
-            if !progressed {
-                break;
-            }
-        }
-    }
-
-    fn p(&mut self, conn: ConnId) -> &mut Participant {
-        self.parts.get_mut(&conn).unwrap()
-    }
-
-    fn codes(&self) -> Vec<String> {
-        self.parts
-            .values()
-            .map(|p| p.security_code().map(|c| c.to_string()).unwrap_or_default())
-            .collect()
-    }
-
-    fn alarms(&self, conn: ConnId) -> usize {
-        self.events.get(&conn).map_or(0, |e| {
-            e.iter()
-                .filter(|e| matches!(e, Event::Alarm { .. }))
-                .count()
-        })
-    }
-}
-
-fn open_room(n: u64) -> Net {
-    let mut net = Net::new();
-    for i in 1..=n {
-        net.join(i, &format!("user{i}"), NewRoomPolicy::Open, AdmitMode::Auto);
-    }
-    net
-}
 
 #[test]
 fn members_join_through_the_ds_and_agree_on_the_security_code() {
@@ -299,6 +145,105 @@ fn clean_leave_is_committed_and_the_leaver_is_told() {
             "no duplicate server removal"
         );
     }
+}
+
+#[test]
+fn a_clean_leave_is_a_standard_remove_and_the_leaver_is_never_asked_to_commit() {
+    for legacy in [false, true] {
+        let mut net = open_room(3);
+        let epoch = net.ds.epoch("room").unwrap();
+        let leaf = net.p(3).session().unwrap().own_leaf();
+        let now = net.now;
+        let proposal = if legacy {
+            // What clients before this release sent: mls-rs's SelfRemove (0xF003).
+            net.p(3)
+                .danger_session_mut()
+                .unwrap()
+                .danger_propose_legacy_self_remove()
+                .unwrap()
+        } else {
+            net.p(3).leave().unwrap();
+            match net.p(3).poll_transmit() {
+                Some(ClientMsg::Proposal { proposal }) => proposal.0,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Another member reads it as an RFC 9420 Remove (type 3) of the leaver's own leaf,
+        // which any MLS implementation decodes.
+        let read = net
+            .p(1)
+            .session()
+            .unwrap()
+            .danger_clone()
+            .process(&proposal, now)
+            .unwrap();
+        let kind = if legacy { "self-remove" } else { "remove" };
+        assert_eq!(
+            read,
+            conclave_e2ee::Incoming::Proposal {
+                kind,
+                target: Some(leaf),
+                from_server: false
+            }
+        );
+        let before = net.seen.get(&3).map_or(0, Vec::len);
+        net.ds.handle(
+            3,
+            ClientMsg::Proposal {
+                proposal: Bytes(proposal),
+            },
+            now,
+        );
+        net.settle();
+        assert_eq!(net.ds.epoch("room"), Some(epoch + 1), "legacy {legacy}");
+        assert_eq!(net.ds.member_count("room"), 2);
+        assert!(
+            !net.seen[&3][before..]
+                .iter()
+                .any(|m| matches!(m, ServerMsg::CommitRequest { .. })),
+            "the leaver was asked to commit its own removal"
+        );
+        assert_eq!(net.ds.stats().removals_proposed, 0);
+    }
+}
+
+#[test]
+fn an_open_room_whose_members_all_left_can_be_started_again() {
+    let mut net = open_room(1);
+    // The only member leaves: nobody is left to commit, and its connection closes.
+    net.p(1).leave().unwrap();
+    net.settle();
+    net.parts.remove(&1);
+    net.ds.disconnect(1, net.now);
+    net.settle();
+    // The next person opens the same link: a new group, and the one after gets in.
+    net.join(2, "user2", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(net.p(2).epoch(), Some(0), "no new group was started");
+    net.join(3, "user3", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(net.ds.member_count("room"), 2);
+    let codes = net.codes();
+    assert!(!codes[0].is_empty() && codes[0] == codes[1], "{codes:?}");
+
+    // Every member's connection drops while someone knocks (inside the batching window): the
+    // knocker starts anew instead of waiting for nobody.
+    let mut net = open_room(1);
+    net.parts.insert(
+        5,
+        Participant::new(
+            device("user5"),
+            "room",
+            NewRoomPolicy::Open,
+            AdmitMode::Auto,
+        ),
+    );
+    net.ds.connect(5, "room", "user5", net.now);
+    net.pump();
+    assert_eq!(net.ds.member_count("room"), 1, "the knock is still waiting");
+    net.parts.remove(&1);
+    net.ds.disconnect(1, net.now);
+    net.settle();
+    assert_eq!(net.p(5).epoch(), Some(0), "the knocker waits for nobody");
+    assert_eq!(net.ds.member_count("room"), 1);
 }
 
 #[test]

@@ -60,20 +60,21 @@ mod storage;
 
 pub use conclave_mls::{
     committer, Admission, CredentialInfo, DeviceSigner, Fingerprint, Hosts, Invite, InviteList,
-    PolicyViolation, RoomCipherSuite, RoomPolicy, Timestamp, INVITE_EXTENSION,
-    MAX_DISPLAY_NAME_LEN, MAX_POLICY_ENTRIES, MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
+    KeyPackageCard, PolicyViolation, RoomCipherSuite, RoomPolicy, Timestamp, INVITE_EXTENSION,
+    MAX_DISPLAY_NAME_LEN, MAX_KEY_PACKAGE_LEN, MAX_POLICY_ENTRIES, MAX_USER_ID_LEN,
+    ROOM_POLICY_EXTENSION,
 };
 pub use error::{Error, Result};
 pub use identity::{DeviceIdentity, PinCheck, TrustStore};
 pub use media::{
     ClearPrefix, EpochSecrets, FrameError, FrameInfo, HoldQueue, MediaConfig, MediaCrypto,
-    MediaStats,
+    MediaStats, DEFAULT_HOLD_BYTES,
 };
 pub use session::{
     CommitBundle, Device, EpochChange, Incoming, RosterEntry, SecurityCode, SelfUpdateTimer,
     Session, MAX_MLS_MESSAGE_LEN, MAX_TREE_LEN,
 };
-pub use storage::{DirStore, GroupStore};
+pub use storage::{write_private, DirStore, GroupStore};
 
 /// Re-exports of the mls-rs types that appear in this crate's API.
 pub mod mls {

@@ -582,6 +582,16 @@ impl MediaCrypto {
         if self.suite.is_some_and(|s| s != secrets.suite) {
             return Err(crate::Error::Usage("the room's ciphersuite cannot change"));
         }
+        // 16 bits of leaf index in the KID: leaf 65,536 would share leaf 0's KIDs (and nonces
+        // under a key derived for another sender). Such a group gets no media keys at all.
+        if std::iter::once(&secrets.own_leaf)
+            .chain(&secrets.members)
+            .any(|&l| u64::from(l) > INDEX_MASK)
+        {
+            return Err(crate::Error::WrongGroup(format!(
+                "the group has a leaf index beyond {INDEX_MASK}, which SFrame KIDs cannot name"
+            )));
+        }
         let sframe_suite = sframe_suite(secrets.suite);
         let own_kid = kid(secrets.own_leaf, secrets.epoch);
         let key = EncryptionKey::derive_from(sframe_suite, own_kid, &*secrets.base_key)
@@ -832,35 +842,65 @@ impl MediaCrypto {
 /// What became of a held frame: opened (with its plaintext) or rejected.
 pub type Released = Result<(FrameInfo, Vec<u8>), FrameError>;
 
+/// Most bytes a [`HoldQueue`] keeps unless told otherwise: about 3 s of eight 720p senders'
+/// frames. A hostile SFU that sends only future-epoch frames makes a client hold this much,
+/// not gigabytes.
+pub const DEFAULT_HOLD_BYTES: usize = 8 << 20;
+
 /// Frames that arrived for an epoch the receiver has not reached yet, parked until the commit
-/// is applied. Bounded in count and in time; `T` is whatever the caller needs to route a
-/// frame once opened (a track id, an SSRC).
+/// is applied. Bounded in count, in bytes and in time; `T` is whatever the caller needs to
+/// route a frame once opened (a track id, an SSRC).
 #[derive(Debug)]
 pub struct HoldQueue<T> {
     frames: VecDeque<(Timestamp, T, ClearPrefix, Vec<u8>)>,
     max_frames: usize,
+    max_bytes: usize,
+    bytes: usize,
     max_age: Duration,
     dropped: u64,
 }
 
 impl<T> HoldQueue<T> {
-    /// A queue of at most `max_frames` frames, each held at most `max_age`.
+    /// A queue of at most `max_frames` frames and [`DEFAULT_HOLD_BYTES`], each held at most
+    /// `max_age`.
     pub fn new(max_frames: usize, max_age: Duration) -> Self {
         HoldQueue {
             frames: VecDeque::new(),
             max_frames,
+            max_bytes: DEFAULT_HOLD_BYTES,
+            bytes: 0,
             max_age,
             dropped: 0,
         }
     }
 
-    /// Parks a frame. When full, the oldest frame is dropped (and counted).
+    /// The same queue, bounded to `max_bytes` of frames instead.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Parks a frame. When full (in count or bytes), the oldest frames are dropped (and
+    /// counted); a frame larger than the whole byte budget is dropped itself.
     pub fn hold(&mut self, tag: T, wire: Vec<u8>, clear: ClearPrefix, now: Timestamp) {
-        if self.frames.len() >= self.max_frames {
-            self.frames.pop_front();
+        if wire.len() > self.max_bytes {
+            self.dropped += 1;
+            return;
+        }
+        while self.frames.len() >= self.max_frames || self.bytes + wire.len() > self.max_bytes {
+            let Some((_, _, _, old)) = self.frames.pop_front() else {
+                break;
+            };
+            self.bytes -= old.len();
             self.dropped += 1;
         }
+        self.bytes += wire.len();
         self.frames.push_back((now, tag, clear, wire));
+    }
+
+    /// Bytes of frames held now.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Frames held now.
@@ -890,11 +930,18 @@ impl<T> HoldQueue<T> {
                     if now.saturating_since(arrived) < self.max_age {
                         keep.push_back((arrived, tag, clear, wire));
                     } else {
+                        self.bytes -= wire.len();
                         self.dropped += 1;
                     }
                 }
-                Ok(info) => out.push((tag, Ok((info, plain)))),
-                Err(e) => out.push((tag, Err(e))),
+                Ok(info) => {
+                    self.bytes -= wire.len();
+                    out.push((tag, Ok((info, plain))))
+                }
+                Err(e) => {
+                    self.bytes -= wire.len();
+                    out.push((tag, Err(e)))
+                }
             }
         }
         // `open` counted each retried future-epoch frame again; that count means "seen".

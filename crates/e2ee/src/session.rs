@@ -13,7 +13,7 @@ use mls_rs::client_builder::{
 };
 use mls_rs::error::MlsError;
 use mls_rs::extension::built_in::{ExternalSendersExt, RequiredCapabilitiesExt};
-use mls_rs::group::proposal::Proposal;
+use mls_rs::group::proposal::{AddProposal, Proposal};
 use mls_rs::group::{CommitEffect, ExportedTree, Member, NewEpoch, ReceivedMessage};
 use mls_rs::identity::SigningIdentity;
 use mls_rs::{Client, ExtensionList, Group, MlsMessage};
@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 
 use conclave_mls::{
     committer, digit_groups, policy_of, provider, suite_provider, ConclaveIdentityProvider,
-    ConclaveRules, CredentialInfo, Fingerprint, Invite, PolicyViolation, Provider, RoomCipherSuite,
-    RoomPolicy, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
+    ConclaveRules, CredentialInfo, Fingerprint, Invite, KeyPackageCard, PolicyViolation, Provider,
+    RoomCipherSuite, RoomPolicy, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
 };
 
 use crate::error::{Error, Result};
@@ -521,6 +521,26 @@ impl Session {
         })
     }
 
+    /// Checks a joiner's KeyPackage before it goes into a commit of ours: it reads as a
+    /// Conclave KeyPackage of this room's suite, and the room's policy lets this member add
+    /// it (an invite-list room: listed or invited). One KeyPackage that fails here is left
+    /// out; it does not sink the adds of the others.
+    pub fn check_joiner(&self, key_package: &[u8]) -> Result<KeyPackageCard> {
+        let card = KeyPackageCard::read(key_package)?;
+        if card.suite != self.suite {
+            return Err(Error::MalformedMessage(
+                "the KeyPackage is for another ciphersuite".into(),
+            ));
+        }
+        let add = AddProposal::try_from(parse_message(key_package)?).map_err(map_mls)?;
+        let me = self
+            .group
+            .current_member_signing_identity()
+            .map_err(Error::mls)?;
+        conclave_mls::check_add(self.suite, &self.policy, me, &add)?;
+        Ok(card)
+    }
+
     /// An empty commit with a fresh path: post-compromise security for this member's leaf.
     pub fn self_update(&mut self, now: Timestamp) -> Result<CommitBundle> {
         self.commit(&[], &[], now)
@@ -545,8 +565,32 @@ impl Session {
     }
 
     /// A proposal to remove ourselves (a clean leave); the designated committer commits it.
+    /// It is a standard RFC 9420 Remove proposal of our own leaf, which every MLS
+    /// implementation can follow (mls-rs's SelfRemove is a private-use proposal type that
+    /// others cannot decode); members and the DS still accept a SelfRemove from older clients.
     pub fn propose_leave(&mut self) -> Result<Vec<u8>> {
+        let me = self.own_leaf();
+        let msg = self.group.propose_remove(me, vec![]).map_err(map_mls)?;
+        to_bytes(&msg)
+    }
+
+    /// The mls-rs SelfRemove proposal (private-use type 0xF003) that Conclave clients sent
+    /// before they left with a standard Remove: only for tests that check that members and
+    /// the DS still accept what older clients send.
+    #[doc(hidden)]
+    pub fn danger_propose_legacy_self_remove(&mut self) -> Result<Vec<u8>> {
         let msg = self.group.propose_self_remove(vec![]).map_err(map_mls)?;
+        to_bytes(&msg)
+    }
+
+    /// An Add proposal by reference, which no Conclave client sends: only for adversarial
+    /// tests that model a member running modified software.
+    #[doc(hidden)]
+    pub fn danger_propose_add(&mut self, key_package: &[u8]) -> Result<Vec<u8>> {
+        let msg = self
+            .group
+            .propose_add(parse_message(key_package)?, vec![])
+            .map_err(map_mls)?;
         to_bytes(&msg)
     }
 

@@ -38,6 +38,26 @@ impl GroupStore {
     }
 }
 
+/// Writes `data` to `path` readable and writable by its owner only (mode 0600 on Unix), through
+/// a temporary file renamed over it, so a reader never sees half a key. For device identities
+/// and group state: secrets that other users of the machine must not read.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
 /// Files under a root directory: `<root>/<group id hex>/state` and `.../epoch-<n>`.
 #[derive(Clone, Debug)]
 pub struct DirStore {
@@ -76,9 +96,7 @@ impl DirStore {
     }
 
     fn write_atomic(path: &Path, data: &[u8]) -> core::result::Result<(), StoreError> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, data).map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+        write_private(path, data).map_err(|e| io(path, e))
     }
 
     fn epochs(dir: &Path) -> core::result::Result<Vec<u64>, StoreError> {
@@ -208,5 +226,25 @@ impl GroupStateStorage for GroupStore {
             GroupStore::Memory(m) => m.max_epoch_id(group_id).map_err(wrap),
             GroupStore::Dir(d) => d.max_epoch_id(group_id).map_err(wrap),
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_files_are_readable_by_their_owner_only_and_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("conclave-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("device.key");
+        write_private(&path, b"first").unwrap();
+        write_private(&path, b"second").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert!(!path.with_extension("tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -44,7 +44,9 @@ fn one_commit_adds_and_removes_many_members() {
 }
 
 #[test]
-fn clean_leave_is_a_self_remove_proposal_committed_by_another_member() {
+fn clean_leave_is_a_standard_remove_of_its_own_leaf_committed_by_another_member() {
+    // An RFC 9420 Remove (type 3) of the leaver's own leaf, which every MLS implementation
+    // decodes; not mls-rs's private-use SelfRemove (0xF003).
     let mut room = Room::open(4);
     let leaver_leaf = room.s(3).own_leaf();
     let proposal = room.s(3).propose_leave().unwrap();
@@ -57,7 +59,7 @@ fn clean_leave_is_a_self_remove_proposal_committed_by_another_member() {
             } => {
                 assert_eq!(
                     (kind, target, from_server),
-                    ("self-remove", Some(leaver_leaf), false)
+                    ("remove", Some(leaver_leaf), false)
                 );
             }
             other => panic!("{other:?}"),

@@ -42,7 +42,8 @@ impl Fingerprint {
         Ok(Fingerprint(bytes))
     }
 
-    /// The short code people compare: the first 80 bits as four groups of five digits.
+    /// The short code people compare: four groups of five digits, each group the first 40 bits
+    /// of 5 hash bytes reduced mod 10^5, so about 66 bits in all (16.6 per group), not 80.
     pub fn short_code(&self) -> String {
         digit_groups(&self.0, 4)
     }

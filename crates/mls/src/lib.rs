@@ -12,6 +12,7 @@ pub mod committer;
 mod crypto;
 mod error;
 mod identity;
+mod key_package;
 mod policy;
 mod rules;
 mod time;
@@ -22,10 +23,11 @@ pub use identity::{
     digit_groups, ConclaveIdentityProvider, CredentialInfo, Fingerprint, IdentityError,
     MAX_DISPLAY_NAME_LEN, MAX_USER_ID_LEN,
 };
+pub use key_package::{KeyPackageCard, MAX_KEY_PACKAGE_LEN};
 pub use policy::{
-    check_commit, drop_forbidden_references, policy_of, Admission, DeviceSigner, Hosts, Invite,
-    InviteList, PolicyViolation, RoomPolicy, INVITE_EXTENSION, MAX_POLICY_ENTRIES,
-    ROOM_POLICY_EXTENSION,
+    check_add, check_commit, check_invited, drop_forbidden_references, policy_of, Admission,
+    DeviceSigner, Hosts, Invite, InviteList, PolicyViolation, RoomPolicy, INVITE_EXTENSION,
+    MAX_POLICY_ENTRIES, ROOM_POLICY_EXTENSION,
 };
 pub use rules::ConclaveRules;
 pub use time::Timestamp;

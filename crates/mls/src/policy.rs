@@ -275,6 +275,11 @@ pub enum PolicyViolation {
         /// Fingerprint of the device that tried.
         adder: Fingerprint,
     },
+    /// In a lobby room, an add that another member proposed by reference: a host admits each
+    /// joiner in its own commit, so an add a host did not put there itself is refused (and
+    /// left out when a host builds a commit), whoever commits it.
+    #[error("in a lobby room only a host's own commit may add a member (an add was proposed by reference)")]
+    AddNotFromHost,
     /// In an invite-list room, the added device is neither listed nor invited.
     #[error("device {invitee} is not on the room's invite list and has no invite")]
     NotInvited {
@@ -382,6 +387,13 @@ fn check_proposal(
         _ => return Err(PolicyViolation::ExternalJoin),
     }
     match info.proposal {
+        // In a lobby, the host decides on each add in its own commit; an add another member
+        // slipped in by reference is no host's decision.
+        BorrowedProposal::Add(_)
+            if matches!(policy.admission, Admission::Lobby(_)) && info.is_by_reference() =>
+        {
+            Err(PolicyViolation::AddNotFromHost)
+        }
         // Whoever proposed an add, the committer is the one who admits: it must qualify.
         BorrowedProposal::Add(add) => check_add(suite, policy, committer, add),
         BorrowedProposal::Update(_)
@@ -399,7 +411,10 @@ fn fingerprint(
     Fingerprint::of_key(suite, &id.signature_key).map_err(|_| PolicyViolation::UnsupportedSuite)
 }
 
-fn check_add(
+/// Whether `adder` may add the device of `add` under `policy`: what [`check_commit`] checks for
+/// each add, for a committer to ask before it builds a commit (one KeyPackage the policy
+/// refuses must not sink the adds of the others) and for the delivery service at a knock.
+pub fn check_add(
     suite: RoomCipherSuite,
     policy: &RoomPolicy,
     adder: &SigningIdentity,
@@ -416,19 +431,30 @@ fn check_add(
                 })
             }
         }
-        Admission::InviteList(list) => {
-            let joiner = fingerprint(suite, add.signing_identity())?;
-            if list.allowed.contains(&joiner) {
-                return Ok(());
-            }
-            match add.key_package_extensions().get_as::<Invite>() {
-                Ok(Some(invite)) => invite.verify(suite, policy, &list.hosts, &joiner),
-                Ok(None) => Err(PolicyViolation::NotInvited { invitee: joiner }),
-                Err(_) => Err(PolicyViolation::BadInvite {
-                    invitee: joiner,
-                    reason: "undecodable invite",
-                }),
-            }
-        }
+        Admission::InviteList(_) => check_invited(suite, policy, add),
+    }
+}
+
+/// In an invite-list room, whether the device of `add` is listed or carries a valid invite
+/// (whoever adds it); in other rooms, `Ok`. What the delivery service checks at a knock.
+pub fn check_invited(
+    suite: RoomCipherSuite,
+    policy: &RoomPolicy,
+    add: &AddProposal,
+) -> core::result::Result<(), PolicyViolation> {
+    let Admission::InviteList(list) = &policy.admission else {
+        return Ok(());
+    };
+    let joiner = fingerprint(suite, add.signing_identity())?;
+    if list.allowed.contains(&joiner) {
+        return Ok(());
+    }
+    match add.key_package_extensions().get_as::<Invite>() {
+        Ok(Some(invite)) => invite.verify(suite, policy, &list.hosts, &joiner),
+        Ok(None) => Err(PolicyViolation::NotInvited { invitee: joiner }),
+        Err(_) => Err(PolicyViolation::BadInvite {
+            invitee: joiner,
+            reason: "undecodable invite",
+        }),
     }
 }

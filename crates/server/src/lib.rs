@@ -17,7 +17,7 @@ mod metrics;
 pub mod token;
 pub mod web;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,6 +177,18 @@ enum SfuCmd {
         conn: ConnId,
         max_width: u32,
     },
+    /// The DS says whether `conn` is a member of its room's group now.
+    Member {
+        conn: ConnId,
+        member: bool,
+    },
+}
+
+/// A media offer from a connection that is not (yet) a member: answered once it is.
+struct HeldOffer {
+    room: String,
+    sdp: String,
+    reply: oneshot::Sender<Result<String, String>>,
 }
 
 struct AppState {
@@ -272,12 +284,12 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
     );
     let metrics = Arc::new(Metrics::default());
     let (ds_tx, ds_rx) = mpsc::channel(65_536);
-    tokio::spawn(ds_task(ds, ds_rx, metrics.clone()));
+    let (sfu_tx, sfu_rx) = mpsc::channel(1024);
+    tokio::spawn(ds_task(ds, ds_rx, sfu_tx.clone(), metrics.clone()));
     let udp = tokio::net::UdpSocket::bind(config.media_listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind the media port {}: {e}", config.media_listen))?;
     let media_addr = udp.local_addr()?;
-    let (sfu_tx, sfu_rx) = mpsc::channel(1024);
     let mut sfu = conclave_sfu::Sfu::with_config(media_addr, config.sfu);
     if config.media_tap > 0 {
         sfu.set_tap(config.media_tap);
@@ -567,18 +579,21 @@ async fn connection(mut socket: WebSocket, room: String, peer: SocketAddr, state
                             reply: rtx,
                         })
                         .await;
-                    let answer = match rrx.await {
-                        Ok(Ok(sdp)) => ServerMsg::MediaAnswer { sdp },
-                        Ok(Err(reason)) => ServerMsg::Error {
-                            code: ErrorCode::Rejected,
-                            reason,
-                        },
-                        Err(_) => ServerMsg::Error {
-                            code: ErrorCode::Rejected,
-                            reason: "media unavailable".into(),
-                        },
-                    };
-                    let _ = tx.try_send(Outbound::Msg(answer, None));
+                    // The SFU answers once the connection is a member of the group, which
+                    // may be long after the offer: wait beside the signaling, not in it.
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let answer = match rrx.await {
+                            Ok(Ok(sdp)) => ServerMsg::MediaAnswer { sdp },
+                            Ok(Err(reason)) => ServerMsg::Error {
+                                code: ErrorCode::Rejected,
+                                reason,
+                            },
+                            // Replaced by a newer offer, or the connection left the group.
+                            Err(_) => return,
+                        };
+                        let _ = tx.try_send(Outbound::Msg(answer, None));
+                    });
                 }
                 Ok(ClientMsg::VideoTiles { max_width }) => {
                     let _ = state.sfu_tx.send(SfuCmd::Tiles { conn, max_width }).await;
@@ -628,7 +643,12 @@ fn until(t: Timestamp) -> tokio::time::Instant {
     tokio::time::Instant::now() + t.saturating_since(now)
 }
 
-async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics>) {
+async fn ds_task(
+    mut ds: Ds,
+    mut rx: mpsc::Receiver<DsCmd>,
+    sfu_tx: mpsc::Sender<SfuCmd>,
+    metrics: Arc<Metrics>,
+) {
     let mut routes: HashMap<ConnId, mpsc::Sender<Outbound>> = HashMap::new();
     loop {
         let deadline = ds.poll_timeout().map(until);
@@ -691,6 +711,9 @@ async fn ds_task(mut ds: Ds, mut rx: mpsc::Receiver<DsCmd>, metrics: Arc<Metrics
                         }
                     }
                 }
+                Output::Membership { conn, member } => {
+                    let _ = sfu_tx.send(SfuCmd::Member { conn, member }).await;
+                }
                 Output::Close { conn, reason } => {
                     if let Some(r) = routes.remove(&conn) {
                         let _ = r.try_send(Outbound::Close(reason));
@@ -725,6 +748,21 @@ async fn sfu_task(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     let mut buf = vec![0u8; 2000];
+    // Media flows to and from a connection only while the DS says it is a group member.
+    let mut members: HashSet<ConnId> = HashSet::new();
+    let mut held: HashMap<ConnId, HeldOffer> = HashMap::new();
+    let add = |sfu: &mut conclave_sfu::Sfu, conn: ConnId, offer: HeldOffer| {
+        // A new offer from a connection that has a session replaces it (the client restarts
+        // media after ICE or DTLS failed).
+        sfu.remove_participant(conn, Instant::now());
+        let r = sfu
+            .add_participant(conn, &offer.room, &offer.sdp, Instant::now())
+            .map_err(|e| e.to_string());
+        if let Err(e) = &r {
+            warn!(conn, error = %e, "media offer refused");
+        }
+        let _ = offer.reply.send(r);
+    };
     loop {
         let now = Instant::now();
         let next = sfu
@@ -736,16 +774,24 @@ async fn sfu_task(
             cmd = rx.recv() => match cmd {
                 None => break,
                 Some(SfuCmd::Add { conn, room, sdp, reply }) => {
-                    // A new offer from a connection that has a session replaces it (the
-                    // client restarts media after ICE or DTLS failed).
-                    sfu.remove_participant(conn, Instant::now());
-                    let r = sfu.add_participant(conn, &room, &sdp, Instant::now()).map_err(|e| e.to_string());
-                    if let Err(e) = &r {
-                        warn!(conn, error = %e, "media offer refused");
+                    let offer = HeldOffer { room, sdp, reply };
+                    if members.contains(&conn) {
+                        add(&mut sfu, conn, offer);
+                    } else {
+                        held.insert(conn, offer);
                     }
-                    let _ = reply.send(r);
                 }
-                Some(SfuCmd::Remove { conn }) => sfu.remove_participant(conn, Instant::now()),
+                Some(SfuCmd::Member { conn, member: true }) => {
+                    members.insert(conn);
+                    if let Some(offer) = held.remove(&conn) {
+                        add(&mut sfu, conn, offer);
+                    }
+                }
+                Some(SfuCmd::Member { conn, member: false } | SfuCmd::Remove { conn }) => {
+                    members.remove(&conn);
+                    held.remove(&conn);
+                    sfu.remove_participant(conn, Instant::now());
+                }
                 Some(SfuCmd::Tiles { conn, max_width }) => {
                     sfu.set_max_video_width(conn, max_width, Instant::now())
                 }

@@ -915,6 +915,92 @@ mod adversarial {
         (ws, p)
     }
 
+    /// Messages from the server within `wait`, until the socket closes.
+    async fn server_msgs_within(ws: &mut Ws, wait: Duration) -> Vec<ServerMsg> {
+        let mut got = Vec::new();
+        let end = tokio::time::Instant::now() + wait;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end, ws.next()).await {
+            if let Message::Text(t) = m {
+                if let Ok(msg) = ServerMsg::decode(&t) {
+                    got.push(msg);
+                }
+            }
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sfu_forwards_nothing_to_a_connection_that_is_not_a_member() {
+        let s = server(10).await;
+        let mut a = client(&s, "m", "alice");
+        a.until_members(1).await;
+        let mut b = client(&s, "m", "bob");
+        b.until_members(2).await;
+        // Eve holds a valid token, opens a media session and never knocks.
+        let mut ws = raw(&s, "m").await;
+        let hello = ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            token: s.token("m", "eve", 3600),
+        };
+        ws.send(Message::Text(hello.encode().into())).await.unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (_link, offer) = conclave_client::media_link::MediaLink::offer(
+            sock.local_addr().unwrap(),
+            4,
+            std::time::Instant::now(),
+        )
+        .unwrap();
+        let msg = ClientMsg::MediaOffer { sdp: offer };
+        ws.send(Message::Text(msg.encode().into())).await.unwrap();
+        let got = server_msgs_within(&mut ws, Duration::from_secs(3)).await;
+        assert!(
+            matches!(
+                got.first(),
+                Some(ServerMsg::Joined {
+                    create_group: false,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter()
+                .any(|m| matches!(m, ServerMsg::MediaAnswer { .. })),
+            "a connection that is not a member got a media session: {got:?}"
+        );
+        // Nothing reached its media socket either (no ICE, no media).
+        sock.set_nonblocking(true).unwrap();
+        assert!(
+            sock.recv(&mut [0u8; 2048]).is_err(),
+            "the SFU sent to a non-member"
+        );
+        // Once it is a member (it knocks and the open room admits it), its offer is answered.
+        let mut p = Participant::new(device("eve"), "m", NewRoomPolicy::Open, AdmitMode::Auto);
+        for m in got {
+            let _ = p.handle(m, now_ts());
+        }
+        while let Some(m) = p.poll_transmit() {
+            ws.send(Message::Text(m.encode().into())).await.unwrap();
+        }
+        let mut answered = false;
+        for _ in 0..20 {
+            let Some(msg) = next_server_msg(&mut ws).await else {
+                break;
+            };
+            if matches!(msg, ServerMsg::MediaAnswer { .. }) {
+                answered = true;
+                break;
+            }
+            let _ = p.handle(msg, now_ts());
+            while let Some(m) = p.poll_transmit() {
+                ws.send(Message::Text(m.encode().into())).await.unwrap();
+            }
+        }
+        assert!(p.epoch().is_some(), "eve was not admitted to the open room");
+        assert!(answered, "a member's held media offer was never answered");
+        s.running.stop().await;
+    }
+
     fn rss_kib() -> u64 {
         std::fs::read_to_string("/proc/self/status")
             .ok()

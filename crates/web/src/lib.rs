@@ -310,7 +310,7 @@ impl Call {
                     name,
                     fingerprint,
                 } => {
-                    serde_json::json!({"type": "knock", "knock": knock, "user_id": user_id, "name": name, "fingerprint": fingerprint.map(|f| f.to_string())})
+                    serde_json::json!({"type": "knock", "knock": knock, "user_id": user_id, "name": name, "fingerprint": fingerprint.to_string()})
                 }
                 Event::Alarm { reason } => serde_json::json!({"type": "alarm", "reason": reason}),
                 Event::Ended { reason } => serde_json::json!({"type": "ended", "reason": reason}),
@@ -546,7 +546,7 @@ impl Call {
             .p
             .pending_knocks()
             .into_iter()
-            .map(|k| serde_json::json!({"knock": k.knock, "user_id": k.user_id, "name": k.name}))
+            .map(|k| serde_json::json!({"knock": k.knock, "user_id": k.user_id, "name": k.name, "fingerprint": k.fingerprint.to_string()}))
             .collect();
         let session = self.p.session();
         let media = self.p.media_ref();

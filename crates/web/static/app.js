@@ -583,7 +583,8 @@ function renderDetails() {
     [
       "Room admission",
       state.policy === "lobby"
-        ? "Lobby: a host admits each person; the server cannot add anyone."
+        ? "Lobby: a host admits each person after seeing the name and key fingerprint from that " +
+          "person's own key package; the server cannot add anyone, and no other member can either."
         : state.policy === "invite_list" || state.policy === "invite-list"
           ? "Invite list: only invited devices can be added; the server cannot add anyone."
           : "Open: anyone the server gives a token or invitation can join, and appears in this list for everyone.",
@@ -600,6 +601,8 @@ function renderDetails() {
       "What this page relies on",
       "The page and its code come from this server. A server that served altered code could " +
         "take this browser's keys; the command-line client does not have that exposure. " +
+        "This browser keeps its device key in this site's storage (IndexedDB), where any script " +
+        "this site serves can read it. " +
         "Compare the security code with the others by voice: if all see the same code, all share " +
         "the same keys and the same list of members.",
     ],

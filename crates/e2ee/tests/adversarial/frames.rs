@@ -307,6 +307,49 @@ fn hold_queue_is_bounded_in_count_and_time() {
 }
 
 #[test]
+fn hold_queue_is_bounded_in_bytes_against_a_hostile_sfu() {
+    // A hostile SFU sends only large frames for an epoch that never comes: the client holds
+    // at most its byte budget (the count bound alone would allow 512 x 1 MB).
+    let mut hold = HoldQueue::new(512, Duration::from_secs(3)).with_max_bytes(4 << 20);
+    for i in 0..512 {
+        hold.hold(i, vec![0xAB; 1 << 20], ClearPrefix::None, T0);
+        assert!(hold.held_bytes() <= 4 << 20);
+    }
+    assert_eq!(hold.len(), 4);
+    assert_eq!(hold.dropped(), 508);
+    // A frame over the whole budget is not held at all.
+    hold.hold(999, vec![0; (4 << 20) + 1], ClearPrefix::None, T0);
+    assert_eq!(hold.len(), 4);
+    // The default budget is in bytes too.
+    let mut default = HoldQueue::new(100_000, Duration::from_secs(3));
+    for i in 0..100 {
+        default.hold(i, vec![0; 1 << 20], ClearPrefix::None, T0);
+    }
+    assert!(
+        default.held_bytes() <= DEFAULT_HOLD_BYTES,
+        "{}",
+        default.held_bytes()
+    );
+}
+
+#[test]
+fn a_group_with_a_leaf_beyond_what_a_kid_can_name_gets_no_media_keys() {
+    // Leaf 65,536 would alias leaf 0 in a 16-bit KID (same nonces under another sender's
+    // key); a group that has one is refused media keys, as sender or as a member.
+    for (own, members) in [(65_536u32, vec![0, 65_536]), (0, vec![0, 65_536])] {
+        let mut m = MediaCrypto::default();
+        let secrets = EpochSecrets::from_base_key(SUITE, 1, &[7; 16], own, members);
+        let err = m.install_epoch(secrets, T0).unwrap_err();
+        assert!(err.to_string().contains("leaf index"), "{err}");
+        let mut wire = Vec::new();
+        assert!(m.seal(b"x", ClearPrefix::None, &mut wire).is_err());
+    }
+    let mut m = MediaCrypto::default();
+    let ok = EpochSecrets::from_base_key(SUITE, 1, &[7; 16], 65_535, vec![0, 65_535]);
+    m.install_epoch(ok, T0).unwrap();
+}
+
+#[test]
 fn nothing_is_sealed_before_keys_exist() {
     let mut m = MediaCrypto::default();
     let mut out = vec![1, 2, 3];

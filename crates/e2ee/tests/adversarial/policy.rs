@@ -77,6 +77,59 @@ fn lobby_commit_adding_a_member_by_a_non_host_is_rejected_by_every_member() {
 }
 
 #[test]
+fn a_member_cannot_slip_an_add_into_a_lobby_hosts_commit() {
+    // Host 0 and member 1 (honest client, but the test drives its session as modified
+    // software would): 1 proposes ghost's add by reference.
+    let mut room = Room::with_policy(
+        2,
+        |host| RoomPolicy::lobby("room", &[host.identity()]),
+        None,
+    );
+    let ghost = device("ghost");
+    let kp = ghost.key_package(None, T0).unwrap();
+    let proposal = room.s(1).danger_propose_add(&kp).unwrap();
+    room.s(0).process(&proposal, T0).unwrap();
+    let members = room.s(0).member_count();
+    // The host's next commit (a self-update, say) leaves it out: no host decided on it.
+    let bundle = room.s(0).self_update(T0).unwrap();
+    assert!(bundle.welcome.is_none(), "the host's commit admitted ghost");
+    room.deliver(0, &bundle.commit);
+    assert_eq!(room.s(0).member_count(), members);
+    assert_eq!(room.s(1).member_count(), members);
+
+    // A host whose client skips the checks commits such an add anyway: every honest member
+    // refuses it and stays where it was.
+    let host = Device::danger_without_policy_checks(
+        DeviceIdentity::generate(SUITE, CredentialInfo::new("h", "H").unwrap()).unwrap(),
+        GroupStore::memory(),
+    )
+    .unwrap();
+    let mut bad_host = host
+        .create_room(RoomPolicy::lobby("room", &[host.identity()]), None, T0)
+        .unwrap();
+    let honest = device("honest");
+    let b = bad_host
+        .commit(&[honest.key_package(None, T0).unwrap()], &[], T0)
+        .unwrap();
+    bad_host.confirm_commit().unwrap();
+    let mut honest_s = honest
+        .join("room", b.welcome.as_ref().unwrap(), &b.ratchet_tree, T0)
+        .unwrap();
+    let ghost = device("ghost2");
+    let p = honest_s
+        .danger_propose_add(&ghost.key_package(None, T0).unwrap())
+        .unwrap();
+    bad_host.process(&p, T0).unwrap();
+    let commit = bad_host.self_update(T0).unwrap();
+    let err = honest_s.process(&commit.commit, T0).unwrap_err();
+    assert!(
+        matches!(err, Error::Policy(PolicyViolation::AddNotFromHost)),
+        "{err:?}"
+    );
+    assert_eq!(honest_s.member_count(), 2);
+}
+
+#[test]
 fn lobby_host_admits_members() {
     let mut room = Room::with_policy(
         3,

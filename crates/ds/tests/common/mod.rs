@@ -1,0 +1,204 @@
+//! The shared harness of the delivery-service tests: the real DS core with real participants
+//! (the client core and the E2EE core) on an in-memory network, driven by simulated time. The
+//! network is the server's: a test can rewrite, withhold, reorder, replay or invent anything
+//! the server sends a connection (a malicious server around an honest DS core), and every
+//! participant is the real, unmodified core.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[allow(unused_imports)]
+pub use conclave_client::{AdmitMode, Event, NewRoomPolicy, Participant};
+pub use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
+#[allow(unused_imports)]
+pub use conclave_e2ee::{
+    ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
+};
+#[allow(unused_imports)]
+pub use conclave_proto::{Bytes, ClientMsg, ErrorCode, KnockInfo, ServerMsg};
+
+/// What a malicious server does to the messages for one connection: each message the DS core
+/// sends there becomes whatever this returns (nothing, the same, another, several).
+pub type Rewrite = Box<dyn FnMut(ServerMsg) -> Vec<ServerMsg>>;
+
+pub const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+pub const SUITE: RoomCipherSuite = RoomCipherSuite::Curve25519Aes128;
+
+pub fn device(name: &str) -> Device {
+    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new(name, name).unwrap()).unwrap();
+    Device::new(id, GroupStore::memory()).unwrap()
+}
+
+pub struct Net {
+    pub ds: Ds,
+    pub parts: BTreeMap<ConnId, Participant>,
+    pub closed: Vec<ConnId>,
+    /// Every message the server sent, per connection (for assertions).
+    pub seen: BTreeMap<ConnId, Vec<ServerMsg>>,
+    pub events: BTreeMap<ConnId, Vec<Event>>,
+    pub now: Timestamp,
+    /// A malicious server: commits it does not deliver to these connections.
+    pub withhold_commits_from: Vec<ConnId>,
+    /// A malicious server: what it does to the messages for these connections.
+    pub rewrite: BTreeMap<ConnId, Rewrite>,
+    /// Connections the DS says are group members now (the SFU serves only these).
+    pub members: Vec<ConnId>,
+}
+
+impl Net {
+    pub fn new() -> Net {
+        Self::with_config(DsConfig::default())
+    }
+
+    pub fn with_config(config: DsConfig) -> Net {
+        let (secret, identity) = generate_server_identity(SUITE).unwrap();
+        Net {
+            ds: Ds::new(config, secret, identity),
+            parts: BTreeMap::new(),
+            closed: Vec::new(),
+            seen: BTreeMap::new(),
+            events: BTreeMap::new(),
+            now: T0,
+            withhold_commits_from: Vec::new(),
+            rewrite: BTreeMap::new(),
+            members: Vec::new(),
+        }
+    }
+
+    pub fn join(&mut self, conn: ConnId, user: &str, policy: NewRoomPolicy, admit: AdmitMode) {
+        self.join_with(conn, user, device(user), policy, admit)
+    }
+
+    pub fn join_with(
+        &mut self,
+        conn: ConnId,
+        user: &str,
+        d: Device,
+        policy: NewRoomPolicy,
+        admit: AdmitMode,
+    ) {
+        self.parts
+            .insert(conn, Participant::new(d, "room", policy, admit));
+        self.ds.connect(conn, "room", user, self.now);
+        self.settle();
+    }
+
+    /// Delivers everything until quiet, then lets time run to each pending timeout (up to 1 s
+    /// of simulated time, enough for batching windows).
+    pub fn settle(&mut self) {
+        self.pump();
+        for _ in 0..20 {
+            match self.ds.poll_timeout() {
+                Some(t) if t <= self.now.saturating_add(Duration::from_secs(1)) => {
+                    self.now = self.now.max(t);
+                    self.ds.handle_timeout(self.now);
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    pub fn advance(&mut self, d: Duration) {
+        self.now = self.now.saturating_add(d);
+        self.ds.handle_timeout(self.now);
+        self.settle();
+    }
+
+    pub fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(o) = self.ds.poll_output() {
+                progressed = true;
+                match o {
+                    Output::Send { conn, msg } => {
+                        if matches!(msg, ServerMsg::Commit { .. })
+                            && self.withhold_commits_from.contains(&conn)
+                        {
+                            continue;
+                        }
+                        let msgs = match self.rewrite.get_mut(&conn) {
+                            Some(f) => f(msg),
+                            None => vec![msg],
+                        };
+                        for msg in msgs {
+                            self.deliver(conn, msg);
+                        }
+                    }
+                    Output::Close { conn, .. } => {
+                        self.closed.push(conn);
+                        if self.parts.remove(&conn).is_some() {
+                            self.ds.disconnect(conn, self.now);
+                        }
+                    }
+                    Output::Membership { conn, member } => {
+                        self.members.retain(|c| *c != conn);
+                        if member {
+                            self.members.push(conn);
+                        }
+                    }
+                    other => panic!("unexpected output {other:?}"),
+                }
+            }
+            let conns: Vec<ConnId> = self.parts.keys().copied().collect();
+            for c in conns {
+                let p = self.parts.get_mut(&c).unwrap();
+                let mut msgs = Vec::new();
+                while let Some(m) = p.poll_transmit() {
+                    msgs.push(m);
+                }
+                while let Some(e) = p.poll_event() {
+                    self.events.entry(c).or_default().push(e);
+                }
+                for m in msgs {
+                    progressed = true;
+                    self.ds.handle(c, m, self.now);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Hands `msg` to `conn` as the server would (recorded in `seen`).
+    pub fn deliver(&mut self, conn: ConnId, msg: ServerMsg) {
+        self.seen.entry(conn).or_default().push(msg.clone());
+        if let Some(p) = self.parts.get_mut(&conn) {
+            let _ = p.handle(msg, self.now);
+        }
+    }
+
+    /// Events of `conn` so far.
+    pub fn events_of(&self, conn: ConnId) -> &[Event] {
+        self.events.get(&conn).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn p(&mut self, conn: ConnId) -> &mut Participant {
+        self.parts.get_mut(&conn).unwrap()
+    }
+
+    pub fn codes(&self) -> Vec<String> {
+        self.parts
+            .values()
+            .map(|p| p.security_code().map(|c| c.to_string()).unwrap_or_default())
+            .collect()
+    }
+
+    pub fn alarms(&self, conn: ConnId) -> usize {
+        self.events.get(&conn).map_or(0, |e| {
+            e.iter()
+                .filter(|e| matches!(e, Event::Alarm { .. }))
+                .count()
+        })
+    }
+}
+
+pub fn open_room(n: u64) -> Net {
+    let mut net = Net::new();
+    for i in 1..=n {
+        net.join(i, &format!("user{i}"), NewRoomPolicy::Open, AdmitMode::Auto);
+    }
+    net
+}

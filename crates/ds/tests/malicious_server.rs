@@ -1,0 +1,381 @@
+//! A malicious server around an honest delivery-service core: it rewrites, withholds, replays
+//! or invents what the server sends, and the real participant cores (the same code as the
+//! native client and, through WebAssembly, the browser) must not let it steer who gets in.
+//! Each test is named after what it proves.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn knock_of(net: &Net, host: ConnId, user: &str) -> (u64, conclave_e2ee::Fingerprint) {
+    net.events_of(host)
+        .iter()
+        .find_map(|e| match e {
+            Event::Knock {
+                knock,
+                user_id,
+                fingerprint,
+                ..
+            } if user_id == user => Some((*knock, *fingerprint)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no knock from {user}: {:?}", net.events_of(host)))
+}
+
+fn alarms(net: &Net, conn: ConnId) -> Vec<String> {
+    net.events_of(conn)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Alarm { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lobby_with_knock() -> (Net, u64, conclave_e2ee::Fingerprint) {
+    let mut net = Net::new();
+    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    let (knock, fp) = knock_of(&net, 1, "bob");
+    (net, knock, fp)
+}
+
+#[test]
+fn server_cannot_swap_the_keypackage_of_an_approved_knock() {
+    let (mut net, knock, bob_fp) = lobby_with_knock();
+    // A device of the server's, presenting itself as bob.
+    let mallory = device("bob");
+    let mallory_fp = mallory.identity().fingerprint().unwrap();
+    let mallory_kp = Bytes(mallory.key_package(None, net.now).unwrap());
+    // From now on, every commit request the host gets carries mallory's KeyPackage under
+    // the knock numbers the host was shown.
+    let swap = mallory_kp.clone();
+    net.rewrite.insert(
+        1,
+        Box::new(move |m| match m {
+            ServerMsg::CommitRequest { epoch, knocks } => vec![ServerMsg::CommitRequest {
+                epoch,
+                knocks: knocks
+                    .into_iter()
+                    .map(|k| KnockInfo {
+                        key_package: swap.clone(),
+                        ..k
+                    })
+                    .collect(),
+            }],
+            m => vec![m],
+        }),
+    );
+    let now = net.now;
+    net.p(1).admit(knock, now).unwrap();
+    net.settle();
+    let roster = net.p(1).roster();
+    assert!(roster.iter().any(|e| e.fingerprint == bob_fp), "{roster:?}");
+    assert!(roster.iter().all(|e| e.fingerprint != mallory_fp));
+
+    // Later, the server asks again under bob's answered knock number, with mallory's
+    // KeyPackage: the approval was for bob's KeyPackage, once, and is spent.
+    let epoch = net.p(1).epoch().unwrap();
+    net.deliver(
+        1,
+        ServerMsg::CommitRequest {
+            epoch,
+            knocks: vec![KnockInfo {
+                knock,
+                user_id: "bob".into(),
+                name: "bob".into(),
+                key_package: mallory_kp,
+            }],
+        },
+    );
+    let sent: Vec<ClientMsg> = std::iter::from_fn(|| net.p(1).poll_transmit()).collect();
+    assert!(
+        !sent.iter().any(|m| matches!(m, ClientMsg::Commit { .. })),
+        "the host committed a KeyPackage nobody approved: {sent:?}"
+    );
+    assert_eq!(net.p(1).member_count(), 2);
+}
+
+#[test]
+fn a_knock_shows_who_its_keypackage_names_not_what_the_server_says() {
+    let mut net = Net::new();
+    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    // The server tells the host that "Dr. Alice" knocks; the KeyPackage is bob's.
+    net.rewrite.insert(
+        1,
+        Box::new(|m| match m {
+            ServerMsg::Knock { knock } => vec![ServerMsg::Knock {
+                knock: KnockInfo {
+                    user_id: "alice".into(),
+                    name: "Dr. Alice".into(),
+                    ..knock
+                },
+            }],
+            m => vec![m],
+        }),
+    );
+    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    let shown: Vec<_> = net
+        .events_of(1)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Knock { user_id, name, .. } => Some((user_id.clone(), name.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shown, vec![("bob".to_owned(), "bob".to_owned())]);
+    assert_eq!(net.p(1).pending_knocks()[0].name, "bob");
+    assert!(
+        alarms(&net, 1).iter().any(|a| a.contains("Dr. Alice")),
+        "{:?}",
+        alarms(&net, 1)
+    );
+}
+
+#[test]
+fn a_non_host_asked_to_commit_in_a_lobby_adds_nobody() {
+    let (mut net, knock, _) = lobby_with_knock();
+    let now = net.now;
+    net.p(1).admit(knock, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 2);
+    // Carol knocks; the server asks bob (no host) to commit her add.
+    net.join(3, "carol", NewRoomPolicy::Open, AdmitMode::Ask);
+    let carol = net.seen[&1]
+        .iter()
+        .find_map(|m| match m {
+            ServerMsg::Knock { knock } if knock.user_id == "carol" => Some(knock.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let epoch = net.p(2).epoch().unwrap();
+    net.deliver(
+        2,
+        ServerMsg::CommitRequest {
+            epoch,
+            knocks: vec![carol],
+        },
+    );
+    let sent: Vec<ClientMsg> = std::iter::from_fn(|| net.p(2).poll_transmit()).collect();
+    for m in &sent {
+        if let ClientMsg::Commit { welcome, .. } = m {
+            assert!(welcome.is_none(), "a non-host admitted carol");
+        }
+    }
+}
+
+#[test]
+fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
+    let mut net = open_room(1);
+    // Eve's KeyPackage with a broken signature (its last byte is the signature's).
+    let eve = device("eve");
+    let mut forged = eve.key_package(None, net.now).unwrap();
+    *forged.last_mut().unwrap() ^= 1;
+    net.ds.connect(5, "room", "eve", net.now);
+    net.ds.handle(
+        5,
+        ClientMsg::KeyPackage {
+            key_package: Bytes(forged),
+        },
+        net.now,
+    );
+    // Fred's expired one (made two days ago, valid for one).
+    let fred = device("fred");
+    let old = Timestamp::from_millis(net.now.as_millis() - 2 * 24 * 3600 * 1000);
+    let expired = fred.key_package(None, old).unwrap();
+    net.ds.connect(6, "room", "fred", net.now);
+    net.ds.handle(
+        6,
+        ClientMsg::KeyPackage {
+            key_package: Bytes(expired),
+        },
+        net.now,
+    );
+    // And one far over the size limit.
+    net.ds.connect(7, "room", "gus", net.now);
+    net.ds.handle(
+        7,
+        ClientMsg::KeyPackage {
+            key_package: Bytes(vec![0; conclave_e2ee::MAX_KEY_PACKAGE_LEN + 1]),
+        },
+        net.now,
+    );
+    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 2, "bob got in");
+    for (conn, why) in [
+        (5, "invalid KeyPackage"),
+        (6, "invalid KeyPackage"),
+        (7, "limit"),
+    ] {
+        assert!(
+            net.seen[&conn].iter().any(|m| matches!(
+                m,
+                ServerMsg::Error { code: ErrorCode::Rejected, reason } if reason.contains(why)
+            )),
+            "conn {conn}: {:?}",
+            net.seen[&conn]
+        );
+    }
+    // Only bob's knock ever reached the committer.
+    let requested: usize = net.seen[&1]
+        .iter()
+        .map(|m| match m {
+            ServerMsg::CommitRequest { knocks, .. } => knocks.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(requested, 1);
+    assert!(alarms(&net, 1).is_empty(), "{:?}", alarms(&net, 1));
+}
+
+#[test]
+fn commit_requests_are_bounded_in_bytes_and_everyone_still_gets_in() {
+    let budget = 900;
+    let mut net = Net::with_config(DsConfig {
+        max_request_bytes: budget,
+        ..DsConfig::default()
+    });
+    net.join(1, "user1", NewRoomPolicy::Open, AdmitMode::Auto);
+    for i in 2..=6 {
+        net.parts.insert(
+            i,
+            Participant::new(
+                device(&format!("user{i}")),
+                "room",
+                NewRoomPolicy::Open,
+                AdmitMode::Auto,
+            ),
+        );
+        net.ds.connect(i, "room", &format!("user{i}"), net.now);
+    }
+    for _ in 0..10 {
+        net.advance(Duration::from_secs(1));
+    }
+    assert_eq!(net.ds.member_count("room"), 6);
+    let requests: Vec<usize> = net
+        .seen
+        .values()
+        .flatten()
+        .filter_map(|m| match m {
+            ServerMsg::CommitRequest { knocks, .. } if !knocks.is_empty() => {
+                Some(knocks.iter().map(|k| k.key_package.0.len()).sum())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(requests.len() > 1, "{requests:?}");
+    assert!(requests.iter().all(|&b| b <= budget), "{requests:?}");
+}
+
+#[test]
+fn early_knocks_are_one_per_connection_and_a_silent_creator_is_replaced() {
+    let mut net = Net::new();
+    // Conn 1 is asked to create the group and never does.
+    net.ds.connect(1, "room", "lazy", net.now);
+    net.pump();
+    // Bob knocks before the group exists, twice.
+    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Auto);
+    let bob = device("bob");
+    let kp = bob.key_package(None, net.now).unwrap();
+    net.ds.handle(
+        2,
+        ClientMsg::KeyPackage {
+            key_package: Bytes(kp),
+        },
+        net.now,
+    );
+    net.pump();
+    assert!(net.seen[&2].iter().any(|m| matches!(
+        m,
+        ServerMsg::Error { reason, .. } if reason.contains("already knocked")
+    )));
+    // After the creation timeout the silent creator is let go and bob creates the room.
+    net.advance(DsConfig::default().create_timeout);
+    net.settle();
+    assert!(net.closed.contains(&1), "the silent creator was not let go");
+    assert_eq!(net.ds.member_count("room"), 1);
+    assert!(net.p(2).epoch().is_some(), "bob never got the room");
+}
+
+#[test]
+fn the_ds_says_a_connection_is_a_member_only_while_it_is_one() {
+    let mut net = open_room(2);
+    assert_eq!(net.members, vec![1, 2]);
+    // A token holder that never knocks is no member (the SFU serves it nothing).
+    net.ds.connect(9, "room", "lurker", net.now);
+    net.settle();
+    assert!(!net.members.contains(&9));
+    // A member that leaves stops being one when its removal is committed.
+    net.p(2).leave().unwrap();
+    net.settle();
+    assert_eq!(net.members, vec![1]);
+}
+
+#[test]
+fn a_member_cannot_add_a_device_that_never_knocked() {
+    let mut net = open_room(2);
+    let epoch = net.ds.epoch("room").unwrap();
+    // Member 2 (modified software) commits the add of a device no token named.
+    let ghost = device("ghost");
+    let kp = ghost.key_package(None, net.now).unwrap();
+    let now = net.now;
+    let bundle = net
+        .p(2)
+        .danger_session_mut()
+        .unwrap()
+        .commit(&[kp], &[], now)
+        .unwrap();
+    net.ds.handle(
+        2,
+        ClientMsg::Commit {
+            epoch,
+            commit: Bytes(bundle.commit),
+            welcome: bundle.welcome.map(Bytes),
+        },
+        now,
+    );
+    net.pump();
+    assert!(net.seen[&2].iter().any(|m| matches!(
+        m,
+        ServerMsg::CommitRejected { reason, .. } if reason.contains("did not knock")
+    )));
+    assert_eq!(net.ds.epoch("room"), Some(epoch));
+    assert_eq!(net.ds.member_count("room"), 2);
+    // The room goes on: the next commit (a self-update) is accepted.
+    net.p(2).danger_session_mut().unwrap().discard_commit();
+    let now = net.now;
+    net.p(1).self_update(now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
+}
+
+#[test]
+fn a_connection_cannot_carry_another_members_commit() {
+    let mut net = open_room(3);
+    let epoch = net.ds.epoch("room").unwrap();
+    // Member 1's commit, sent on member 2's connection.
+    let now = net.now;
+    let bundle = net
+        .p(1)
+        .danger_session_mut()
+        .unwrap()
+        .self_update(now)
+        .unwrap();
+    net.ds.handle(
+        2,
+        ClientMsg::Commit {
+            epoch,
+            commit: Bytes(bundle.commit),
+            welcome: None,
+        },
+        now,
+    );
+    net.pump();
+    assert!(net.seen[&2].iter().any(|m| matches!(
+        m,
+        ServerMsg::CommitRejected { reason, .. } if reason.contains("sending member")
+    )));
+    assert_eq!(net.ds.epoch("room"), Some(epoch));
+}
