@@ -630,7 +630,7 @@ impl Participant {
             if lobby && !host {
                 continue;
             }
-            let card = match s.check_joiner(&k.key_package.0) {
+            let card = match s.check_joiner(&k.key_package.0, now) {
                 Ok(card) => card,
                 Err(e) => {
                     refused.push(format!("knock {}: {e}", k.knock));

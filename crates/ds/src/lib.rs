@@ -47,6 +47,7 @@ use mls_rs::group::{CommitEffect, ExportedTree};
 use mls_rs::identity::basic::BasicCredential;
 use mls_rs::identity::SigningIdentity;
 use mls_rs::{CipherSuiteProvider, KeyPackage, MlsMessage};
+use mls_rs_codec::MlsEncode;
 use mls_rs_core::crypto::SignatureSecretKey;
 use tracing::{debug, info, warn};
 
@@ -209,6 +210,10 @@ struct Knock {
     conn: ConnId,
     info: KnockInfo,
     signature_key: Vec<u8>,
+    /// The KeyPackage as validated (its encoding): a commit may add exactly this.
+    key_package: Vec<u8>,
+    /// When the KeyPackage's lifetime ends.
+    expires: Timestamp,
 }
 
 struct Request {
@@ -491,6 +496,12 @@ impl Ds {
         match c.state {
             ConnState::Member(leaf) => {
                 room.offline.insert(leaf, now);
+                // Whatever closed it (the socket, or the DS cutting off a slow reader whose
+                // socket may still be open), the SFU stops serving it now.
+                self.out.push_back(Output::Membership {
+                    conn,
+                    member: false,
+                });
             }
             ConnState::Knocking(id) => room.knocks.retain(|k| k.id != id),
             ConnState::Creating | ConnState::Waiting => {}
@@ -531,7 +542,20 @@ impl Ds {
             .as_ref()
             .and_then(|g| policy_of(&g.group_context().extensions).ok())
             .is_some_and(|p| matches!(p.admission, Admission::Open));
+        // Every member is gone for good: left cleanly, or offline past `remove_after` (a
+        // member whose connection blinked may still come back, and the room must not change
+        // hands to whoever connects first in that moment).
+        let gone_for_good = room.group.as_ref().is_some_and(|g| {
+            g.roster().members_iter().all(|m| {
+                room.proposed_removals.contains(&m.index)
+                    || room
+                        .offline
+                        .get(&m.index)
+                        .is_some_and(|t| now >= t.saturating_add(self.config.remove_after))
+            })
+        });
         if !open
+            || !gone_for_good
             || room.conns.iter().any(|c| {
                 matches!(
                     self.conns.get(c).map(|c| c.state),
@@ -548,8 +572,14 @@ impl Ds {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        let knocks = std::mem::take(&mut room.knocks);
+        let mut knocks = std::mem::take(&mut room.knocks);
         let conns = room.conns.clone();
+        // As many as a room keeps before its group exists; the others knock again.
+        let excess: Vec<ConnId> = knocks
+            .split_off(knocks.len().min(MAX_EARLY_KNOCKS))
+            .into_iter()
+            .map(|k| k.conn)
+            .collect();
         *room = Room {
             conns,
             next_knock: room.next_knock,
@@ -559,6 +589,12 @@ impl Ds {
                 .collect(),
             ..Room::default()
         };
+        for c in excess {
+            self.out.push_back(Output::Close {
+                conn: c,
+                reason: "the room starts anew: knock again".into(),
+            });
+        }
         for c in room.conns.clone() {
             if let Some(conn) = self.conns.get_mut(&c) {
                 conn.state = ConnState::Waiting;
@@ -642,8 +678,8 @@ impl Ds {
                 welcome.map(|w| w.0),
                 now,
             ),
-            (ClientMsg::Proposal { proposal }, ConnState::Member(_)) => {
-                self.proposal(conn, &room, &proposal.0, now)
+            (ClientMsg::Proposal { proposal }, ConnState::Member(leaf)) => {
+                self.proposal(conn, leaf, &room, &proposal.0, now)
             }
             (ClientMsg::Application { message }, ConnState::Member(_)) => {
                 self.application(conn, &room, message)
@@ -812,6 +848,17 @@ impl Ds {
             return;
         };
         let signature_key = kp.signing_identity().signature_key.as_bytes().to_vec();
+        if room.knocks.iter().any(|k| k.signature_key == signature_key) {
+            return self.refuse(
+                conn,
+                ErrorCode::Rejected,
+                "this device is already knocking on another connection",
+            );
+        }
+        let encoded = kp.mls_encode_to_vec().unwrap_or_default();
+        let expires = kp.expiration().map_or(now, |t| {
+            Timestamp::from_millis(t.seconds_since_epoch() * 1000)
+        });
         // The same device knocking again (it lost its connection and came back with a fresh
         // KeyPackage): its old leaf is stale, so propose its removal now rather than after
         // `remove_after`. A device whose leaf is still connected cannot join twice.
@@ -845,6 +892,8 @@ impl Ds {
             conn,
             info: knock.clone(),
             signature_key,
+            key_package: encoded,
+            expires,
         });
         room.work_since.get_or_insert(now);
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -929,23 +978,25 @@ impl Ds {
             }
         };
         let mut added_keys = Vec::new();
+        let mut added_kps = Vec::new();
         let mut removed = Vec::new();
         for p in &new_epoch.applied_proposals {
             match (&p.proposal, p.sender) {
                 (Proposal::Add(a), _) => {
-                    added_keys.push(a.signing_identity().signature_key.as_bytes().to_vec())
+                    added_keys.push(a.signing_identity().signature_key.as_bytes().to_vec());
+                    added_kps.push(a.key_package().mls_encode_to_vec().unwrap_or_default());
                 }
                 (Proposal::Remove(r), _) => removed.push(r.to_remove()),
                 (Proposal::SelfRemove(_), mls_rs::group::Sender::Member(l)) => removed.push(l),
                 _ => {}
             }
         }
-        // Every add is a knock this DS validated, from a connection whose token named that
-        // identity, and it comes with the Welcome its joiner needs: a member cannot add a
+        // Every add is exactly the KeyPackage of a knock this DS validated, from a connection
+        // whose token named that identity, and it comes with the Welcome its joiner needs: a member cannot add a
         // device nobody vouched for, nor one that would never get in.
-        let unknocked = added_keys
+        let unknocked = added_kps
             .iter()
-            .any(|k| !room.knocks.iter().any(|kn| kn.signature_key == *k));
+            .any(|kp| !room.knocks.iter().any(|kn| kn.key_package == *kp));
         let refusal = if unknocked {
             Some("the commit adds a device that did not knock")
         } else if !added_keys.is_empty() && welcome.is_none() {
@@ -1065,13 +1116,29 @@ impl Ds {
         self.schedule(room_name, now);
     }
 
-    fn proposal(&mut self, conn: ConnId, room_name: &str, proposal: &[u8], now: Timestamp) {
+    /// A member's proposal. Conclave members propose one thing only: their own removal (a
+    /// clean leave). Anything else (an Add by reference, a removal of someone else, an
+    /// update) is refused and never cached: a cached proposal goes into every commit, so one
+    /// that the DS would then refuse (an add of a device that never knocked) would freeze the
+    /// room.
+    fn proposal(
+        &mut self,
+        conn: ConnId,
+        leaf: u32,
+        room_name: &str,
+        proposal: &[u8],
+        now: Timestamp,
+    ) {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
+        if room.proposed_removals.contains(&leaf) {
+            return self.refuse(conn, ErrorCode::Unexpected, "already leaving");
+        }
         let Some(group) = room.group.as_mut() else {
             return;
         };
+        let before = group.clone();
         let msg = match MlsMessage::from_bytes(proposal) {
             Ok(m) => m,
             Err(e) => {
@@ -1087,13 +1154,25 @@ impl Ds {
                 // A member leaving cleanly (the RFC 9420 way, a Remove of its own leaf, or the
                 // SelfRemove of older Conclave clients): it is never asked to commit again,
                 // and the server need not propose its removal too.
-                if let Some(l) = leaving_member(&p.proposal, &p.sender) {
-                    room.proposed_removals.push(l);
+                match leaving_member(&p.proposal, &p.sender) {
+                    Some(l) if l == leaf => room.proposed_removals.push(l),
+                    _ => {
+                        *group = before;
+                        return self.refuse(
+                            conn,
+                            ErrorCode::Rejected,
+                            "a member may only propose its own removal",
+                        );
+                    }
                 }
             }
-            Ok(_) => return self.refuse(conn, ErrorCode::Rejected, "not a proposal"),
+            Ok(_) => {
+                *group = before;
+                return self.refuse(conn, ErrorCode::Rejected, "not a proposal");
+            }
             Err(e) => {
-                return self.refuse(conn, ErrorCode::Rejected, format!("invalid proposal: {e}"))
+                *group = before;
+                return self.refuse(conn, ErrorCode::Rejected, format!("invalid proposal: {e}"));
             }
         }
         room.pending_proposals += 1;
@@ -1202,7 +1281,10 @@ impl Ds {
                 if room.proposed_removals.contains(&l) {
                     continue;
                 }
-                let eligible = match (&lobby, adds) {
+                // In a lobby, adds wait for a host; but removals must not wait for a host
+                // who does not answer, so with proposals pending any member commits them
+                // (a non-host's commit adds nobody).
+                let eligible = match (&lobby, adds && room.pending_proposals == 0) {
                     (Some(p), true) => group
                         .roster()
                         .members_iter()
@@ -1226,7 +1308,15 @@ impl Ds {
         let Some(&(_, conn)) = online.iter().find(|(l, _)| *l == leaf) else {
             return;
         };
-        // Bounded in bytes: the rest wait for the next epoch.
+        // Bounded in bytes: the rest wait for the next epoch. A KeyPackage that expired while
+        // it waited would sink the commit: it is not sent (its knocker is told, and closed).
+        let expired: Vec<ConnId> = room
+            .knocks
+            .iter()
+            .filter(|k| k.expires <= now)
+            .map(|k| k.conn)
+            .collect();
+        room.knocks.retain(|k| k.expires > now);
         let mut budget = self.config.max_request_bytes;
         let knocks: Vec<KnockInfo> = room
             .knocks
@@ -1245,6 +1335,17 @@ impl Ds {
             deadline: now.saturating_add(self.config.commit_timeout),
         });
         self.send(conn, ServerMsg::CommitRequest { epoch, knocks });
+        for c in expired {
+            self.refuse(
+                c,
+                ErrorCode::Rejected,
+                "the KeyPackage expired; knock again",
+            );
+            self.out.push_back(Output::Close {
+                conn: c,
+                reason: "KeyPackage expired".into(),
+            });
+        }
     }
 
     /// Time passed: batching windows close, slow committers are passed over, members gone
@@ -1291,6 +1392,7 @@ impl Ds {
                 }
             }
             self.propose_removals(&name, now);
+            self.retire_dead_group(&name, now);
             self.schedule(&name, now);
         }
     }

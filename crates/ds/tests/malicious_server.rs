@@ -379,3 +379,99 @@ fn a_connection_cannot_carry_another_members_commit() {
     )));
     assert_eq!(net.ds.epoch("room"), Some(epoch));
 }
+
+#[test]
+fn a_member_cannot_freeze_the_room_with_an_add_proposal_by_reference() {
+    let mut net = open_room(2);
+    let epoch = net.ds.epoch("room").unwrap();
+    let ghost = device("ghost");
+    let kp = ghost.key_package(None, net.now).unwrap();
+    let proposal = net
+        .p(2)
+        .danger_session_mut()
+        .unwrap()
+        .danger_propose_add(&kp)
+        .unwrap();
+    let now = net.now;
+    net.ds.handle(
+        2,
+        ClientMsg::Proposal {
+            proposal: Bytes(proposal),
+        },
+        now,
+    );
+    net.settle();
+    assert!(net.seen[&2].iter().any(|m| matches!(
+        m,
+        ServerMsg::Error { reason, .. } if reason.contains("only propose its own removal")
+    )));
+    // Not cached, not relayed: the room goes on and admits people.
+    assert!(!net.seen[&1]
+        .iter()
+        .any(|m| matches!(m, ServerMsg::Proposal { .. })));
+    net.join(3, "user3", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
+    assert_eq!(net.ds.member_count("room"), 3);
+}
+
+#[test]
+fn a_commit_may_add_only_the_exact_keypackage_that_knocked() {
+    let mut net = open_room(2);
+    let epoch = net.ds.epoch("room").unwrap();
+    // Eve knocks as herself; a member commits another KeyPackage of the same device key
+    // whose credential says "alice".
+    let eve_id =
+        DeviceIdentity::generate(SUITE, CredentialInfo::new("eve", "Eve").unwrap()).unwrap();
+    let bytes = eve_id.to_bytes().unwrap();
+    let eve = Device::new(eve_id, GroupStore::memory()).unwrap();
+    let as_alice = Device::new(
+        DeviceIdentity::from_bytes(&bytes)
+            .unwrap()
+            .with_display_name("Alice")
+            .unwrap(),
+        GroupStore::memory(),
+    )
+    .unwrap();
+    net.ds.connect(5, "room", "eve", net.now);
+    let kp = eve.key_package(None, net.now).unwrap();
+    net.ds.handle(
+        5,
+        ClientMsg::KeyPackage {
+            key_package: Bytes(kp),
+        },
+        net.now,
+    );
+    let other = as_alice.key_package(None, net.now).unwrap();
+    let now = net.now;
+    let bundle = net
+        .p(2)
+        .danger_session_mut()
+        .unwrap()
+        .commit(&[other], &[], now)
+        .unwrap();
+    net.ds.handle(
+        2,
+        ClientMsg::Commit {
+            epoch,
+            commit: Bytes(bundle.commit),
+            welcome: bundle.welcome.map(Bytes),
+        },
+        now,
+    );
+    net.pump();
+    assert!(net.seen[&2].iter().any(|m| matches!(
+        m,
+        ServerMsg::CommitRejected { reason, .. } if reason.contains("did not knock")
+    )));
+    assert_eq!(net.ds.epoch("room"), Some(epoch));
+}
+
+#[test]
+fn a_member_cut_off_by_the_ds_loses_its_media_at_once() {
+    let mut net = open_room(2);
+    assert!(net.members.contains(&2));
+    // The DS drops the connection (a slow reader, say) while its socket may stay open.
+    net.ds.disconnect(2, net.now);
+    net.pump();
+    assert!(!net.members.contains(&2));
+}

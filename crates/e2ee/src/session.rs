@@ -522,10 +522,10 @@ impl Session {
     }
 
     /// Checks a joiner's KeyPackage before it goes into a commit of ours: it reads as a
-    /// Conclave KeyPackage of this room's suite, and the room's policy lets this member add
-    /// it (an invite-list room: listed or invited). One KeyPackage that fails here is left
+    /// Conclave KeyPackage of this room's suite, has not expired, and the room's policy lets
+    /// this member add it (an invite-list room: listed or invited). One KeyPackage that fails here is left
     /// out; it does not sink the adds of the others.
-    pub fn check_joiner(&self, key_package: &[u8]) -> Result<KeyPackageCard> {
+    pub fn check_joiner(&self, key_package: &[u8], now: Timestamp) -> Result<KeyPackageCard> {
         let card = KeyPackageCard::read(key_package)?;
         if card.suite != self.suite {
             return Err(Error::MalformedMessage(
@@ -533,6 +533,10 @@ impl Session {
             ));
         }
         let add = AddProposal::try_from(parse_message(key_package)?).map_err(map_mls)?;
+        let expires = add.key_package().expiration().map_err(map_mls)?;
+        if expires.seconds_since_epoch().saturating_mul(1000) <= now.as_millis() {
+            return Err(Error::MalformedMessage("the KeyPackage has expired".into()));
+        }
         let me = self
             .group
             .current_member_signing_identity()
