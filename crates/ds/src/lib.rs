@@ -467,7 +467,7 @@ impl Ds {
             },
         );
         let server_identity =
-            mls_rs_codec::MlsEncode::mls_encode_to_vec(&self.server_identity).unwrap_or_default();
+            MlsEncode::mls_encode_to_vec(&self.server_identity).unwrap_or_default();
         info!(conn, room, user_id, creating, "connected");
         self.send(
             conn,
@@ -628,8 +628,7 @@ impl Ds {
                 c.state = ConnState::Creating;
                 let user_id = c.user_id.clone();
                 let server_identity =
-                    mls_rs_codec::MlsEncode::mls_encode_to_vec(&self.server_identity)
-                        .unwrap_or_default();
+                    MlsEncode::mls_encode_to_vec(&self.server_identity).unwrap_or_default();
                 self.send(
                     next,
                     ServerMsg::Joined {
