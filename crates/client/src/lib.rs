@@ -55,6 +55,24 @@ pub fn token_claims(token: &str) -> Option<serde_json::Value> {
     Some(v)
 }
 
+/// The hosts of a policy, as fingerprint short codes, for messages. (Both Conclave suites
+/// hash with SHA-256, so a host key's fingerprint does not depend on which.)
+fn hosts_of(policy: &RoomPolicy) -> String {
+    let keys: &[Vec<u8>] = match &policy.admission {
+        Admission::Open => return "nobody".into(),
+        Admission::Lobby(h) => &h.keys,
+        Admission::InviteList(l) => &l.hosts.keys,
+    };
+    keys.iter()
+        .map(|k| {
+            let key = conclave_e2ee::mls::SignaturePublicKey::new(k.clone());
+            Fingerprint::of_key(conclave_e2ee::RoomCipherSuite::Curve25519Aes128, &key)
+                .map_or_else(|_| "?".to_owned(), |f| f.short_code())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -177,6 +195,9 @@ pub struct Participant {
     final_roster: Vec<RosterEntry>,
     /// Ratchet tree parts of the Welcome to come ([`ServerMsg::TreePart`]).
     tree: Vec<u8>,
+    /// The meeting's charter, from the link this participant was given: the only group policy
+    /// it joins or creates.
+    charter: Option<RoomPolicy>,
 }
 
 impl core::fmt::Debug for Participant {
@@ -212,7 +233,34 @@ impl Participant {
             out: VecDeque::new(),
             events: VecDeque::new(),
             left: false,
+            charter: None,
         }
+    }
+
+    /// Holds this participant to a meeting's charter (from the link or `--charter`): it joins
+    /// only a group whose policy is exactly the charter, and creates the group only if the
+    /// charter lets this device (anyone, for an open room; a host, otherwise), with the
+    /// charter's policy. Without a charter it takes whatever group the server's room has.
+    pub fn with_charter(mut self, charter: RoomPolicy) -> Result<Self, Error> {
+        if charter.room_id != self.room.as_bytes() {
+            return Err(Error::Unexpected(format!(
+                "the charter is for room {:?}, not {:?}",
+                charter.room(),
+                self.room
+            )));
+        }
+        self.charter = Some(charter);
+        Ok(self)
+    }
+
+    /// The charter this participant holds to, if any.
+    pub fn expected_charter(&self) -> Option<&RoomPolicy> {
+        self.charter.as_ref()
+    }
+
+    /// The charter of the group this participant is in (to put in the links it hands out).
+    pub fn charter(&self) -> Option<String> {
+        self.session.as_ref()?.policy().to_charter().ok()
     }
 
     /// The group session, once in.
@@ -459,12 +507,20 @@ impl Participant {
                         "a second Joined while in the group; ignored".into(),
                     ));
                 }
-                if create_group {
+                let own = self.device.identity().public_key().clone();
+                let may_create = self.charter.as_ref().is_none_or(|c| c.may_create(&own));
+                if create_group && !may_create {
+                    // The meeting's charter names other hosts: only one of them starts its
+                    // group. Decline by knocking instead.
+                    info!("asked to create the meeting's group, which only its hosts may do; knocking");
+                }
+                if create_group && may_create {
                     let server = SigningIdentity::mls_decode(&mut server_identity.as_ref())
                         .map_err(|e| Error::Unexpected(format!("server identity: {e}")))?;
-                    let policy = match self.policy {
-                        NewRoomPolicy::Open => RoomPolicy::open(&self.room),
-                        NewRoomPolicy::Lobby => {
+                    let policy = match (&self.charter, &self.policy) {
+                        (Some(charter), _) => charter.clone(),
+                        (None, NewRoomPolicy::Open) => RoomPolicy::open(&self.room),
+                        (None, NewRoomPolicy::Lobby) => {
                             RoomPolicy::lobby(&self.room, &[self.device.identity()])
                         }
                     };
@@ -574,6 +630,20 @@ impl Participant {
                 let session = self
                     .device
                     .join(&self.room, &welcome.0, &ratchet_tree.0, now)?;
+                if let Some(charter) = self.charter.as_ref().filter(|c| *c != session.policy()) {
+                    // Someone (the server's own device, say) made this room's group with
+                    // another policy or other hosts than the meeting's maker fixed.
+                    let reason = format!(
+                        "refused the group the server offered: its policy ({} hosted by {}) is not this meeting's charter ({} hosted by {})",
+                        session.policy().kind(),
+                        hosts_of(session.policy()),
+                        charter.kind(),
+                        hosts_of(charter)
+                    );
+                    self.alarm(reason.clone());
+                    self.events.push_back(Event::Ended { reason });
+                    return Ok(());
+                }
                 let epoch = session.epoch();
                 let security_code = session.security_code()?;
                 self.session = Some(session);

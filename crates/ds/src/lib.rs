@@ -244,6 +244,13 @@ struct Room {
     early: Vec<(ConnId, Vec<u8>)>,
     /// Since when the current creator has been asked to create the group.
     creating_since: Option<Timestamp>,
+    /// The policy the room's first group had (its charter, as far as the DS can know it): a
+    /// group that replaces a retired one must have the same, so the room keeps its policy and
+    /// hosts whoever starts it again.
+    charter: Option<conclave_mls::RoomPolicy>,
+    /// Connections that declined to create the group (their charter names other hosts): not
+    /// asked again until a group exists.
+    declined: Vec<ConnId>,
 }
 
 /// Most knocks a room keeps while its group does not exist yet.
@@ -516,7 +523,9 @@ impl Ds {
             return;
         };
         let empty = room.conns.is_empty();
-        if empty && room.group.is_none() {
+        // A room that never had a group is forgotten; one that had keeps its policy (a few
+        // hundred bytes) so that whoever starts it again must keep it too.
+        if empty && room.group.is_none() && room.charter.is_none() {
             self.rooms.remove(&name);
         } else {
             self.schedule(&name, now);
@@ -525,23 +534,17 @@ impl Ds {
         self.promote_creator(&name, now);
     }
 
-    /// An open room whose group has no member online can never commit again: nobody could
-    /// admit the next person (the last member left, or every member's connection is gone). Its
-    /// group is retired, and the next rightful person starts a new one; knocks waiting on the
-    /// old group are kept for the new one. (This gives the server nothing it lacked: it can
-    /// always tell a connection to create a group. A joiner sees a new group with new keys.)
+    /// A room whose group has no member online can never commit again: nobody could admit the
+    /// next person (the last member left, or every member's connection is gone for good). Its
+    /// group is retired, and the next rightful person starts a new one under the same policy
+    /// (`create_group` refuses another; a participant whose charter names other hosts
+    /// declines); knocks waiting on the old group are kept for the new one. (This gives the
+    /// server nothing it lacked: it can always tell a connection to create a group, and
+    /// joiners that hold the meeting's charter refuse any group but the charter's.)
     fn retire_dead_group(&mut self, room_name: &str, now: Timestamp) {
         let Some(room) = self.rooms.get(room_name) else {
             return;
         };
-        // Only open rooms for now: a new group is made by whoever is asked, with its own
-        // policy, and until meetings carry a charter that the joiner checks (issue 12, item
-        // 4) a lobby must not turn into someone's open room.
-        let open = room
-            .group
-            .as_ref()
-            .and_then(|g| policy_of(&g.group_context().extensions).ok())
-            .is_some_and(|p| matches!(p.admission, Admission::Open));
         // Every member is gone for good: left cleanly, or offline past `remove_after` (a
         // member whose connection blinked may still come back, and the room must not change
         // hands to whoever connects first in that moment).
@@ -554,8 +557,7 @@ impl Ds {
                         .is_some_and(|t| now >= t.saturating_add(self.config.remove_after))
             })
         });
-        if !open
-            || !gone_for_good
+        if !gone_for_good
             || room.conns.iter().any(|c| {
                 matches!(
                     self.conns.get(c).map(|c| c.state),
@@ -583,6 +585,7 @@ impl Ds {
         *room = Room {
             conns,
             next_knock: room.next_knock,
+            charter: room.charter.take(),
             early: knocks
                 .into_iter()
                 .map(|k| (k.conn, k.info.key_package.0))
@@ -618,7 +621,7 @@ impl Ds {
         if has_creator {
             return;
         }
-        if let Some(&next) = room.conns.first() {
+        if let Some(&next) = room.conns.iter().find(|c| !room.declined.contains(c)) {
             if let Some(r) = self.rooms.get_mut(room_name) {
                 r.creating_since = Some(now);
                 // Its own knock, if it sent one while waiting, is void: it creates instead.
@@ -661,6 +664,12 @@ impl Ds {
             (ClientMsg::KeyPackage { key_package }, ConnState::Waiting) => {
                 self.knock(conn, &room, key_package.0, now)
             }
+            // Asked to create, it knocks instead: it declines (the meeting's charter lets only
+            // its hosts start the group). The next connection is asked.
+            (ClientMsg::KeyPackage { key_package }, ConnState::Creating) => {
+                self.decline(conn, &room, now);
+                self.knock(conn, &room, key_package.0, now)
+            }
             (
                 ClientMsg::Commit {
                     epoch,
@@ -695,6 +704,16 @@ impl Ds {
                 format!("{} is not expected while {state:?}", kind(&other)),
             ),
         }
+    }
+
+    /// `conn` will not create the room's group: it waits, and someone else is asked.
+    fn decline(&mut self, conn: ConnId, room_name: &str, now: Timestamp) {
+        self.set_state(conn, ConnState::Waiting);
+        if let Some(room) = self.rooms.get_mut(room_name) {
+            room.declined.push(conn);
+            room.creating_since = None;
+        }
+        self.promote_creator(room_name, now);
     }
 
     fn create_group(
@@ -739,6 +758,17 @@ impl Ds {
                 "the server must be the group's only external sender",
             );
         }
+        if let Some(charter) = self.rooms.get(room_name).and_then(|r| r.charter.as_ref()) {
+            if *charter != policy {
+                let reason = format!(
+                    "this room's group was a {} room with its own hosts; a new group must have \
+                     the same policy (only its hosts can start it again)",
+                    charter.kind()
+                );
+                self.refuse(conn, ErrorCode::Rejected, reason);
+                return self.decline(conn, room_name, now);
+            }
+        }
         let members: Vec<_> = group.roster().members_iter().collect();
         if members.len() != 1 || ctx.epoch != 0 {
             return self.refuse(
@@ -755,6 +785,8 @@ impl Ds {
         info!(room = room_name, policy = policy.kind(), "group created");
         room.group = Some(group);
         room.creating_since = None;
+        room.charter = Some(policy);
+        room.declined.clear();
         // Knocks that came before the group existed are taken now.
         let early = std::mem::take(&mut room.early);
         for (c, kp) in early {

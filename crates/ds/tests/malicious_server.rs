@@ -320,22 +320,7 @@ fn a_member_cannot_add_a_device_that_never_knocked() {
     // Member 2 (modified software) commits the add of a device no token named.
     let ghost = device("ghost");
     let kp = ghost.key_package(None, net.now).unwrap();
-    let now = net.now;
-    let bundle = net
-        .p(2)
-        .danger_session_mut()
-        .unwrap()
-        .commit(&[kp], &[], now)
-        .unwrap();
-    net.ds.handle(
-        2,
-        ClientMsg::Commit {
-            epoch,
-            commit: Bytes(bundle.commit),
-            welcome: bundle.welcome.map(Bytes),
-        },
-        now,
-    );
+    net.danger_commit(2, &[kp]);
     net.pump();
     assert!(net.seen[&2].iter().any(|m| matches!(
         m,
@@ -442,22 +427,7 @@ fn a_commit_may_add_only_the_exact_keypackage_that_knocked() {
         net.now,
     );
     let other = as_alice.key_package(None, net.now).unwrap();
-    let now = net.now;
-    let bundle = net
-        .p(2)
-        .danger_session_mut()
-        .unwrap()
-        .commit(&[other], &[], now)
-        .unwrap();
-    net.ds.handle(
-        2,
-        ClientMsg::Commit {
-            epoch,
-            commit: Bytes(bundle.commit),
-            welcome: bundle.welcome.map(Bytes),
-        },
-        now,
-    );
+    net.danger_commit(2, &[other]);
     net.pump();
     assert!(net.seen[&2].iter().any(|m| matches!(
         m,
@@ -474,4 +444,128 @@ fn a_member_cut_off_by_the_ds_loses_its_media_at_once() {
     net.ds.disconnect(2, net.now);
     net.pump();
     assert!(!net.members.contains(&2));
+}
+
+/// A lobby charter hosted by `host`'s device, for room "room".
+fn lobby_charter(host: &Device) -> conclave_e2ee::RoomPolicy {
+    conclave_e2ee::RoomPolicy::lobby("room", &[host.identity()])
+}
+
+fn ended(net: &Net, conn: ConnId) -> Option<String> {
+    net.events_of(conn).iter().find_map(|e| match e {
+        Event::Ended { reason } => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn server_cannot_move_a_lobby_host_into_an_open_group_it_made() {
+    let mut net = Net::new();
+    // The server's own device makes "room" an open group before the host arrives.
+    net.join(9, "server-device", NewRoomPolicy::Open, AdmitMode::Auto);
+    // The host made the meeting: its charter says lobby, hosted by its own device.
+    let host = device("host");
+    let charter = lobby_charter(&host);
+    let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter)
+        .unwrap();
+    net.join_as(1, "host", p);
+    assert!(
+        net.p(1).session().is_none(),
+        "the host joined the server's group"
+    );
+    let why = ended(&net, 1).expect("the host says why it is not in");
+    assert!(why.contains("charter"), "{why}");
+}
+
+#[test]
+fn a_joiner_with_the_charter_refuses_a_group_with_other_hosts() {
+    let mut net = Net::new();
+    let host = device("host");
+    let charter = lobby_charter(&host);
+    // The server's device makes a lobby of its own for the room and admits everyone.
+    net.join(9, "server-device", NewRoomPolicy::Lobby, AdmitMode::Auto);
+    let p = Participant::new(device("bob"), "room", NewRoomPolicy::Open, AdmitMode::Ask)
+        .with_charter(charter)
+        .unwrap();
+    net.join_as(2, "bob", p);
+    assert!(net.p(2).session().is_none());
+    assert!(ended(&net, 2).is_some_and(|w| w.contains("charter")));
+}
+
+#[test]
+fn a_knocking_client_whose_charter_names_other_hosts_never_creates_the_group() {
+    let mut net = Net::new();
+    let host = device("host");
+    let charter = lobby_charter(&host);
+    // Bob arrives first and is asked to create the room: his charter says only the host may.
+    let p = Participant::new(device("bob"), "room", NewRoomPolicy::Open, AdmitMode::Ask)
+        .with_charter(charter.clone())
+        .unwrap();
+    net.join_as(2, "bob", p);
+    assert!(net.p(2).session().is_none());
+    assert_eq!(net.ds.member_count("room"), 0, "bob made a group");
+    // The host arrives, creates the charter's group, sees bob's knock and admits him.
+    let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter.clone())
+        .unwrap();
+    net.join_as(1, "host", p);
+    assert_eq!(
+        net.p(1).session().map(|s| s.policy().clone()),
+        Some(charter.clone())
+    );
+    let (knock, _) = knock_of(&net, 1, "bob");
+    let now = net.now;
+    net.p(1).admit(knock, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 2);
+    assert_eq!(
+        net.p(2).session().map(|s| s.policy().clone()),
+        Some(charter)
+    );
+    assert_eq!(net.codes()[0], net.codes()[1]);
+}
+
+#[test]
+fn a_lobby_whose_members_are_gone_is_started_again_only_by_its_host() {
+    let mut net = Net::new();
+    let host_id =
+        DeviceIdentity::generate(SUITE, CredentialInfo::new("host", "host").unwrap()).unwrap();
+    let host_bytes = host_id.to_bytes().unwrap();
+    let host = Device::new(host_id, GroupStore::memory()).unwrap();
+    let charter = lobby_charter(&host);
+    let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter.clone())
+        .unwrap();
+    net.join_as(1, "host", p);
+    net.p(1).leave().unwrap();
+    net.settle();
+    net.parts.remove(&1);
+    net.ds.disconnect(1, net.now);
+    net.settle();
+    // Someone without the charter is asked first; the group it makes (open) is refused.
+    net.join(3, "carol", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(
+        net.ds.member_count("room"),
+        0,
+        "the lobby became carol's open room"
+    );
+    assert!(net.seen[&3].iter().any(|m| matches!(
+        m,
+        ServerMsg::Error { reason, .. } if reason.contains("same policy")
+    )));
+    // The host comes back (same device): it starts the lobby again under its charter.
+    let again = Device::new(
+        DeviceIdentity::from_bytes(&host_bytes).unwrap(),
+        GroupStore::memory(),
+    )
+    .unwrap();
+    let p = Participant::new(again, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter.clone())
+        .unwrap();
+    net.join_as(4, "host", p);
+    assert_eq!(
+        net.p(4).session().map(|s| s.policy().clone()),
+        Some(charter)
+    );
 }

@@ -61,8 +61,8 @@ mod storage;
 pub use conclave_mls::{
     committer, Admission, CredentialInfo, DeviceSigner, Fingerprint, Hosts, Invite, InviteList,
     KeyPackageCard, PolicyViolation, RoomCipherSuite, RoomPolicy, Timestamp, INVITE_EXTENSION,
-    MAX_DISPLAY_NAME_LEN, MAX_KEY_PACKAGE_LEN, MAX_POLICY_ENTRIES, MAX_USER_ID_LEN,
-    ROOM_POLICY_EXTENSION,
+    MAX_CHARTER_LEN, MAX_DISPLAY_NAME_LEN, MAX_KEY_PACKAGE_LEN, MAX_POLICY_ENTRIES,
+    MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
 };
 pub use error::{Error, Result};
 pub use identity::{DeviceIdentity, PinCheck, TrustStore};
@@ -80,5 +80,6 @@ pub use storage::{write_private, DirStore, GroupStore};
 pub mod mls {
     pub use mls_rs::identity::SigningIdentity;
     pub use mls_rs::CipherSuite;
+    pub use mls_rs_core::crypto::SignaturePublicKey;
     pub use mls_rs_core::extension::ExtensionType;
 }

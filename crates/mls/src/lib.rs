@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod charter;
 pub mod committer;
 mod crypto;
 mod error;
@@ -17,6 +18,7 @@ mod policy;
 mod rules;
 mod time;
 
+pub use charter::MAX_CHARTER_LEN;
 pub use crypto::{provider, suite_provider, Provider, RoomCipherSuite};
 pub use error::{Error, Result};
 pub use identity::{

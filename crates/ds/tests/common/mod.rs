@@ -84,6 +84,13 @@ impl Net {
         self.settle();
     }
 
+    /// Connects `conn` as `user` with a participant made by the test (a charter, say).
+    pub fn join_as(&mut self, conn: ConnId, user: &str, p: Participant) {
+        self.parts.insert(conn, p);
+        self.ds.connect(conn, "room", user, self.now);
+        self.settle();
+    }
+
     /// Delivers everything until quiet, then lets time run to each pending timeout (up to 1 s
     /// of simulated time, enough for batching windows).
     pub fn settle(&mut self) {
@@ -168,6 +175,24 @@ impl Net {
         if let Some(p) = self.parts.get_mut(&conn) {
             let _ = p.handle(msg, self.now);
         }
+    }
+
+    /// Member `conn`'s session (driven as modified software would be) commits `adds` on the
+    /// current epoch, and the commit goes straight to the DS, skipping the participant core.
+    pub fn danger_commit(&mut self, conn: ConnId, adds: &[Vec<u8>]) {
+        let now = self.now;
+        let s = self.p(conn).danger_session_mut().unwrap();
+        let epoch = s.epoch();
+        let bundle = s.commit(adds, &[], now).unwrap();
+        self.ds.handle(
+            conn,
+            ClientMsg::Commit {
+                epoch,
+                commit: Bytes(bundle.commit),
+                welcome: bundle.welcome.map(Bytes),
+            },
+            now,
+        );
     }
 
     /// Events of `conn` so far.
