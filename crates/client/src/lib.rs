@@ -242,6 +242,12 @@ impl Participant {
     /// charter lets this device (anyone, for an open room; a host, otherwise), with the
     /// charter's policy. Without a charter it takes whatever group the server's room has.
     pub fn with_charter(mut self, charter: RoomPolicy) -> Result<Self, Error> {
+        self.set_charter(charter)?;
+        Ok(self)
+    }
+
+    /// [`Participant::with_charter`] on a participant that exists (before its first message).
+    pub fn set_charter(&mut self, charter: RoomPolicy) -> Result<(), Error> {
         if charter.room_id != self.room.as_bytes() {
             return Err(Error::Unexpected(format!(
                 "the charter is for room {:?}, not {:?}",
@@ -250,7 +256,7 @@ impl Participant {
             )));
         }
         self.charter = Some(charter);
-        Ok(self)
+        Ok(())
     }
 
     /// The charter this participant holds to, if any.

@@ -50,6 +50,9 @@ pub struct JoinOptions {
     /// Drop this fraction (0 to 1) of media datagrams, each way, at random: a network
     /// impairment for load and soak tests (0 in real use).
     pub media_loss: f64,
+    /// The meeting's charter (`conclave join --charter`): join or create only a group with
+    /// exactly this policy. `None`: take the group the room has.
+    pub charter: Option<conclave_e2ee::RoomPolicy>,
 }
 
 /// The TLS connector for `wss://` URLs: the public web roots plus the certificates in
@@ -179,6 +182,8 @@ pub struct Summary {
     pub alarms: Vec<String>,
     /// Why the call ended.
     pub ended: String,
+    /// The charter of the group this participant was in (`c1.…`), for the links it hands out.
+    pub charter: Option<String>,
     /// Every epoch this participant was in, in order.
     pub history: Vec<EpochLine>,
     /// Frames this participant sealed and sent.
@@ -270,11 +275,11 @@ pub fn reconnect_delay(attempt: u32, random: u64) -> Duration {
 /// How one connection ended.
 enum Once {
     /// The call is over (left, ended, deadline).
-    Done(Summary),
+    Done(Box<Summary>),
     /// The connection was lost; the device comes back to join again.
     Lost {
         device: Device,
-        summary: Summary,
+        summary: Box<Summary>,
         joined: bool,
     },
     /// Could not connect at all.
@@ -311,7 +316,7 @@ pub async fn run(
         )
         .await?;
         let (d, summary) = match once {
-            Once::Done(s) => return Ok(merge(carried, s)),
+            Once::Done(s) => return Ok(merge(carried, *s)),
             Once::Failed { device: d, error } => {
                 if !ever_connected {
                     return Err(error);
@@ -331,7 +336,7 @@ pub async fn run(
                 } else {
                     failures += 1;
                 }
-                (d, Some(summary))
+                (d, Some(*summary))
             }
         };
         device = d;
@@ -450,6 +455,11 @@ async fn run_once(
         Err(error) => return Ok(Once::Failed { device, error }),
     };
     let mut p = Participant::new(device, &opts.room, opts.policy.clone(), opts.admit);
+    if let Some(charter) = &opts.charter {
+        p = p
+            .with_charter(charter.clone())
+            .map_err(|e| NetError::Refused(e.to_string()))?;
+    }
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     let mut video_tick = tokio::time::interval(Duration::from_millis(33));
     audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -480,7 +490,11 @@ async fn run_once(
             on_event(&p, &e);
             if let Event::Ended { reason } = &e {
                 let _ = sink.close().await;
-                return Ok(Once::Done(state.summary(&p, &media, reason.clone())));
+                return Ok(Once::Done(Box::new(state.summary(
+                    &p,
+                    &media,
+                    reason.clone(),
+                ))));
             }
         }
         media.flush().await;
@@ -585,7 +599,7 @@ async fn run_once(
             }
         }
     }
-    let summary = state.summary(&p, &media, ended);
+    let summary = Box::new(state.summary(&p, &media, ended));
     if lost {
         return Ok(Once::Lost {
             device: p.into_device(),
@@ -703,6 +717,9 @@ impl CallState {
             })
             .collect();
         Summary {
+            charter: p
+                .charter()
+                .or_else(|| p.expected_charter().and_then(|c| c.to_charter().ok())),
             epoch: p.epoch().or(last.map(|l| l.epoch)),
             security_code: p
                 .security_code()

@@ -63,6 +63,12 @@ pub(crate) struct JoinArgs {
     /// server with a private or self-signed certificate.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// The meeting's charter (`c1.…`, as its maker printed it, or the `charter=` part of a
+    /// link): join only a group with exactly that policy and those hosts, and create the
+    /// group only if it lets this device. Without it, this participant takes whatever group
+    /// the server's room has.
+    #[arg(long)]
+    charter: Option<String>,
 }
 
 fn device(args: &JoinArgs, user_id: &str, name: &str) -> Result<Device> {
@@ -136,6 +142,12 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         .as_deref()
         .map(crate::serve::parse_duration)
         .transpose()?;
+    let charter = args
+        .charter
+        .as_deref()
+        .map(conclave_e2ee::RoomPolicy::from_charter)
+        .transpose()
+        .context("--charter")?;
     let device = device(&args, &user_id, &name)?;
     let fingerprint = device.identity().fingerprint()?;
     let json = args.json;
@@ -161,6 +173,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         files,
         ca_file: args.ca_file.clone(),
         media_loss: 0.0,
+        charter,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let summary = rt.block_on(async move {
@@ -240,6 +253,13 @@ fn report(p: &conclave_client::Participant, e: &Event, json: bool) {
             security_code,
         } => {
             println!("in the call (epoch {epoch}); security code {security_code}");
+            if let Some(charter) = p.charter().filter(|_| *epoch == 0) {
+                // We made the meeting: what its links must carry.
+                println!(
+                    "meeting charter (give it with every link: `--charter {charter}`, or \
+                     `&charter={charter}` in a browser link): {charter}"
+                );
+            }
             print_roster(p);
         }
         Event::EpochChanged {

@@ -411,6 +411,7 @@ impl Spawner {
             files: MediaFiles::default(),
             ca_file: None,
             media_loss: self.loss,
+            charter: None,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let shared = self.shared.clone();

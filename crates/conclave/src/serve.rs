@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use conclave_server::web::INVITE_SUBJECT;
 use conclave_server::{Claims, ServeArgs, ServerKeys};
 
@@ -32,7 +32,13 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             println!(
                 "Open in a browser (anyone with this link can knock on room {DEFAULT_ROOM:?} for 24 h):"
             );
-            println!("  {}/#room={DEFAULT_ROOM}&invite={invite}", server.url);
+            // The meeting's charter: an open room. Joiners holding it refuse any other group
+            // (a lobby someone else made for the room, say).
+            let charter = conclave_e2ee::RoomPolicy::open(DEFAULT_ROOM).to_charter()?;
+            println!(
+                "  {}/#room={DEFAULT_ROOM}&invite={invite}&charter={charter}",
+                server.url
+            );
         } else {
             println!("This build has no web client (see the README to build it); the command line can join.");
         }
@@ -115,6 +121,11 @@ pub(crate) struct TokenArgs {
     /// The server URL for `--link` [default: http://127.0.0.1:8480].
     #[arg(long)]
     url: Option<String>,
+    /// The meeting's charter (`c1.…`, as the participant who made the meeting printed it) to
+    /// put in the `--link`, where the server never sees it: joiners then refuse any group
+    /// with another policy or other hosts.
+    #[arg(long)]
+    charter: Option<String>,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration> {
@@ -162,11 +173,25 @@ pub(crate) fn token(args: TokenArgs) -> Result<()> {
         let url = args.url.unwrap_or_else(|| "http://127.0.0.1:8480".into());
         let url = url.trim_end_matches('/');
         let room = encode_param(&claims.room);
+        let charter = match &args.charter {
+            Some(c) => {
+                let policy = conclave_e2ee::RoomPolicy::from_charter(c).context("--charter")?;
+                if policy.room() != claims.room {
+                    bail!(
+                        "--charter is for room {:?}, not {:?}",
+                        policy.room(),
+                        claims.room
+                    );
+                }
+                format!("&charter={}", policy.to_charter()?)
+            }
+            None => String::new(),
+        };
         if args.invite {
-            println!("{url}/#room={room}&invite={token}");
+            println!("{url}/#room={room}&invite={token}{charter}");
         } else {
             println!(
-                "{url}/#room={room}&name={}&token={token}",
+                "{url}/#room={room}&name={}&token={token}{charter}",
                 encode_param(&claims.name)
             );
         }

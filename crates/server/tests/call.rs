@@ -155,6 +155,7 @@ fn client_full(
         files,
         ca_file,
         media_loss: 0.0,
+        charter: None,
     };
     let (tx, rx) = mpsc::channel(8);
     let (etx, erx) = mpsc::unbounded_channel();

@@ -186,7 +186,9 @@ async function lobby(browser, server) {
   const snap = (p) => p.evaluate(() => window.conclave.snapshot());
   const host = await open(link("hana", "Hana") + "&lobby=1");
   await until("the host in its room", () => snap(host).then((s) => s.epoch === 0), 20_000);
-  const knocker = await open(link("kai", "Kai"));
+  // Kai's link carries the meeting's charter, as the host's page gives it.
+  const charter = (await snap(host)).charter;
+  const knocker = await open(link("kai", "Kai") + `&charter=${charter}`);
   const intruder = await open(link("ivo", "Ivo"));
   await until("two knocks on the host's page", () => host.locator("#knocks li").count().then((n) => n === 2), 20_000);
   const kaiFp = await knocker.textContent("#my-fp-lobby");
@@ -203,6 +205,11 @@ async function lobby(browser, server) {
     waiting && shownFp.includes(kaiFp) && kaiFp.length > 10 &&
       h.securityCode === k.securityCode && h.roster.length === 2 && i.epoch === null,
     { kai_waited_in_lobby: waiting, kai_fingerprint: kaiFp, host_shows: shownFp, host: h.roster.map((m) => m.name), ivo: await intruder.textContent("#left-why") },
+  );
+  check(
+    "a_browser_holding_the_charter_joins_the_charters_group",
+    typeof charter === "string" && charter.startsWith("c1.") && k.heldToCharter && k.charter === charter,
+    { charter, kai_held_to_charter: k.heldToCharter, kai_group_charter: k.charter },
   );
   await host.screenshot({ path: join(outDir, "lobby-host.png") });
 }

@@ -236,6 +236,16 @@ impl Call {
         })
     }
 
+    /// Holds the call to the meeting's charter from the link's fragment (`charter=c1.…`,
+    /// which the browser never sends to the server): it joins only a group with exactly that
+    /// policy and those hosts, and creates the group only if the charter lets this device.
+    /// Call before the first message.
+    #[wasm_bindgen(js_name = setCharter)]
+    pub fn set_charter(&mut self, charter: &str) -> Result<(), WebError> {
+        let policy = conclave_e2ee::RoomPolicy::from_charter(charter).map_err(js)?;
+        self.p.set_charter(policy).map_err(js)
+    }
+
     /// Handles one text message from the server. A message that does not decode, or that the
     /// core refuses, becomes an alarm event (the call goes on); the error names it.
     pub fn handle(&mut self, text: &str, now_ms: f64, random: u32) -> Result<(), WebError> {
@@ -558,6 +568,8 @@ impl Call {
             "roster": roster,
             "knocks": knocks,
             "policy": session.map(|s| s.policy().kind()),
+            "charter": self.p.charter(),
+            "held_to_charter": self.p.expected_charter().is_some(),
             "is_host": self.p.is_host(),
             "suite": session.map(|s| suite_name(s.suite())),
             "last_change": self.last_change,

@@ -212,6 +212,7 @@ async function connect() {
     name: session.name,
     room,
     lobby: params.get("lobby") === "1",
+    charter: params.get("charter") || null,
     probe: params.get("probe") === "1",
   });
   transformsWanted = 0;
@@ -590,6 +591,18 @@ function renderDetails() {
           : "Open: anyone the server gives a token or invitation can join, and appears in this list for everyone.",
     ],
     [
+      "Meeting charter",
+      (state.held_to_charter
+        ? "This link carries the meeting's charter (in the part of the address the browser never " +
+          "sends to the server): this page joins only a group with exactly that admission policy " +
+          "and those hosts, and refuses any other."
+        : "This link carries no meeting charter: this page joined whatever group the server's " +
+          "room has (the policy above is that group's).") +
+        (state.charter && state.is_host
+          ? ` Links you hand out for this meeting should end with &charter=${state.charter}`
+          : ""),
+    ],
+    [
       "What the server can see",
       "The room name; who knocked and joined with which identity, when and from which address; " +
         "packet sizes and timing; which video quality layer each person gets; how loud each " +
@@ -693,6 +706,8 @@ window.conclave = {
             .map((s) => ({ slot: s.slot, leaf: s.leaf, name: nameOf(s.leaf), framesDecoded: decoded[s.slot] || 0, rtp: rtp[s.slot] }))
         : [],
       frames: state ? state.frames : null,
+      charter: state ? state.charter : null,
+      heldToCharter: state ? state.held_to_charter : false,
       connection: pc ? pc.connectionState : null,
       alarms: alarms.slice(),
     };

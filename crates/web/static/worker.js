@@ -178,6 +178,14 @@ async function start(msg) {
   const id = await identityFor(c.sub, name);
   post({ type: "identity", userId: c.sub, name, fingerprint: id.info.fingerprint, created: id.created });
   call = new wasm.Call(id.bytes, name, msg.room, !!msg.lobby);
+  if (msg.charter) {
+    try {
+      call.setCharter(msg.charter);
+    } catch (e) {
+      post({ type: "fatal", text: `This link's meeting charter is not valid: ${e}` });
+      return;
+    }
+  }
   wantProbe = !!msg.probe;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const sock = new WebSocket(`${scheme}//${location.host}/ws/${encodeURIComponent(msg.room)}`);
