@@ -33,8 +33,8 @@ pub mod net;
 use std::collections::{BTreeMap, VecDeque};
 
 use conclave_e2ee::{
-    Admission, Device, EpochChange, Fingerprint, Incoming, KeyPackageCard, MediaCrypto, RoomPolicy,
-    RosterEntry, SecurityCode, Session, Timestamp,
+    Admission, Device, EpochChange, Fingerprint, Incoming, KeyPackageCard, MediaCrypto, PinCheck,
+    RoomPolicy, RosterEntry, SecurityCode, Session, Timestamp, TrustStore,
 };
 use conclave_proto::{Bytes, ClientMsg, KnockId, KnockInfo, ServerMsg};
 use mls_rs::identity::SigningIdentity;
@@ -71,6 +71,16 @@ fn hosts_of(policy: &RoomPolicy) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The warning for a known user id with a new device key.
+fn key_changed(name: &str, user_id: &str, now: Fingerprint, pinned: Fingerprint) -> String {
+    format!(
+        "{name} ({user_id}) comes with a new device key {}; this device knew {} for that user id. \
+         Check with them (by voice, say) before trusting it",
+        now.short_code(),
+        pinned.short_code()
+    )
 }
 
 /// Errors of this crate.
@@ -198,6 +208,10 @@ pub struct Participant {
     /// The meeting's charter, from the link this participant was given: the only group policy
     /// it joins or creates.
     charter: Option<RoomPolicy>,
+    /// Trust on first use: the fingerprint this device first saw for each user id.
+    trust: Option<TrustStore>,
+    /// Whether `trust` gained pins that the runtime has not saved yet.
+    trust_changed: bool,
 }
 
 impl core::fmt::Debug for Participant {
@@ -234,6 +248,53 @@ impl Participant {
             events: VecDeque::new(),
             left: false,
             charter: None,
+            trust: None,
+            trust_changed: false,
+        }
+    }
+
+    /// Checks every member this participant sees against `pins` (trust on first use): a user
+    /// id seen for the first time is pinned to its device fingerprint; a known user id that
+    /// comes with another key raises an [`Event::Alarm`] that names both fingerprints (the
+    /// pin stays: a person decides). The runtime keeps the pins across calls
+    /// ([`Participant::take_trust_update`]).
+    pub fn set_trust_store(&mut self, pins: TrustStore) {
+        self.trust = Some(pins);
+    }
+
+    /// The pins as text ([`TrustStore::to_text`]) when they changed since the last call, for
+    /// the runtime to save.
+    pub fn take_trust_update(&mut self) -> Option<String> {
+        if !std::mem::take(&mut self.trust_changed) {
+            return None;
+        }
+        self.trust.as_ref().map(TrustStore::to_text)
+    }
+
+    /// Checks members against the pins (see [`Participant::set_trust_store`]).
+    fn check_pins<'a>(&mut self, members: impl IntoIterator<Item = &'a RosterEntry>) {
+        let Some(trust) = self.trust.as_mut() else {
+            return;
+        };
+        let own = self.device.identity().fingerprint().ok();
+        let mut alarms = Vec::new();
+        for m in members {
+            if Some(m.fingerprint) == own {
+                continue;
+            }
+            match trust.check(&m.user_id, m.fingerprint) {
+                PinCheck::FirstSeen => self.trust_changed = true,
+                PinCheck::Matches => {}
+                PinCheck::Changed { pinned } => alarms.push(key_changed(
+                    &m.display_name,
+                    &m.user_id,
+                    m.fingerprint,
+                    pinned,
+                )),
+            }
+        }
+        for a in alarms {
+            self.alarm(a);
         }
     }
 
@@ -420,6 +481,20 @@ impl Participant {
                 card.credential.user_id
             ));
         }
+        // A host sees a changed key before it admits, not after (a knock pins nothing).
+        let pinned = self
+            .trust
+            .as_ref()
+            .and_then(|t| t.pinned(&card.credential.user_id))
+            .filter(|p| *p != card.fingerprint);
+        if let Some(pinned) = pinned {
+            self.alarm(key_changed(
+                &card.credential.display_name,
+                &card.credential.user_id,
+                card.fingerprint,
+                pinned,
+            ));
+        }
         self.events.push_back(Event::Knock {
             knock: knock.knock,
             user_id: card.credential.user_id.clone(),
@@ -482,6 +557,7 @@ impl Participant {
             debug!(leaf = r.leaf, name = %r.display_name, "member removed");
         }
         self.install_keys(now)?;
+        self.check_pins(&change.added);
         let code = self
             .session
             .as_ref()
@@ -652,8 +728,10 @@ impl Participant {
                 }
                 let epoch = session.epoch();
                 let security_code = session.security_code()?;
+                let roster = session.roster()?;
                 self.session = Some(session);
                 self.install_keys(now)?;
+                self.check_pins(&roster);
                 info!(epoch, %security_code, "joined");
                 self.events.push_back(Event::Joined {
                     epoch,

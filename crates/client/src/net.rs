@@ -53,6 +53,10 @@ pub struct JoinOptions {
     /// The meeting's charter (`conclave join --charter`): join or create only a group with
     /// exactly this policy. `None`: take the group the room has.
     pub charter: Option<conclave_e2ee::RoomPolicy>,
+    /// Where this participant keeps its trust-on-first-use pins (user id to the device
+    /// fingerprint first seen for it), read at the start and written, mode 0600, when a pin
+    /// is added. A known user id with another key raises an alarm. `None`: no pinning.
+    pub pins_file: Option<std::path::PathBuf>,
 }
 
 /// The TLS connector for `wss://` URLs: the public web roots plus the certificates in
@@ -251,6 +255,20 @@ pub enum NetError {
     /// The core failed.
     #[error(transparent)]
     Core(#[from] Error),
+    /// A local file (the pins) could not be read or written.
+    #[error("local storage: {0}")]
+    Storage(String),
+}
+
+/// The trust-on-first-use pins kept at `path` (none yet if it does not exist). A file that
+/// does not parse is an error, not an empty store: forgetting pins would hide a changed key.
+pub fn load_pins(path: &std::path::Path) -> Result<conclave_e2ee::TrustStore, NetError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => conclave_e2ee::TrustStore::from_text(&text)
+            .map_err(|e| NetError::Storage(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(NetError::Storage(format!("{}: {e}", path.display()))),
+    }
 }
 
 /// Reconnection after a lost connection: the first wait, doubled per failed attempt up to
@@ -456,9 +474,10 @@ async fn run_once(
     };
     let mut p = Participant::new(device, &opts.room, opts.policy.clone(), opts.admit);
     if let Some(charter) = &opts.charter {
-        p = p
-            .with_charter(charter.clone())
-            .map_err(|e| NetError::Refused(e.to_string()))?;
+        p = p.with_charter(charter.clone())?;
+    }
+    if let Some(path) = &opts.pins_file {
+        p.set_trust_store(load_pins(path)?);
     }
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     let mut video_tick = tokio::time::interval(Duration::from_millis(33));
@@ -471,6 +490,11 @@ async fn run_once(
     let mut lost = false;
     let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
+        // New pins are saved before anything else happens.
+        if let (Some(path), Some(text)) = (&opts.pins_file, p.take_trust_update()) {
+            conclave_e2ee::write_private(path, text.as_bytes())
+                .map_err(|e| NetError::Storage(format!("{}: {e}", path.display())))?;
+        }
         // Flush what the core wants to send; surface events.
         while let Some(m) = p.poll_transmit() {
             if let Err(e) = sink.send(Message::Text(m.encode().into())).await {

@@ -37,10 +37,18 @@ pub(crate) struct JoinArgs {
     /// protects nothing (for automation that knows this). Open rooms admit automatically.
     #[arg(long, default_value = "ask")]
     admit: String,
-    /// Keep this device's identity here (created if missing) so its fingerprint stays the same
-    /// across calls; default: a fresh identity for this call.
+    /// Keep this device's identity here (created if missing, mode 0600) so its fingerprint
+    /// stays the same across calls [default: `device-<user id>.key` in the data directory].
     #[arg(long)]
     identity_file: Option<PathBuf>,
+    /// Where this participant keeps its device identity and its trust-on-first-use pins, one
+    /// of each per user id, so that several participants on one machine each keep their own
+    /// [default: $XDG_DATA_HOME/conclave/client or ~/.local/share/conclave/client].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A fresh device key for this call only, and no pins: nothing is read or written.
+    #[arg(long, conflicts_with_all = ["identity_file", "data_dir"])]
+    ephemeral: bool,
     /// Media to send: `synthetic` (audio every 20 ms, VP8-shaped video every 33 ms, each frame
     /// checkable by its receivers) or `none` (receive only).
     #[arg(long, default_value = "synthetic")]
@@ -71,15 +79,58 @@ pub(crate) struct JoinArgs {
     charter: Option<String>,
 }
 
-fn device(args: &JoinArgs, user_id: &str, name: &str) -> Result<Device> {
+/// A user id as a file name: letters, digits, `-`, `_` and `.` as they are, every other byte
+/// as `%XX`.
+fn file_id(user_id: &str) -> String {
+    user_id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Where `user_id`'s device identity and pins live (`None` each for `--ephemeral`).
+fn local_files(args: &JoinArgs, user_id: &str) -> (Option<PathBuf>, Option<PathBuf>) {
+    if args.ephemeral {
+        return (None, None);
+    }
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| conclave_server::config::default_data_dir().join("client"));
+    let id = file_id(user_id);
+    let identity = args
+        .identity_file
+        .clone()
+        .unwrap_or_else(|| dir.join(format!("device-{id}.key")));
+    (Some(identity), Some(dir.join(format!("pins-{id}.txt"))))
+}
+
+/// The device identity kept at `path` (made and written, mode 0600, on first use; its display
+/// name follows `name`), or a fresh one for this call.
+fn device_at(path: Option<&std::path::Path>, user_id: &str, name: &str) -> Result<Device> {
     let suite = RoomCipherSuite::Curve25519Aes128;
-    let identity = match &args.identity_file {
+    let identity = match path {
         Some(path) if path.exists() => {
             let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-            DeviceIdentity::from_bytes(&bytes)?.with_display_name(name)?
+            let id = DeviceIdentity::from_bytes(&bytes)
+                .with_context(|| format!("{}", path.display()))?;
+            if id.info().user_id != user_id {
+                bail!(
+                    "{} holds the device key of {:?}, not {user_id:?}",
+                    path.display(),
+                    id.info().user_id
+                );
+            }
+            id.with_display_name(name)?
         }
         Some(path) => {
             let id = DeviceIdentity::generate(suite, CredentialInfo::new(user_id, name)?)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+            }
             conclave_e2ee::write_private(path, &id.to_bytes()?)
                 .with_context(|| format!("{}", path.display()))?;
             id
@@ -148,7 +199,8 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         .map(conclave_e2ee::RoomPolicy::from_charter)
         .transpose()
         .context("--charter")?;
-    let device = device(&args, &user_id, &name)?;
+    let (identity_file, pins_file) = local_files(&args, &user_id);
+    let device = device_at(identity_file.as_deref(), &user_id, &name)?;
     let fingerprint = device.identity().fingerprint()?;
     let json = args.json;
     if !json {
@@ -174,6 +226,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         ca_file: args.ca_file.clone(),
         media_loss: 0.0,
         charter,
+        pins_file,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let summary = rt.block_on(async move {
@@ -315,5 +368,51 @@ mod tests {
         }
         let cli = Cli::parse_from(["x", "http://h", "--room", "r", "--token", "t"]);
         assert_eq!(cli.join.admit, "ask");
+    }
+
+    fn args(extra: &[&str]) -> JoinArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            join: JoinArgs,
+        }
+        let mut argv = vec!["x", "http://h", "--room", "r", "--token", "t"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).join
+    }
+
+    #[test]
+    fn a_device_keeps_its_identity_across_runs_one_per_user_id_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("conclave-join-{}", std::process::id()));
+        let d = dir.to_str().unwrap();
+        let a = args(&["--data-dir", d]);
+        let (alice_key, alice_pins) = local_files(&a, "alice@clinic/1");
+        let (bob_key, _) = local_files(&a, "bob");
+        assert_ne!(alice_key, bob_key);
+        assert!(alice_key
+            .as_ref()
+            .unwrap()
+            .ends_with("device-alice%40clinic%2F1.key"));
+        assert!(alice_pins.unwrap().ends_with("pins-alice%40clinic%2F1.txt"));
+        let first = device_at(alice_key.as_deref(), "alice@clinic/1", "Alice").unwrap();
+        let again = device_at(alice_key.as_deref(), "alice@clinic/1", "Alice B.").unwrap();
+        let bob = device_at(bob_key.as_deref(), "bob", "Bob").unwrap();
+        let fp = |d: &Device| d.identity().fingerprint().unwrap();
+        assert_eq!(fp(&first), fp(&again), "a new key on the second run");
+        assert_ne!(fp(&first), fp(&bob));
+        assert_eq!(again.identity().info().display_name, "Alice B.");
+        let mode = std::fs::metadata(alice_key.as_ref().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        // Another user's key file is refused, not used under the wrong name.
+        assert!(device_at(bob_key.as_deref(), "alice@clinic/1", "Alice").is_err());
+        // --ephemeral reads and writes nothing.
+        assert_eq!(local_files(&args(&["--ephemeral"]), "alice"), (None, None));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

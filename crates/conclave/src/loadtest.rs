@@ -412,6 +412,7 @@ impl Spawner {
             ca_file: None,
             media_loss: self.loss,
             charter: None,
+            pins_file: None,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let shared = self.shared.clone();

@@ -569,3 +569,57 @@ fn a_lobby_whose_members_are_gone_is_started_again_only_by_its_host() {
         Some(charter)
     );
 }
+
+#[test]
+fn a_known_user_id_with_a_new_device_key_raises_an_alarm() {
+    let mut net = open_room(1);
+    net.p(1)
+        .set_trust_store(conclave_e2ee::TrustStore::default());
+    // Bob is seen for the first time: pinned, and the runtime is given the pins to keep.
+    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Auto);
+    let pins = net.p(1).take_trust_update().expect("bob was pinned");
+    let bob_fp = net
+        .p(2)
+        .roster()
+        .iter()
+        .find(|e| e.user_id == "bob")
+        .unwrap()
+        .fingerprint;
+    assert!(pins.contains(&bob_fp.to_hex()), "{pins}");
+    assert!(alarms(&net, 1).is_empty());
+    // Bob leaves; a "bob" with another device key (one the server made, say) comes in.
+    net.p(2).leave().unwrap();
+    net.settle();
+    net.join(3, "bob", NewRoomPolicy::Open, AdmitMode::Auto);
+    let a = alarms(&net, 1);
+    assert!(
+        a.iter()
+            .any(|a| a.contains("bob") && a.contains("new device key")),
+        "{a:?}"
+    );
+    // The pin stays the first key: the person decides.
+    assert!(net.p(1).take_trust_update().is_none());
+
+    // A joiner that knew bob (its pins came from its last call) sees it as it joins.
+    let mut known = conclave_e2ee::TrustStore::default();
+    known.check("bob", bob_fp);
+    let mut p = Participant::new(device("dan"), "room", NewRoomPolicy::Open, AdmitMode::Auto);
+    p.set_trust_store(known);
+    net.join_as(4, "dan", p);
+    assert!(alarms(&net, 4).iter().any(|a| a.contains("new device key")));
+}
+
+#[test]
+fn a_lobby_host_is_warned_of_a_changed_key_before_it_admits() {
+    let mut net = Net::new();
+    let mut host = Participant::new(device("host"), "room", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    let mut pins = conclave_e2ee::TrustStore::default();
+    pins.check("bob", device("bob").identity().fingerprint().unwrap());
+    host.set_trust_store(pins);
+    net.join_as(1, "host", host);
+    // A "bob" with another key knocks.
+    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    let _ = knock_of(&net, 1, "bob");
+    assert!(alarms(&net, 1).iter().any(|a| a.contains("new device key")));
+    assert_eq!(net.ds.member_count("room"), 1, "nobody was admitted");
+}

@@ -209,6 +209,21 @@ impl TrustStore {
         }
     }
 
+    /// The fingerprint pinned for `user_id`, if any.
+    pub fn pinned(&self, user_id: &str) -> Option<Fingerprint> {
+        self.pins.get(user_id).copied()
+    }
+
+    /// How many user ids are pinned.
+    pub fn len(&self) -> usize {
+        self.pins.len()
+    }
+
+    /// Whether nothing is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.pins.is_empty()
+    }
+
     /// Accepts a new key for a user after the person verified it.
     pub fn repin(&mut self, user_id: &str, fingerprint: Fingerprint) {
         self.pins.insert(user_id.to_owned(), fingerprint);

@@ -94,7 +94,8 @@ pub struct ServerConfig {
     pub web: &'static [crate::web::WebAsset],
 }
 
-fn default_data_dir() -> PathBuf {
+/// The default data directory: `$XDG_DATA_HOME/conclave`, or `~/.local/share/conclave`.
+pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("conclave");
     }

@@ -156,6 +156,7 @@ fn client_full(
         ca_file,
         media_loss: 0.0,
         charter: None,
+        pins_file: None,
     };
     let (tx, rx) = mpsc::channel(8);
     let (etx, erx) = mpsc::unbounded_channel();
