@@ -246,6 +246,23 @@ impl Call {
         self.p.set_charter(policy).map_err(js)
     }
 
+    /// Trust on first use: the pins this browser kept for its user id (the text
+    /// [`Call::take_pins`] gave earlier; empty for none). Every member and knock is checked
+    /// against them; a known user id with a new key raises an alarm. A text that does not
+    /// parse is an error (forgetting pins would hide a changed key).
+    #[wasm_bindgen(js_name = setPins)]
+    pub fn set_pins(&mut self, text: &str) -> Result<(), WebError> {
+        let pins = conclave_e2ee::TrustStore::from_text(text).map_err(js)?;
+        self.p.set_trust_store(pins);
+        Ok(())
+    }
+
+    /// The pins as text when they changed (to keep in IndexedDB), or `undefined`.
+    #[wasm_bindgen(js_name = takePins)]
+    pub fn take_pins(&mut self) -> Option<String> {
+        self.p.take_trust_update()
+    }
+
     /// Handles one text message from the server. A message that does not decode, or that the
     /// core refuses, becomes an alarm event (the call goes on); the error names it.
     pub fn handle(&mut self, text: &str, now_ms: f64, random: u32) -> Result<(), WebError> {

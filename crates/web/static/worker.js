@@ -82,7 +82,17 @@ async function identityFor(userId, name) {
 
 // --- signaling ---------------------------------------------------------------------------
 
+// Trust-on-first-use pins of this user id, kept beside its device key.
+let pinsKey = null;
+function savePins() {
+  const text = call && call.takePins();
+  if (text !== undefined && pinsKey) {
+    idbPut(pinsKey, text).catch((e) => post({ type: "warning", text: `could not keep the pinned keys (${e})` }));
+  }
+}
+
 function flush() {
+  savePins();
   if (!call || !ws || ws.readyState !== WebSocket.OPEN) return;
   let m;
   while ((m = call.pollTransmit()) !== undefined) ws.send(m);
@@ -178,6 +188,14 @@ async function start(msg) {
   const id = await identityFor(c.sub, name);
   post({ type: "identity", userId: c.sub, name, fingerprint: id.info.fingerprint, created: id.created });
   call = new wasm.Call(id.bytes, name, msg.room, !!msg.lobby);
+  pinsKey = `pins:${c.sub}`;
+  const pins = await idbGet(pinsKey).catch(() => undefined);
+  try {
+    call.setPins(typeof pins === "string" ? pins : "");
+  } catch (e) {
+    post({ type: "fatal", text: `The keys this browser pinned earlier are unreadable (${e}); not joining.` });
+    return;
+  }
   if (msg.charter) {
     try {
       call.setCharter(msg.charter);

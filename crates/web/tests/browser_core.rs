@@ -176,6 +176,38 @@ fn browser_never_seals_a_frame_without_a_key() {
 }
 
 #[test]
+fn browser_pins_keys_and_warns_when_a_known_user_id_comes_with_a_new_one() {
+    // The browser saw "ada" with another device key in an earlier call (its pins, as the
+    // worker keeps them in IndexedDB).
+    let mut room = Room::new();
+    let other = device("ada").identity().fingerprint().unwrap();
+    room.browser
+        .set_pins(&format!("{} ada\n", other.to_hex()))
+        .unwrap();
+    room.connect_browser();
+    let events = room.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "alarm"
+                && e["reason"].as_str().unwrap().contains("new device key")),
+        "{events:?}"
+    );
+    // No new pin was made for ada (the person decides); garbage pins are refused.
+    assert!(room.browser.take_pins().is_none());
+    assert!(room.browser.set_pins("not a pin line").is_err());
+
+    // A browser with no pins pins what it sees, for the worker to keep.
+    let mut fresh = Room::new();
+    fresh.browser.set_pins("").unwrap();
+    fresh.connect_browser();
+    let pins = fresh.browser.take_pins().expect("ada pinned");
+    let ada = fresh.native(NATIVE).session().unwrap().own_leaf();
+    let ada_fp = fresh.native(NATIVE).member(ada).unwrap().fingerprint;
+    assert!(pins.contains(&format!("{} ada", ada_fp.to_hex())), "{pins}");
+}
+
+#[test]
 fn browser_and_native_member_open_each_others_frames_and_show_one_code() {
     let mut room = Room::new();
     room.connect_browser();
