@@ -106,6 +106,9 @@ pub enum NewRoomPolicy {
     Open,
     /// This device is the host; it admits each knock (see [`AdmitMode`]).
     Lobby,
+    /// Only these devices (by fingerprint), and bearers of invites this device signs, may be
+    /// added; any member adds them. This device is the host.
+    InviteList(Vec<Fingerprint>),
 }
 
 /// How a lobby host admits knocks. (In open and invite-list rooms nobody decides: the
@@ -605,6 +608,11 @@ impl Participant {
                         (None, NewRoomPolicy::Lobby) => {
                             RoomPolicy::lobby(&self.room, &[self.device.identity()])
                         }
+                        (None, NewRoomPolicy::InviteList(allowed)) => RoomPolicy::invite_list(
+                            &self.room,
+                            &[self.device.identity()],
+                            allowed.clone(),
+                        ),
                     };
                     let session = self.device.create_room(policy, Some(server), now)?;
                     self.out.push_back(ClientMsg::CreateGroup {
@@ -781,9 +789,6 @@ impl Participant {
         let mut devices: Vec<Fingerprint> = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for k in &knocks {
-            if lobby && !host {
-                continue;
-            }
             let card = match s.check_joiner(&k.key_package.0, now) {
                 Ok(card) => card,
                 Err(e) => {
@@ -791,10 +796,16 @@ impl Participant {
                     continue;
                 }
             };
-            // A lobby host's person approved these exact bytes (not whatever the server now
-            // sends under the same knock number).
+            // A host's own device coming back needs nobody's approval (the policy names its
+            // key, and only it can sign such a KeyPackage); anyone else in a lobby is added by
+            // a host only, and only with these exact bytes approved by its person (not
+            // whatever the server now sends under the same knock number).
+            let returning_host = lobby && s.policy().is_host(&card.signature_key);
             let approved = self.approved.iter().any(|(d, _)| *d == card.digest);
-            if lobby && self.admit_mode == AdmitMode::Ask && !approved {
+            if lobby
+                && !returning_host
+                && (!host || (self.admit_mode == AdmitMode::Ask && !approved))
+            {
                 continue;
             }
             // One KeyPackage per device in one commit.

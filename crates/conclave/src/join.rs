@@ -28,9 +28,15 @@ pub(crate) struct JoinArgs {
     /// Print one JSON summary as the last line at exit.
     #[arg(long)]
     pub(crate) json: bool,
-    /// If this participant creates the room: open (default) or lobby (it becomes the host).
+    /// If this participant creates the room: open (default), lobby (it becomes the host and
+    /// admits each knock) or invite-list (only the devices given with --allow may be added,
+    /// by any member).
     #[arg(long, default_value = "open")]
     policy: String,
+    /// For --policy invite-list: the fingerprint (64 hex characters, as `--json` rosters and
+    /// `conclave join` print them) of a device that may be added; repeat for each.
+    #[arg(long)]
+    allow: Vec<String>,
     /// How a lobby host admits knocks: `ask` (a y/N prompt per knock on the terminal, showing
     /// the name, user id and device fingerprint from the knocker's own KeyPackage), or
     /// `danger-auto`, which admits every knock the server passes on, so that the lobby
@@ -185,8 +191,22 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
     let policy = match args.policy.as_str() {
         "open" => NewRoomPolicy::Open,
         "lobby" => NewRoomPolicy::Lobby,
-        other => bail!("--policy {other}: open or lobby"),
+        "invite-list" => {
+            let allowed = args
+                .allow
+                .iter()
+                .map(|f| {
+                    conclave_e2ee::Fingerprint::from_hex(f)
+                        .with_context(|| format!("--allow {f:?}: 64 hex characters"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            NewRoomPolicy::InviteList(allowed)
+        }
+        other => bail!("--policy {other}: open, lobby or invite-list"),
     };
+    if !args.allow.is_empty() && !matches!(policy, NewRoomPolicy::InviteList(_)) {
+        bail!("--allow is for --policy invite-list");
+    }
     let admit = admit_mode(&args.admit, &policy)?;
     let duration = args
         .duration
@@ -205,8 +225,10 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
     let json = args.json;
     if !json {
         println!(
-            "joining {} as {name} ({user_id}), device fingerprint {fingerprint}",
-            args.room
+            "joining {} as {name} ({user_id}), device fingerprint {fingerprint} (in full, for \
+             --allow: {})",
+            args.room,
+            fingerprint.to_hex()
         );
     }
     let opts = JoinOptions {

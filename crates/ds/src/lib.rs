@@ -1302,6 +1302,18 @@ impl Ds {
         let lobby = policy_of(&group.group_context().extensions)
             .ok()
             .filter(|p| matches!(p.admission, Admission::Lobby(_)));
+        // In a lobby, adds wait for a host; but removals must not wait for a host who does
+        // not answer, so with proposals pending any member commits them (a non-host's commit
+        // adds nobody). The same for a host's own device knocking to come back: any member
+        // may add it (the policy allows that), so a lobby whose host dropped is not locked.
+        let host_back = lobby.as_ref().is_some_and(|p| {
+            room.knocks.iter().any(|k| {
+                p.is_host(&mls_rs_core::crypto::SignaturePublicKey::new(
+                    k.signature_key.clone(),
+                ))
+            })
+        });
+        let hosts_only = adds && room.pending_proposals == 0 && !host_back;
         let mut online: Vec<(u32, ConnId)> = Vec::new();
         for c in &room.conns {
             if room.skipped.contains(c) {
@@ -1312,10 +1324,7 @@ impl Ds {
                 if room.proposed_removals.contains(&l) {
                     continue;
                 }
-                // In a lobby, adds wait for a host; but removals must not wait for a host
-                // who does not answer, so with proposals pending any member commits them
-                // (a non-host's commit adds nobody).
-                let eligible = match (&lobby, adds && room.pending_proposals == 0) {
+                let eligible = match (&lobby, hosts_only) {
                     (Some(p), true) => group
                         .roster()
                         .members_iter()

@@ -623,3 +623,81 @@ fn a_lobby_host_is_warned_of_a_changed_key_before_it_admits() {
     assert!(alarms(&net, 1).iter().any(|a| a.contains("new device key")));
     assert_eq!(net.ds.member_count("room"), 1, "nobody was admitted");
 }
+
+#[test]
+fn a_lobby_host_who_dropped_comes_back_and_admits_again() {
+    let mut net = Net::new();
+    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new("host", "host").unwrap()).unwrap();
+    let bytes = id.to_bytes().unwrap();
+    let host = Device::new(id, GroupStore::memory()).unwrap();
+    let charter = lobby_charter(&host);
+    let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter.clone())
+        .unwrap();
+    net.join_as(1, "host", p);
+    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    let (knock, _) = knock_of(&net, 1, "bob");
+    let now = net.now;
+    net.p(1).admit(knock, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 2);
+    // The host's connection drops; bob stays. The host's device comes back and knocks:
+    // bob (no host) adds it back, since the policy names its key.
+    net.parts.remove(&1);
+    net.ds.disconnect(1, net.now);
+    let again = Device::new(
+        DeviceIdentity::from_bytes(&bytes).unwrap(),
+        GroupStore::memory(),
+    )
+    .unwrap();
+    let p = Participant::new(again, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter)
+        .unwrap();
+    net.join_as(3, "host", p);
+    assert!(net.p(3).is_host(), "the host is not back in its lobby");
+    assert_eq!(
+        net.ds.member_count("room"),
+        2,
+        "the stale leaf is gone, the host back"
+    );
+    // And it admits again.
+    net.join(4, "cy", NewRoomPolicy::Open, AdmitMode::Ask);
+    let (knock, _) = knock_of(&net, 3, "cy");
+    let now = net.now;
+    net.p(3).admit(knock, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 3);
+    let codes = net.codes();
+    assert!(codes.windows(2).all(|w| w[0] == w[1]), "{codes:?}");
+}
+
+#[test]
+fn an_invite_list_room_admits_listed_devices_and_the_ds_refuses_others_at_the_knock() {
+    let mut net = Net::new();
+    let bob = device("bob");
+    let bob_fp = bob.identity().fingerprint().unwrap();
+    let p = Participant::new(
+        device("host"),
+        "room",
+        NewRoomPolicy::InviteList(vec![bob_fp]),
+        AdmitMode::Ask,
+    );
+    net.join_as(1, "host", p);
+    assert_eq!(
+        net.p(1).session().map(|s| s.policy().kind()),
+        Some("invite-list")
+    );
+    net.join_with(2, "bob", bob, NewRoomPolicy::Open, AdmitMode::Ask);
+    assert_eq!(net.ds.member_count("room"), 2, "bob is listed");
+    net.join(3, "eve", NewRoomPolicy::Open, AdmitMode::Ask);
+    assert_eq!(net.ds.member_count("room"), 2);
+    assert!(net.seen[&3].iter().any(|m| matches!(
+        m,
+        ServerMsg::Error { code: ErrorCode::Rejected, reason } if reason.contains("invite list")
+    )));
+    // Eve's knock never reached a committer.
+    assert!(!net.seen[&1].iter().any(|m| matches!(
+        m,
+        ServerMsg::CommitRequest { knocks, .. } if knocks.iter().any(|k| k.user_id == "eve")
+    )));
+}

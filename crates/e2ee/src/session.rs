@@ -316,7 +316,9 @@ impl Device {
         Session::new(group, suite, policy)
     }
 
-    /// Reloads a group written by [`Session::save`] (after a restart).
+    /// Reloads a group written by [`Session::save`] (after a restart). It gives no media keys
+    /// until its next epoch ([`Session::epoch_secrets`]): the SFrame counters of the epoch it
+    /// was saved in are gone, and restarting them would reuse nonces.
     pub fn load(&self, group_id: &[u8]) -> Result<Session> {
         let group = self
             .client
@@ -325,7 +327,9 @@ impl Device {
         let policy = policy_of(&group.context().extensions)?;
         let suite = RoomCipherSuite::from_mls(group.cipher_suite())
             .ok_or(PolicyViolation::UnsupportedSuite)?;
-        Session::new(group, suite, policy)
+        let mut session = Session::new(group, suite, policy)?;
+        session.reloaded_in = Some(session.epoch());
+        Ok(session)
     }
 }
 
@@ -340,6 +344,10 @@ pub struct Session {
     /// a group, so only adds and removes touch it). Saves decoding and hashing every member's
     /// credential on every commit.
     roster: Vec<Option<RosterEntry>>,
+    /// The epoch this session was reloaded in ([`Device::load`]): its SFrame counters were
+    /// lost with the process, so sealing again under that epoch's key would reuse nonces. No
+    /// media keys until the group moves to a new epoch (a self-update).
+    reloaded_in: Option<u64>,
 }
 
 impl fmt::Debug for Session {
@@ -371,6 +379,7 @@ impl Session {
             policy,
             pending_commit: None,
             roster: Vec::new(),
+            reloaded_in: None,
         };
         session.fill_roster()?;
         Ok(session)
@@ -404,6 +413,7 @@ impl Session {
             policy: self.policy.clone(),
             pending_commit: self.pending_commit.clone(),
             roster: self.roster.clone(),
+            reloaded_in: self.reloaded_in,
         }
     }
 
@@ -466,6 +476,12 @@ impl Session {
     /// The SFrame secrets of the current epoch (RFC 9605 section 5.2), for
     /// [`MediaCrypto::install_epoch`](crate::MediaCrypto::install_epoch).
     pub fn epoch_secrets(&self) -> Result<EpochSecrets> {
+        if self.reloaded_in == Some(self.epoch()) {
+            return Err(Error::Usage(
+                "a reloaded session has no media keys until its next epoch (self-update first): \
+                 its SFrame counters for this epoch were lost",
+            ));
+        }
         let nk = sframe_suite(self.suite).key_len();
         let base_key = self
             .group

@@ -46,6 +46,9 @@ fn client_survives_restart_with_state_on_disk() {
         code,
         "same state as before the crash"
     );
+    // Its SFrame counters for this epoch died with the process: no media keys (no nonce
+    // reuse) until the group moves on.
+    assert!(matches!(s.epoch_secrets(), Err(Error::Usage(_))));
     s.process(&b.commit, T0).unwrap();
     assert_eq!(
         s.security_code().unwrap(),

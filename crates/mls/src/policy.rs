@@ -423,7 +423,12 @@ pub fn check_add(
     match &policy.admission {
         Admission::Open => Ok(()),
         Admission::Lobby(hosts) => {
-            if hosts.contains(&adder.signature_key) {
+            // A host admits; and a host's own device (a KeyPackage signed by a key the policy
+            // names) may be added back by any member, so a lobby whose host dropped is not
+            // locked for good. Nobody else gets in that way: only the host holds that key.
+            if hosts.contains(&adder.signature_key)
+                || hosts.contains(&add.signing_identity().signature_key)
+            {
                 Ok(())
             } else {
                 Err(PolicyViolation::NotAHost {
