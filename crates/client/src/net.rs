@@ -532,6 +532,12 @@ async fn run_once(
         let (media_active, media_sending, media_deadline) =
             (media.active(), media.sending(), media.next_timeout());
         let media_socket = media.socket.clone();
+        // Old epochs' keys are erased when their grace window ends, whether or not a frame
+        // arrives then.
+        let keys_deadline = p
+            .media_ref()
+            .poll_timeout()
+            .map(|t| tokio::time::Instant::now() + t.saturating_since(now()));
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => match ServerMsg::decode(&t) {
@@ -596,6 +602,7 @@ async fn run_once(
             },
             r = recv_owned(media_socket.as_deref()), if media_active => media.received(r, &mut p),
             _ = sleep_until_opt(media_deadline), if media_active => media.timeout(&mut p),
+            _ = sleep_until_opt(keys_deadline), if keys_deadline.is_some() => p.media().handle_timeout(now()),
             _ = audio_tick.tick(), if media_sending && opts.send_audio => media.send(str0m::media::MediaKind::Audio, &mut p),
             _ = video_tick.tick(), if media_sending && opts.send_video => media.send(str0m::media::MediaKind::Video, &mut p),
             _ = tokio::time::sleep(until_update.unwrap_or(Duration::from_secs(3600))), if until_update.is_some() => {
