@@ -261,7 +261,16 @@ impl Participant {
     /// comes with another key raises an [`Event::Alarm`] that names both fingerprints (the
     /// pin stays: a person decides). The runtime keeps the pins across calls
     /// ([`Participant::take_trust_update`]).
-    pub fn set_trust_store(&mut self, pins: TrustStore) {
+    pub fn set_trust_store(&mut self, mut pins: TrustStore) {
+        // Our own user id is pinned to this device, so another device that claims it shows.
+        let info = self.device.identity().info();
+        if let (None, Ok(fp)) = (
+            pins.pinned(&info.user_id),
+            self.device.identity().fingerprint(),
+        ) {
+            pins.repin(&info.user_id, fp);
+            self.trust_changed = true;
+        }
         self.trust = Some(pins);
     }
 
@@ -737,6 +746,18 @@ impl Participant {
                 let epoch = session.epoch();
                 let security_code = session.security_code()?;
                 let roster = session.roster()?;
+                if self.charter.is_none() && !matches!(self.policy, NewRoomPolicy::Open) {
+                    let own = self.device.identity().public_key();
+                    if !session.policy().is_host(own) {
+                        self.alarm(format!(
+                            "this device was to host the meeting, but the room already had a group ({} hosted by {}): \
+                             if you made this meeting, the server may have put you in a group of its own; a link \
+                             with the meeting's charter prevents this",
+                            session.policy().kind(),
+                            hosts_of(session.policy())
+                        ));
+                    }
+                }
                 self.session = Some(session);
                 self.install_keys(now)?;
                 self.check_pins(&roster);
@@ -796,16 +817,10 @@ impl Participant {
                     continue;
                 }
             };
-            // A host's own device coming back needs nobody's approval (the policy names its
-            // key, and only it can sign such a KeyPackage); anyone else in a lobby is added by
-            // a host only, and only with these exact bytes approved by its person (not
-            // whatever the server now sends under the same knock number).
-            let returning_host = lobby && s.policy().is_host(&card.signature_key);
+            // In a lobby, only a host adds, and only these exact bytes approved by its person
+            // (not whatever the server now sends under the same knock number).
             let approved = self.approved.iter().any(|(d, _)| *d == card.digest);
-            if lobby
-                && !returning_host
-                && (!host || (self.admit_mode == AdmitMode::Ask && !approved))
-            {
+            if lobby && (!host || (self.admit_mode == AdmitMode::Ask && !approved)) {
                 continue;
             }
             // One KeyPackage per device in one commit.

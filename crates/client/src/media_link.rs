@@ -57,6 +57,12 @@ pub struct SenderCounts {
     /// Frames sealed under an epoch from before we joined (unreadable by design, not a
     /// failure).
     pub before_join: u64,
+    /// Frames that arrived while this device held no keys at all (before its first epoch or
+    /// after it left): not a failure.
+    pub without_keys: u64,
+    /// Frames held for an epoch not reached yet and not released (still held, or dropped by
+    /// the hold queue's bounds).
+    pub held: u64,
     /// Of the decrypted video frames, the first one seen in each epoch was a keyframe.
     pub keyframe_first_per_epoch: bool,
     /// Epochs in which video from this sender was decrypted.
@@ -83,7 +89,8 @@ pub struct MediaLink {
     voices: BTreeMap<u32, conclave_sfu::Voice>,
     /// (sender, epoch) pairs in which a video frame was seen, recent epochs only.
     first_in_epoch: BTreeSet<(u32, u64)>,
-    held: HoldQueue<MediaKind>,
+    /// Held frames, tagged with their kind and the sender their KID names.
+    held: HoldQueue<(MediaKind, u32)>,
     /// Frames sealed and written.
     pub sent: u64,
     /// Video keyframes sealed and written (top layer).
@@ -631,9 +638,12 @@ impl MediaLink {
 
     /// Retries frames held for a future epoch (after a new epoch's keys were installed).
     pub fn release_held(&mut self, media: &mut MediaCrypto, now: Instant, ts: Timestamp) {
-        for (kind, result) in self.held.release(media, ts) {
+        for ((kind, sender), result) in self.held.release(media, ts) {
+            let c = self.counts.entry(sender).or_default();
+            c.held = c.held.saturating_sub(1);
             self.account(
                 kind,
+                sender,
                 now,
                 result.map(|(info, plain)| (info.sender, info.epoch, plain)),
             );
@@ -652,9 +662,12 @@ impl MediaLink {
         c.speaking = voice.speaking();
     }
 
+    /// Counts one frame's outcome; `kid_sender` is the sender its KID names (for errors that
+    /// name none).
     fn account(
         &mut self,
         kind: MediaKind,
+        kid_sender: u32,
         now: Instant,
         result: Result<(u32, u64, Vec<u8>), FrameError>,
     ) {
@@ -713,18 +726,22 @@ impl MediaLink {
             Err(FrameError::BeforeJoin { sender, .. }) => {
                 self.counts.entry(sender).or_default().before_join += 1;
             }
+            Err(FrameError::NotReady) => {
+                self.counts.entry(kid_sender).or_default().without_keys += 1;
+            }
             Err(e) => {
-                if let Some(sender) = e.sender() {
-                    let c = self.counts.entry(sender).or_default();
-                    c.failed += 1;
-                    let kind = format!("{e:?}");
-                    let kind = kind
-                        .split([' ', '(', '{'])
-                        .next()
-                        .unwrap_or("other")
-                        .to_owned();
-                    *c.failure_kinds.entry(kind).or_default() += 1;
-                }
+                let c = self
+                    .counts
+                    .entry(e.sender().unwrap_or(kid_sender))
+                    .or_default();
+                c.failed += 1;
+                let kind = format!("{e:?}");
+                let kind = kind
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap_or("other")
+                    .to_owned();
+                *c.failure_kinds.entry(kind).or_default() += 1;
             }
         }
     }
@@ -770,21 +787,31 @@ impl MediaLink {
                             continue;
                         };
                         let clear = clear_for(kind);
-                        if let Ok((sender, _)) = MediaCrypto::peek(&d.data, clear) {
-                            self.counts.entry(sender).or_default().received += 1;
-                        }
+                        // Every frame whose KID names a sender is counted as received, and
+                        // then in exactly one of: decrypted, failed, before join, duplicate,
+                        // without keys, held.
+                        let Ok((sender, _)) = MediaCrypto::peek(&d.data, clear) else {
+                            continue;
+                        };
+                        self.counts.entry(sender).or_default().received += 1;
                         let mut plain = Vec::with_capacity(d.data.len());
                         match media.open(&d.data, clear, &mut plain, ts) {
                             Err(FrameError::FutureEpoch { .. }) => {
-                                self.held.hold(kind, d.data.to_vec(), clear, ts)
+                                self.counts.entry(sender).or_default().held += 1;
+                                self.held.hold((kind, sender), d.data.to_vec(), clear, ts)
                             }
                             Ok(info) => {
                                 if kind == MediaKind::Audio {
                                     self.hear(info.sender, d.ext_vals.audio_level, now);
                                 }
-                                self.account(kind, now, Ok((info.sender, info.epoch, plain)))
+                                self.account(
+                                    kind,
+                                    sender,
+                                    now,
+                                    Ok((info.sender, info.epoch, plain)),
+                                )
                             }
-                            Err(e) => self.account(kind, now, Err(e)),
+                            Err(e) => self.account(kind, sender, now, Err(e)),
                         }
                     }
                     _ => {}

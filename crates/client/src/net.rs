@@ -150,6 +150,16 @@ pub struct SenderLine {
     pub frames_failed: u64,
     /// Frames sealed before we joined (unreadable by design).
     pub frames_before_join: u64,
+    /// Frames that arrived twice (retransmissions): the first copy was used.
+    pub frames_duplicate: u64,
+    /// Frames that arrived while this device held no keys (before its first epoch, or after
+    /// it left).
+    pub frames_without_keys: u64,
+    /// Frames held for an epoch this device never reached in time (still held at the end,
+    /// or dropped from the hold queue). With the counts above, every received frame is in
+    /// exactly one: `frames_received` = decrypted + failed + before join + duplicate +
+    /// without keys + held.
+    pub frames_held: u64,
     /// Whether the first frame seen from this sender in every epoch was a keyframe (video).
     pub keyframe_first_in_each_epoch: bool,
     /// Why frames failed, by kind.
@@ -411,6 +421,9 @@ fn merge(earlier: Option<Summary>, mut later: Summary) -> Summary {
                 l.frames_unchecked += old.frames_unchecked;
                 l.frames_failed += old.frames_failed;
                 l.frames_before_join += old.frames_before_join;
+                l.frames_duplicate += old.frames_duplicate;
+                l.frames_without_keys += old.frames_without_keys;
+                l.frames_held += old.frames_held;
                 l.keyframe_first_in_each_epoch &= old.keyframe_first_in_each_epoch;
                 l.speech_ms += old.speech_ms;
                 for (k, v) in old.failure_kinds {
@@ -740,6 +753,9 @@ impl CallState {
                     frames_unchecked: c.unchecked,
                     frames_failed: c.failed,
                     frames_before_join: c.before_join,
+                    frames_duplicate: c.duplicates,
+                    frames_without_keys: c.without_keys,
+                    frames_held: c.held,
                     keyframe_first_in_each_epoch: c.keyframe_first_per_epoch,
                     failure_kinds: c.failure_kinds.clone(),
                     speaking: c.speaking,

@@ -499,6 +499,7 @@ impl Ds {
         room.conns.retain(|x| *x != conn);
         // A knock dies with its connection, early or not.
         room.early.retain(|(x, _)| *x != conn);
+        room.declined.retain(|x| *x != conn);
         info!(conn, room = %c.room, state = ?c.state, "disconnected");
         match c.state {
             ConnState::Member(leaf) => {
@@ -1304,16 +1305,8 @@ impl Ds {
             .filter(|p| matches!(p.admission, Admission::Lobby(_)));
         // In a lobby, adds wait for a host; but removals must not wait for a host who does
         // not answer, so with proposals pending any member commits them (a non-host's commit
-        // adds nobody). The same for a host's own device knocking to come back: any member
-        // may add it (the policy allows that), so a lobby whose host dropped is not locked.
-        let host_back = lobby.as_ref().is_some_and(|p| {
-            room.knocks.iter().any(|k| {
-                p.is_host(&mls_rs_core::crypto::SignaturePublicKey::new(
-                    k.signature_key.clone(),
-                ))
-            })
-        });
-        let hosts_only = adds && room.pending_proposals == 0 && !host_back;
+        // adds nobody).
+        let hosts_only = adds && room.pending_proposals == 0;
         let mut online: Vec<(u32, ConnId)> = Vec::new();
         for c in &room.conns {
             if room.skipped.contains(c) {
@@ -1339,6 +1332,14 @@ impl Ds {
         }
         let tree = group.exported_tree();
         let Some(leaf) = committer::designated(&tree, online.iter().map(|(l, _)| *l)) else {
+            if !room.skipped.is_empty() {
+                // Everyone who could commit let a request time out (slow, not gone): ask them
+                // all again rather than leave the room stuck.
+                room.skipped.clear();
+                room.work_since = Some(now);
+                debug!(room = room_name, "every committer was slow; asking again");
+                return self.schedule(room_name, now);
+            }
             debug!(
                 room = room_name,
                 "work waiting, but no member can commit it"

@@ -251,6 +251,32 @@ fn an_open_room_whose_members_all_left_can_be_started_again() {
 }
 
 #[test]
+fn a_room_whose_every_committer_was_slow_asks_them_again() {
+    let mut net = open_room(2);
+    // Both members miss their first commit request (slow, not gone).
+    let missed = std::rc::Rc::new(std::cell::Cell::new(0));
+    for c in [1, 2] {
+        let missed = missed.clone();
+        net.rewrite.insert(
+            c,
+            Box::new(move |m| match m {
+                ServerMsg::CommitRequest { .. } if missed.get() < 2 => {
+                    missed.set(missed.get() + 1);
+                    vec![]
+                }
+                m => vec![m],
+            }),
+        );
+    }
+    net.join(3, "user3", NewRoomPolicy::Open, AdmitMode::Auto);
+    for _ in 0..4 {
+        net.advance(DsConfig::default().commit_timeout);
+    }
+    assert_eq!(missed.get(), 2, "both were asked and missed it");
+    assert_eq!(net.ds.member_count("room"), 3, "the room stayed stuck");
+}
+
+#[test]
 fn lobby_knock_waits_for_the_host_and_can_be_denied() {
     let mut net = Net::new();
     net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);

@@ -625,50 +625,25 @@ fn a_lobby_host_is_warned_of_a_changed_key_before_it_admits() {
 }
 
 #[test]
-fn a_lobby_host_who_dropped_comes_back_and_admits_again() {
-    let mut net = Net::new();
-    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new("host", "host").unwrap()).unwrap();
-    let bytes = id.to_bytes().unwrap();
-    let host = Device::new(id, GroupStore::memory()).unwrap();
+fn a_copy_of_the_charters_lobby_made_by_the_server_cannot_take_in_the_host() {
+    // The server's device makes "room" a lobby with exactly the charter's policy (hosted by
+    // the real host's key, which it cannot sign with) and tries to add the host when it
+    // knocks: only a host may add, even the host's own device, so the copy stays empty.
+    let host = device("host");
     let charter = lobby_charter(&host);
-    let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
-        .with_charter(charter.clone())
-        .unwrap();
-    net.join_as(1, "host", p);
-    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
-    let (knock, _) = knock_of(&net, 1, "bob");
-    let now = net.now;
-    net.p(1).admit(knock, now).unwrap();
-    net.settle();
-    assert_eq!(net.ds.member_count("room"), 2);
-    // The host's connection drops; bob stays. The host's device comes back and knocks:
-    // bob (no host) adds it back, since the policy names its key.
-    net.parts.remove(&1);
-    net.ds.disconnect(1, net.now);
-    let again = Device::new(
-        DeviceIdentity::from_bytes(&bytes).unwrap(),
-        GroupStore::memory(),
-    )
-    .unwrap();
-    let p = Participant::new(again, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
-        .with_charter(charter)
-        .unwrap();
-    net.join_as(3, "host", p);
-    assert!(net.p(3).is_host(), "the host is not back in its lobby");
-    assert_eq!(
-        net.ds.member_count("room"),
-        2,
-        "the stale leaf is gone, the host back"
+    let server_device = device("server-device");
+    let mut copy = server_device
+        .create_room(charter, None, T0)
+        .expect("a group with the charter's policy");
+    let kp = host.key_package(None, T0).unwrap();
+    let err = copy.commit(&[kp], &[], T0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            conclave_e2ee::Error::Policy(conclave_e2ee::PolicyViolation::NotAHost { .. })
+        ),
+        "{err:?}"
     );
-    // And it admits again.
-    net.join(4, "cy", NewRoomPolicy::Open, AdmitMode::Ask);
-    let (knock, _) = knock_of(&net, 3, "cy");
-    let now = net.now;
-    net.p(3).admit(knock, now).unwrap();
-    net.settle();
-    assert_eq!(net.ds.member_count("room"), 3);
-    let codes = net.codes();
-    assert!(codes.windows(2).all(|w| w[0] == w[1]), "{codes:?}");
 }
 
 #[test]
@@ -700,4 +675,35 @@ fn an_invite_list_room_admits_listed_devices_and_the_ds_refuses_others_at_the_kn
         m,
         ServerMsg::CommitRequest { knocks, .. } if knocks.iter().any(|k| k.user_id == "eve")
     )));
+}
+
+#[test]
+fn another_device_claiming_ones_own_user_id_raises_an_alarm() {
+    let mut net = open_room(1);
+    net.p(1)
+        .set_trust_store(conclave_e2ee::TrustStore::default());
+    // A second device under user1's own user id (a token the server minted for it).
+    net.join(2, "user1", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert!(
+        alarms(&net, 1)
+            .iter()
+            .any(|a| a.contains("user1") && a.contains("new device key")),
+        "{:?}",
+        alarms(&net, 1)
+    );
+}
+
+#[test]
+fn a_would_be_host_without_a_charter_is_warned_when_put_in_another_group() {
+    let mut net = Net::new();
+    // The server's device made the room an open group; the person who meant to host a
+    // lobby has a link without a charter.
+    net.join(9, "server-device", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    assert!(net.p(1).session().is_some());
+    assert!(
+        alarms(&net, 1).iter().any(|a| a.contains("was to host")),
+        "{:?}",
+        alarms(&net, 1)
+    );
 }

@@ -423,12 +423,10 @@ pub fn check_add(
     match &policy.admission {
         Admission::Open => Ok(()),
         Admission::Lobby(hosts) => {
-            // A host admits; and a host's own device (a KeyPackage signed by a key the policy
-            // names) may be added back by any member, so a lobby whose host dropped is not
-            // locked for good. Nobody else gets in that way: only the host holds that key.
-            if hosts.contains(&adder.signature_key)
-                || hosts.contains(&add.signing_identity().signature_key)
-            {
+            // Only a host admits, even a host's own device coming back: a group that a
+            // server's device made with the charter's exact policy must stay unable to take
+            // in the host (and with it, everyone the host then admits).
+            if hosts.contains(&adder.signature_key) {
                 Ok(())
             } else {
                 Err(PolicyViolation::NotAHost {

@@ -347,6 +347,19 @@ async fn encrypted_media_flows_through_the_sfu_which_never_sees_plaintext() {
                 names[i]
             );
             assert_eq!(line.frames_failed, 0, "{} from {other}: {line:?}", names[i]);
+            // Every received frame is in exactly one category, those after one's own leave
+            // included.
+            assert_eq!(
+                line.frames_received,
+                line.frames_decrypted
+                    + line.frames_failed
+                    + line.frames_before_join
+                    + line.frames_duplicate
+                    + line.frames_without_keys
+                    + line.frames_held,
+                "{} from {other}: {line:?}",
+                names[i]
+            );
             assert!(
                 line.keyframe_first_in_each_epoch,
                 "{} from {other}: first video frame of an epoch was not a keyframe",

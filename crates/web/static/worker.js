@@ -189,9 +189,17 @@ async function start(msg) {
   post({ type: "identity", userId: c.sub, name, fingerprint: id.info.fingerprint, created: id.created });
   call = new wasm.Call(id.bytes, name, msg.room, !!msg.lobby);
   pinsKey = `pins:${c.sub}`;
-  const pins = await idbGet(pinsKey).catch(() => undefined);
+  let pins = "";
   try {
-    call.setPins(typeof pins === "string" ? pins : "");
+    const stored = await idbGet(pinsKey);
+    if (typeof stored === "string") pins = stored;
+  } catch (e) {
+    // Unreadable storage: keep going without overwriting what may be there.
+    pinsKey = null;
+    post({ type: "warning", text: `could not read the keys this browser pinned earlier (${e}); none are checked this time` });
+  }
+  try {
+    call.setPins(pins);
   } catch (e) {
     post({ type: "fatal", text: `The keys this browser pinned earlier are unreadable (${e}); not joining.` });
     return;

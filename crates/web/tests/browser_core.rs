@@ -193,8 +193,14 @@ fn browser_pins_keys_and_warns_when_a_known_user_id_comes_with_a_new_one() {
                 && e["reason"].as_str().unwrap().contains("new device key")),
         "{events:?}"
     );
-    // No new pin was made for ada (the person decides); garbage pins are refused.
-    assert!(room.browser.take_pins().is_none());
+    // Ada's pin stays the old key (the person decides); the browser pinned its own user id
+    // to its own device. Garbage pins are refused.
+    let ada = room.native(NATIVE).session().unwrap().own_leaf();
+    let ada_now = room.native(NATIVE).member(ada).unwrap().fingerprint;
+    let pins = room.browser.take_pins().expect("its own pin");
+    assert!(pins.contains(&format!("{} ada", other.to_hex())), "{pins}");
+    assert!(!pins.contains(&ada_now.to_hex()), "{pins}");
+    assert!(pins.contains(" bea"), "{pins}");
     assert!(room.browser.set_pins("not a pin line").is_err());
 
     // A browser with no pins pins what it sees, for the worker to keep.
