@@ -810,6 +810,10 @@ impl Participant {
         let mut devices: Vec<Fingerprint> = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for k in &knocks {
+            // In a lobby only a host adds: a member who is none commits the proposals alone.
+            if lobby && !host {
+                continue;
+            }
             let card = match s.check_joiner(&k.key_package.0, now) {
                 Ok(card) => card,
                 Err(e) => {
@@ -817,10 +821,10 @@ impl Participant {
                     continue;
                 }
             };
-            // In a lobby, only a host adds, and only these exact bytes approved by its person
-            // (not whatever the server now sends under the same knock number).
+            // A lobby host adds only these exact bytes approved by its person (not whatever
+            // the server now sends under the same knock number).
             let approved = self.approved.iter().any(|(d, _)| *d == card.digest);
-            if lobby && (!host || (self.admit_mode == AdmitMode::Ask && !approved)) {
+            if lobby && self.admit_mode == AdmitMode::Ask && !approved {
                 continue;
             }
             // One KeyPackage per device in one commit.

@@ -163,6 +163,9 @@ fn a_non_host_asked_to_commit_in_a_lobby_adds_nobody() {
             assert!(welcome.is_none(), "a non-host admitted carol");
         }
     }
+    // Not an error on its part: no alarm.
+    net.pump();
+    assert!(alarms(&net, 2).is_empty(), "{:?}", alarms(&net, 2));
 }
 
 #[test]
