@@ -310,6 +310,11 @@ impl Participant {
         }
     }
 
+    /// The policy a room this participant creates gets (before its first message).
+    pub fn set_new_room_policy(&mut self, policy: NewRoomPolicy) {
+        self.policy = policy;
+    }
+
     /// Holds this participant to a meeting's charter (from the link or `--charter`): it joins
     /// only a group whose policy is exactly the charter, and creates the group only if the
     /// charter lets this device (anyone, for an open room; a host, otherwise), with the

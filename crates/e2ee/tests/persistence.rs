@@ -130,4 +130,17 @@ fn credentials_with_bad_names_are_refused() {
     assert!(CredentialInfo::new("u", &"n".repeat(MAX_DISPLAY_NAME_LEN + 1)).is_err());
     assert!(CredentialInfo::new("u", "line\nbreak").is_err());
     assert!(CredentialInfo::new("u", "Zoë 🎙").is_ok());
+    // Look-alikes: a user id or name with an invisible or text-direction character renders
+    // like another one in a roster.
+    for sneaky in [
+        "alice\u{200B}",
+        "ali\u{202E}ecila",
+        "\u{FEFF}bob",
+        "bo\u{00AD}b",
+        "x\u{2066}y",
+    ] {
+        assert!(CredentialInfo::new(sneaky, "x").is_err(), "{sneaky:?}");
+        assert!(CredentialInfo::new("u", sneaky).is_err(), "{sneaky:?}");
+    }
+    assert!(CredentialInfo::new("عمر", "Ömer Şahin").is_ok());
 }

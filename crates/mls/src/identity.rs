@@ -137,10 +137,10 @@ impl CredentialInfo {
             .user_id
             .chars()
             .chain(self.display_name.chars())
-            .any(char::is_control)
+            .any(|c| c.is_control() || is_invisible_format(c))
         {
             return Err(Error::Credential(
-                "control characters are not allowed".into(),
+                "control, zero-width and text-direction characters are not allowed".into(),
             ));
         }
         Ok(())
@@ -182,6 +182,24 @@ impl CredentialInfo {
         info.check()?;
         Ok(info)
     }
+}
+
+/// Unicode format characters that render as nothing or reorder text (soft hyphen, zero-width
+/// spaces and joiners, direction marks, embeddings, overrides and isolates, the byte-order
+/// mark, interlinear annotations): with them, one user id can look like another in a roster.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 /// The MLS identity provider of Conclave: every member's credential must be a well-formed

@@ -246,6 +246,24 @@ impl Call {
         self.p.set_charter(policy).map_err(js)
     }
 
+    /// If this browser creates the room: make it an invite-list room hosted by this device,
+    /// admitting the devices whose fingerprints (64 hex characters each) `allowed` lists,
+    /// separated by commas (the link's `allow=` part). Call before the first message.
+    #[wasm_bindgen(js_name = setInviteList)]
+    pub fn set_invite_list(&mut self, allowed: &str) -> Result<(), WebError> {
+        let fps = allowed
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                conclave_e2ee::Fingerprint::from_hex(f)
+                    .ok_or_else(|| js(format!("not a fingerprint: {f:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.p.set_new_room_policy(NewRoomPolicy::InviteList(fps));
+        Ok(())
+    }
+
     /// Trust on first use: the pins this browser kept for its user id (the text
     /// [`Call::take_pins`] gave earlier; empty for none). Every member and knock is checked
     /// against them; a known user id with a new key raises an alarm. A text that does not

@@ -213,6 +213,7 @@ async function connect() {
     room,
     lobby: params.get("lobby") === "1",
     charter: params.get("charter") || null,
+    allow: params.get("allow") || null,
     probe: params.get("probe") === "1",
   });
   transformsWanted = 0;

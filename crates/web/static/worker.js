@@ -204,6 +204,14 @@ async function start(msg) {
     post({ type: "fatal", text: `The keys this browser pinned earlier are unreadable (${e}); not joining.` });
     return;
   }
+  if (msg.allow) {
+    try {
+      call.setInviteList(msg.allow);
+    } catch (e) {
+      post({ type: "fatal", text: `This link's invite list is not valid: ${e}` });
+      return;
+    }
+  }
   if (msg.charter) {
     try {
       call.setCharter(msg.charter);

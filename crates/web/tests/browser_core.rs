@@ -214,6 +214,46 @@ fn browser_pins_keys_and_warns_when_a_known_user_id_comes_with_a_new_one() {
 }
 
 #[test]
+fn a_browser_creates_an_invite_list_room_that_admits_only_the_listed_device() {
+    let (secret, identity) = generate_server_identity(RoomCipherSuite::Curve25519Aes128).unwrap();
+    let id = new_identity("bea", "Bea").unwrap();
+    let mut room = Room {
+        ds: Ds::new(DsConfig::default(), secret, identity),
+        natives: Vec::new(),
+        browser: Call::new(&id, "Bea", "room", false).unwrap(),
+        now: T0,
+        hold_browser: false,
+        held: VecDeque::new(),
+        to_browser: |m| vec![m],
+    };
+    let ada = device("ada");
+    let listed = ada.identity().fingerprint().unwrap();
+    assert!(room.browser.set_invite_list("not-hex").is_err());
+    room.browser.set_invite_list(&listed.to_hex()).unwrap();
+    room.connect_browser();
+    assert_eq!(room.state()["policy"], "invite-list");
+    room.natives.push((
+        NATIVE,
+        Participant::new(ada, "room", NewRoomPolicy::Open, AdmitMode::Auto),
+    ));
+    room.ds.connect(NATIVE, "room", "ada", room.ts());
+    room.settle();
+    room.natives.push((
+        THIRD,
+        Participant::new(device("cy"), "room", NewRoomPolicy::Open, AdmitMode::Auto),
+    ));
+    room.ds.connect(THIRD, "room", "cy", room.ts());
+    room.settle();
+    let names: Vec<String> = room.state()["roster"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["Bea", "ada"], "only the listed device got in");
+}
+
+#[test]
 fn browser_and_native_member_open_each_others_frames_and_show_one_code() {
     let mut room = Room::new();
     room.connect_browser();
