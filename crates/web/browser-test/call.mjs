@@ -276,7 +276,9 @@ async function main() {
   const nativeToken = token(server.url, ["--identity", "nat", "--name", "Native"]);
   const native = spawn(
     bin,
-    ["join", server.url, "--room", ROOM, "--token", nativeToken, "--json", "--duration", "30s", "--video-file", clip],
+    // Its own data directory for this run (its device key and pins): the browsers' keys are
+    // new in every run, and pins kept from an earlier run would rightly raise an alarm.
+    ["join", server.url, "--room", ROOM, "--token", nativeToken, "--json", "--duration", "30s", "--video-file", clip, "--data-dir", join(data, "native")],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } },
   );
   children.push(native);
