@@ -38,16 +38,7 @@ fn knocks_arriving_together_are_added_in_one_commit() {
     let mut net = open_room(1);
     // Three knock within the batching window.
     for i in 2..=4 {
-        net.parts.insert(
-            i,
-            Participant::new(
-                device(&format!("user{i}")),
-                "room",
-                NewRoomPolicy::Open,
-                AdmitMode::Auto,
-            ),
-        );
-        net.ds.connect(i, "room", &format!("user{i}"), net.now);
+        net.connect_quietly(i, &format!("user{i}"));
         net.pump();
     }
     assert_eq!(

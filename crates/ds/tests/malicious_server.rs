@@ -242,16 +242,7 @@ fn commit_requests_are_bounded_in_bytes_and_everyone_still_gets_in() {
     });
     net.join(1, "user1", NewRoomPolicy::Open, AdmitMode::Auto);
     for i in 2..=6 {
-        net.parts.insert(
-            i,
-            Participant::new(
-                device(&format!("user{i}")),
-                "room",
-                NewRoomPolicy::Open,
-                AdmitMode::Auto,
-            ),
-        );
-        net.ds.connect(i, "room", &format!("user{i}"), net.now);
+        net.connect_quietly(i, &format!("user{i}"));
     }
     for _ in 0..10 {
         net.advance(Duration::from_secs(1));

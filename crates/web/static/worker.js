@@ -198,25 +198,18 @@ async function start(msg) {
     pinsKey = null;
     post({ type: "warning", text: `could not read the keys this browser pinned earlier (${e}); none are checked this time` });
   }
-  try {
-    call.setPins(pins);
-  } catch (e) {
-    post({ type: "fatal", text: `The keys this browser pinned earlier are unreadable (${e}); not joining.` });
-    return;
-  }
-  if (msg.allow) {
+  // What the stored pins and the link fix about this call; any of them unusable: not joining.
+  const setup = [
+    [() => call.setPins(pins), "The keys this browser pinned earlier are unreadable"],
+    [msg.allow && (() => call.setInviteList(msg.allow)), "This link's invite list is not valid"],
+    [msg.charter && (() => call.setCharter(msg.charter)), "This link's meeting charter is not valid"],
+  ];
+  for (const [apply, failure] of setup) {
+    if (!apply) continue;
     try {
-      call.setInviteList(msg.allow);
+      apply();
     } catch (e) {
-      post({ type: "fatal", text: `This link's invite list is not valid: ${e}` });
-      return;
-    }
-  }
-  if (msg.charter) {
-    try {
-      call.setCharter(msg.charter);
-    } catch (e) {
-      post({ type: "fatal", text: `This link's meeting charter is not valid: ${e}` });
+      post({ type: "fatal", text: `${failure} (${e}); not joining.` });
       return;
     }
   }

@@ -84,6 +84,16 @@ impl Net {
         self.settle();
     }
 
+    /// Connects `conn` as `user` (an open-room participant with its own device) without
+    /// delivering anything yet: knocks that should arrive together.
+    pub fn connect_quietly(&mut self, conn: ConnId, user: &str) {
+        self.parts.insert(
+            conn,
+            Participant::new(device(user), "room", NewRoomPolicy::Open, AdmitMode::Auto),
+        );
+        self.ds.connect(conn, "room", user, self.now);
+    }
+
     /// Connects `conn` as `user` with a participant made by the test (a charter, say).
     pub fn join_as(&mut self, conn: ConnId, user: &str, p: Participant) {
         self.parts.insert(conn, p);
