@@ -642,7 +642,11 @@ impl Participant {
                         security_code,
                     });
                 } else if self.session.is_none() {
-                    let kp = self.device.key_package(None, now)?;
+                    // A lobby host whose connection dropped names the last epoch it saw of
+                    // the group it hosted, so that a member can add it back if no other host
+                    // is there.
+                    let ticket = self.device.return_ticket(&self.room);
+                    let kp = self.device.key_package_with(None, ticket.as_ref(), now)?;
                     self.out.push_back(ClientMsg::KeyPackage {
                         key_package: Bytes(kp),
                     });
@@ -731,9 +735,22 @@ impl Participant {
                         "a Welcome while already in the group".into(),
                     ));
                 }
-                let session = self
+                let session = match self
                     .device
-                    .join(&self.room, &welcome.0, &ratchet_tree.0, now)?;
+                    .join(&self.room, &welcome.0, &ratchet_tree.0, now)
+                {
+                    Ok(session) => session,
+                    Err(e @ conclave_e2ee::Error::Policy(_)) => {
+                        // The group breaks its own policy where a joiner can see it (a lobby
+                        // member who is no host added us, a member not on the invite list):
+                        // a group someone made to look like this room's.
+                        let reason = format!("refused the group the server offered: {e}");
+                        self.alarm(reason.clone());
+                        self.events.push_back(Event::Ended { reason });
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if let Some(charter) = self.charter.as_ref().filter(|c| *c != session.policy()) {
                     // Someone (the server's own device, say) made this room's group with
                     // another policy or other hosts than the meeting's maker fixed.
@@ -808,6 +825,19 @@ impl Participant {
                 self.knocked(k);
             }
         }
+        if lobby && !host {
+            // In a lobby only a host adds, but a member who is none may add back a host's own
+            // device that proves this is its group (one per commit); otherwise it commits the
+            // proposals alone.
+            if let Some(bundle) = self.commit_returning_host(&knocks, now) {
+                self.out.push_back(ClientMsg::Commit {
+                    epoch,
+                    commit: Bytes(bundle.commit),
+                    welcome: bundle.welcome.map(Bytes),
+                });
+                return Ok(());
+            }
+        }
         let Some(s) = self.session.as_ref() else {
             return Ok(());
         };
@@ -815,7 +845,6 @@ impl Participant {
         let mut devices: Vec<Fingerprint> = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for k in &knocks {
-            // In a lobby only a host adds: a member who is none commits the proposals alone.
             if lobby && !host {
                 continue;
             }
@@ -858,6 +887,31 @@ impl Participant {
             Err(e) => self.alarm(format!("could not build the requested commit: {e}")),
         }
         Ok(())
+    }
+
+    /// A commit adding back the first knocking host device whose KeyPackage names an epoch of
+    /// this group this member keeps the secret of ([`Session::commit_host_return`]).
+    fn commit_returning_host(
+        &mut self,
+        knocks: &[KnockInfo],
+        now: Timestamp,
+    ) -> Option<conclave_e2ee::CommitBundle> {
+        let s = self.session.as_mut()?;
+        for k in knocks {
+            let is_host = KeyPackageCard::read(&k.key_package.0)
+                .is_ok_and(|c| s.policy().is_host(&c.signature_key));
+            if !is_host {
+                continue;
+            }
+            match s.commit_host_return(&k.key_package.0, now) {
+                Ok(bundle) => {
+                    info!(knock = %k.knock, "adding back this lobby's host");
+                    return Some(bundle);
+                }
+                Err(e) => debug!(knock = %k.knock, %e, "cannot add back the host"),
+            }
+        }
+        None
     }
 
     /// Starts a self-update (post-compromise security); the DS decides if it wins the epoch.

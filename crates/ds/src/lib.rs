@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use conclave_mls::{
     check_invited, committer, policy_of, provider, suite_provider, Admission,
-    ConclaveIdentityProvider, ConclaveRules, CredentialInfo, KeyPackageCard, Provider,
-    RoomCipherSuite, Timestamp, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
+    ConclaveIdentityProvider, ConclaveRules, CredentialInfo, HostReturn, KeyPackageCard, Provider,
+    RoomCipherSuite, Timestamp, HOST_RETURN_EXTENSION, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
 };
 use conclave_proto::{
     Bytes, ClientMsg, ErrorCode, KnockId, KnockInfo, ServerMsg, PROTOCOL_VERSION,
@@ -214,6 +214,9 @@ struct Knock {
     key_package: Vec<u8>,
     /// When the KeyPackage's lifetime ends.
     expires: Timestamp,
+    /// A lobby host's device that names an epoch of the room's group to return to: with no
+    /// host online, any member may add it back (see `conclave_mls::HostReturn`).
+    returning_host: bool,
 }
 
 struct Request {
@@ -296,6 +299,7 @@ impl Ds {
             .mls_rules(ConclaveRules::default())
             .extension_type(ROOM_POLICY_EXTENSION)
             .extension_type(INVITE_EXTENSION)
+            .extension_type(HOST_RETURN_EXTENSION)
             .cache_proposals(true)
             .signer(secret, identity.clone())
             .build();
@@ -919,6 +923,16 @@ impl Ds {
             name: info.display_name.clone(),
             key_package: Bytes(key_package),
         };
+        let ctx = group.group_context();
+        let returning_host = policy_of(&ctx.extensions).is_ok_and(|p| {
+            matches!(p.admission, Admission::Lobby(_))
+                && p.is_host(&kp.signing_identity().signature_key)
+        }) && kp
+            .extensions
+            .get_as::<HostReturn>()
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.group_id == ctx.group_id);
         room.knocks.push(Knock {
             id,
             conn,
@@ -926,6 +940,7 @@ impl Ds {
             signature_key,
             key_package: encoded,
             expires,
+            returning_host,
         });
         room.work_since.get_or_insert(now);
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1307,28 +1322,43 @@ impl Ds {
         // not answer, so with proposals pending any member commits them (a non-host's commit
         // adds nobody).
         let hosts_only = adds && room.pending_proposals == 0;
-        let mut online: Vec<(u32, ConnId)> = Vec::new();
-        for c in &room.conns {
-            if room.skipped.contains(c) {
-                continue;
-            }
-            if let Some(ConnState::Member(l)) = self.conns.get(c).map(|c| c.state) {
-                // A member on its way out (its removal is proposed) does not commit.
-                if room.proposed_removals.contains(&l) {
+        let committers = |hosts_only: bool| {
+            let mut online: Vec<(u32, ConnId)> = Vec::new();
+            for c in &room.conns {
+                if room.skipped.contains(c) {
                     continue;
                 }
-                let eligible = match (&lobby, hosts_only) {
-                    (Some(p), true) => group
-                        .roster()
-                        .members_iter()
-                        .find(|m| m.index == l)
-                        .is_some_and(|m| p.is_host(&m.signing_identity.signature_key)),
-                    _ => true,
-                };
-                if eligible {
-                    online.push((l, *c));
+                if let Some(ConnState::Member(l)) = self.conns.get(c).map(|c| c.state) {
+                    // A member on its way out (its removal is proposed) does not commit.
+                    if room.proposed_removals.contains(&l) {
+                        continue;
+                    }
+                    let eligible = match (&lobby, hosts_only) {
+                        (Some(p), true) => group
+                            .roster()
+                            .members_iter()
+                            .find(|m| m.index == l)
+                            .is_some_and(|m| p.is_host(&m.signing_identity.signature_key)),
+                        _ => true,
+                    };
+                    if eligible {
+                        online.push((l, *c));
+                    }
                 }
             }
+            online
+        };
+        let mut online = committers(hosts_only);
+        // No host online, but a host's device is back: any member may add it (with the proof
+        // only a member of this group has), and only it.
+        let mut only_returning = false;
+        if lobby.is_some()
+            && hosts_only
+            && online.is_empty()
+            && room.knocks.iter().any(|k| k.returning_host)
+        {
+            online = committers(false);
+            only_returning = true;
         }
         let tree = group.exported_tree();
         let Some(leaf) = committer::designated(&tree, online.iter().map(|(l, _)| *l)) else {
@@ -1362,6 +1392,7 @@ impl Ds {
         let knocks: Vec<KnockInfo> = room
             .knocks
             .iter()
+            .filter(|k| !only_returning || k.returning_host)
             .take_while(|k| {
                 let len = k.info.key_package.0.len();
                 let fits = len <= budget;

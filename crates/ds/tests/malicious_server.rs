@@ -622,7 +622,8 @@ fn a_lobby_host_is_warned_of_a_changed_key_before_it_admits() {
 fn a_copy_of_the_charters_lobby_made_by_the_server_cannot_take_in_the_host() {
     // The server's device makes "room" a lobby with exactly the charter's policy (hosted by
     // the real host's key, which it cannot sign with) and tries to add the host when it
-    // knocks: only a host may add, even the host's own device, so the copy stays empty.
+    // knocks: only a host may add, even the host's own device (without the proof of a return),
+    // so the copy stays empty.
     let host = device("host");
     let charter = lobby_charter(&host);
     let server_device = device("server-device");
@@ -630,11 +631,27 @@ fn a_copy_of_the_charters_lobby_made_by_the_server_cannot_take_in_the_host() {
         .create_room(charter, None, T0)
         .expect("a group with the charter's policy");
     let kp = host.key_package(None, T0).unwrap();
-    let err = copy.commit(&[kp], &[], T0).unwrap_err();
+    let err = copy.commit(std::slice::from_ref(&kp), &[], T0).unwrap_err();
     assert!(
         matches!(
             err,
             conclave_e2ee::Error::Policy(conclave_e2ee::PolicyViolation::NotAHost { .. })
+        ),
+        "{err:?}"
+    );
+    // A device of the server's that runs software skipping the policy builds the commit; the
+    // host sees that the member who added it is no host and proved nothing, and refuses.
+    let mut copy = danger_device("server-device")
+        .create_room(lobby_charter(&host), None, T0)
+        .unwrap();
+    let bundle = copy.commit(&[kp], &[], T0).unwrap();
+    let err = host
+        .join("room", &bundle.welcome.unwrap(), &bundle.ratchet_tree, T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            conclave_e2ee::Error::Policy(conclave_e2ee::PolicyViolation::ReturnUnproven { .. })
         ),
         "{err:?}"
     );
@@ -699,5 +716,220 @@ fn a_would_be_host_without_a_charter_is_warned_when_put_in_another_group() {
         alarms(&net, 1).iter().any(|a| a.contains("was to host")),
         "{:?}",
         alarms(&net, 1)
+    );
+}
+
+/// A lobby hosted by a device of its own (conn 1) with bob (conn 2) admitted; the host's
+/// participant is returned to the test, its connection gone (the DS saw it drop).
+fn lobby_whose_host_dropped() -> (Net, Participant, conclave_e2ee::RoomPolicy) {
+    let host = device("host");
+    let charter = lobby_charter(&host);
+    let (net, p) = lobby_whose_host_dropped_under(host, charter.clone());
+    (net, p, charter)
+}
+
+fn lobby_whose_host_dropped_under(
+    host: Device,
+    charter: conclave_e2ee::RoomPolicy,
+) -> (Net, Participant) {
+    let mut net = Net::new();
+    let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter.clone())
+        .unwrap();
+    net.join_as(1, "host", p);
+    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    let (knock, _) = knock_of(&net, 1, "bob");
+    let now = net.now;
+    net.p(1).admit(knock, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 2);
+    let host = net.parts.remove(&1).unwrap();
+    net.ds.disconnect(1, net.now);
+    net.settle();
+    (net, host)
+}
+
+/// The host comes back on conn 3 with the same device, then admits carol (conn 4).
+fn host_returns_and_admits_carol(
+    net: &mut Net,
+    host: Participant,
+    charter: conclave_e2ee::RoomPolicy,
+) {
+    let p = Participant::new(
+        host.into_device(),
+        "room",
+        NewRoomPolicy::Lobby,
+        AdmitMode::Ask,
+    )
+    .with_charter(charter.clone())
+    .unwrap();
+    net.join_as(3, "host", p);
+    assert_eq!(
+        net.p(3).session().map(|s| s.policy().clone()),
+        Some(charter),
+        "the host is back in its own group: {:?}",
+        net.events_of(3)
+    );
+    assert_eq!(net.ds.member_count("room"), 2, "bob and the host");
+    assert!(alarms(net, 2).is_empty(), "{:?}", alarms(net, 2));
+    assert!(alarms(net, 3).is_empty(), "{:?}", alarms(net, 3));
+    net.join(4, "carol", NewRoomPolicy::Open, AdmitMode::Ask);
+    let (knock, _) = knock_of(net, 3, "carol");
+    let now = net.now;
+    net.p(3).admit(knock, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 3);
+    let codes = net.codes();
+    assert!(
+        codes.iter().all(|c| !c.is_empty() && *c == codes[0]),
+        "{codes:?}"
+    );
+}
+
+#[test]
+fn a_lobby_host_whose_connection_blinked_is_added_back_by_a_member_who_is_no_host() {
+    // Its old leaf is still in the group (not yet removed): the DS proposes its removal at
+    // the knock, and bob, no host, commits that with the host's return.
+    let (mut net, host, charter) = lobby_whose_host_dropped();
+    host_returns_and_admits_carol(&mut net, host, charter);
+}
+
+#[test]
+fn a_lobby_host_gone_long_enough_to_be_removed_is_added_back_by_a_member_who_is_no_host() {
+    let (mut net, host, charter) = lobby_whose_host_dropped();
+    net.advance(Duration::from_secs(11));
+    net.settle();
+    assert_eq!(
+        net.ds.member_count("room"),
+        1,
+        "the host's stale leaf is gone"
+    );
+    host_returns_and_admits_carol(&mut net, host, charter);
+}
+
+#[test]
+fn a_member_who_is_no_host_cannot_add_back_a_host_device_that_was_never_in_the_group() {
+    // A second device of the host's person, listed as a host in the charter but never in this
+    // group: it holds no secret of the group, names no epoch, and bob cannot add it.
+    let host = device("host");
+    let laptop = device("host");
+    let charter = conclave_e2ee::RoomPolicy::lobby("room", &[host.identity(), laptop.identity()]);
+    let (mut net, _) = lobby_whose_host_dropped_under(host, charter.clone());
+    net.advance(Duration::from_secs(11));
+    let p = Participant::new(laptop, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter)
+        .unwrap();
+    net.join_as(3, "host", p);
+    assert!(net.p(3).session().is_none());
+    assert_eq!(net.ds.member_count("room"), 1);
+}
+
+fn danger_device(name: &str) -> Device {
+    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new(name, name).unwrap()).unwrap();
+    Device::danger_without_policy_checks(id, GroupStore::memory()).unwrap()
+}
+
+#[test]
+fn a_server_device_that_skips_the_policy_cannot_take_a_guest_into_its_copy_of_a_lobby() {
+    // The server's device runs modified software: it makes "room" a lobby with the charter's
+    // exact policy and adds the guest who knocks. The guest holds the charter, sees that the
+    // member who added it is no host, and refuses the group.
+    let host = device("host");
+    let charter = lobby_charter(&host);
+    let mut copy = danger_device("server-device")
+        .create_room(charter.clone(), None, T0)
+        .unwrap();
+    let mut guest = Participant::new(device("guest"), "room", NewRoomPolicy::Open, AdmitMode::Ask)
+        .with_charter(charter)
+        .unwrap();
+    let (_, server_identity) = generate_server_identity(SUITE).unwrap();
+    use mls_rs_codec::MlsEncode;
+    guest
+        .handle(
+            ServerMsg::Joined {
+                version: conclave_proto::PROTOCOL_VERSION,
+                room: "room".into(),
+                user_id: "guest".into(),
+                server_identity: Bytes(server_identity.mls_encode_to_vec().unwrap()),
+                create_group: false,
+            },
+            T0,
+        )
+        .unwrap();
+    let Some(ClientMsg::KeyPackage { key_package }) = guest.poll_transmit() else {
+        panic!("the guest knocks");
+    };
+    let bundle = copy.commit(&[key_package.0], &[], T0).unwrap();
+    guest
+        .handle(
+            ServerMsg::Welcome {
+                welcome: Bytes(bundle.welcome.unwrap()),
+                ratchet_tree: Bytes(bundle.ratchet_tree),
+            },
+            T0,
+        )
+        .unwrap();
+    assert!(guest.session().is_none());
+    let mut ended = None;
+    while let Some(e) = guest.poll_event() {
+        if let Event::Ended { reason } = e {
+            ended = Some(reason);
+        }
+    }
+    let ended = ended.expect("the guest says why it will not join");
+    assert!(ended.contains("only a host may admit"), "{ended}");
+}
+
+#[test]
+fn a_copy_of_the_lobby_under_the_real_group_id_cannot_return_the_host_without_the_groups_secret() {
+    // The host made the real group and dropped. The server's device makes a copy under the
+    // same group id and policy, and adds the host's returning KeyPackage with a return PSK it
+    // made up: the host cannot process the Welcome (the PSK is not the real group's secret).
+    let host = device("host");
+    let charter = lobby_charter(&host);
+    let real = host.create_room(charter.clone(), None, T0).unwrap();
+    let ticket = host.return_ticket("room").expect("the host keeps a ticket");
+    assert_eq!(ticket.group_id, real.group_id());
+    drop(real);
+    let server_device = device("server-device");
+    let mut copy = server_device
+        .danger_create_room_with_group_id(charter, ticket.group_id.clone(), T0)
+        .unwrap();
+    server_device.danger_keep_return_secret(&ticket, "room", vec![7; 32]);
+    let kp = host.key_package_with(None, Some(&ticket), T0).unwrap();
+    let bundle = copy
+        .commit_host_return(&kp, T0)
+        .expect("the copy believes it has the secret");
+    let refused = host.join("room", &bundle.welcome.unwrap(), &bundle.ratchet_tree, T0);
+    assert!(refused.is_err(), "the host joined the server's copy");
+}
+
+#[test]
+fn a_server_device_in_its_copy_of_an_invite_list_room_is_seen_and_the_guest_refuses() {
+    // The server's device makes "room" with the invite-list charter's exact policy and adds a
+    // listed guest (any member may add a listed device). The guest checks every member of the
+    // group it is welcomed into: the server's device is no host and on no list.
+    let host = device("host");
+    let bob = device("bob");
+    let charter = conclave_e2ee::RoomPolicy::invite_list(
+        "room",
+        &[host.identity()],
+        vec![bob.identity().fingerprint().unwrap()],
+    );
+    let server_device = device("server-device");
+    let server_fp = server_device.identity().fingerprint().unwrap();
+    let mut copy = server_device.create_room(charter, None, T0).unwrap();
+    let kp = bob.key_package(None, T0).unwrap();
+    let bundle = copy.commit(&[kp], &[], T0).unwrap();
+    let err = bob
+        .join("room", &bundle.welcome.unwrap(), &bundle.ratchet_tree, T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            conclave_e2ee::Error::Policy(conclave_e2ee::PolicyViolation::NotInvited { invitee })
+                if invitee == server_fp
+        ),
+        "{err:?}"
     );
 }

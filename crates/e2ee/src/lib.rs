@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod host_return;
 mod identity;
 pub mod media;
 mod session;
@@ -59,10 +60,10 @@ mod sframe_backend;
 mod storage;
 
 pub use conclave_mls::{
-    committer, Admission, CredentialInfo, DeviceSigner, Fingerprint, Hosts, Invite, InviteList,
-    KeyPackageCard, PolicyViolation, RoomCipherSuite, RoomPolicy, Timestamp, INVITE_EXTENSION,
-    MAX_CHARTER_LEN, MAX_DISPLAY_NAME_LEN, MAX_KEY_PACKAGE_LEN, MAX_POLICY_ENTRIES,
-    MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
+    committer, Admission, CredentialInfo, DeviceSigner, Fingerprint, HostReturn, Hosts, Invite,
+    InviteList, KeyPackageCard, PolicyViolation, RoomCipherSuite, RoomPolicy, Timestamp,
+    INVITE_EXTENSION, MAX_CHARTER_LEN, MAX_DISPLAY_NAME_LEN, MAX_KEY_PACKAGE_LEN,
+    MAX_POLICY_ENTRIES, MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
 };
 pub use error::{Error, Result};
 pub use identity::{DeviceIdentity, PinCheck, TrustStore};
@@ -71,8 +72,8 @@ pub use media::{
     MediaStats, DEFAULT_HOLD_BYTES,
 };
 pub use session::{
-    CommitBundle, Device, EpochChange, Incoming, RosterEntry, SecurityCode, SelfUpdateTimer,
-    Session, MAX_MLS_MESSAGE_LEN, MAX_TREE_LEN,
+    return_ticket_of, CommitBundle, Device, EpochChange, Incoming, RosterEntry, SecurityCode,
+    SelfUpdateTimer, Session, MAX_MLS_MESSAGE_LEN, MAX_TREE_LEN,
 };
 pub use storage::{write_private, DirStore, GroupStore};
 

@@ -10,6 +10,7 @@ use std::fmt;
 
 use mls_rs::client_builder::{
     BaseConfig, WithCryptoProvider, WithGroupStateStorage, WithIdentityProvider, WithMlsRules,
+    WithPskStore,
 };
 use mls_rs::error::MlsError;
 use mls_rs::extension::built_in::{ExternalSendersExt, RequiredCapabilitiesExt};
@@ -20,12 +21,15 @@ use mls_rs::{Client, ExtensionList, Group, MlsMessage};
 use zeroize::Zeroizing;
 
 use conclave_mls::{
-    committer, digit_groups, policy_of, provider, suite_provider, ConclaveIdentityProvider,
-    ConclaveRules, CredentialInfo, Fingerprint, Invite, KeyPackageCard, PolicyViolation, Provider,
-    RoomCipherSuite, RoomPolicy, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
+    check_member_listed, committer, digit_groups, policy_of, provider, suite_provider, Admission,
+    ConclaveIdentityProvider, ConclaveRules, CredentialInfo, Fingerprint, HostReturn, Invite,
+    KeyPackageCard, PolicyViolation, Provider, RoomCipherSuite, RoomPolicy,
+    HOST_RETURN_EXPORTER_LABEL, HOST_RETURN_EXTENSION, HOST_RETURN_SECRET_LEN, INVITE_EXTENSION,
+    ROOM_POLICY_EXTENSION,
 };
 
 use crate::error::{Error, Result};
+use crate::host_return::ReturnKeys;
 use crate::identity::DeviceIdentity;
 use crate::media::{sframe_suite, EpochSecrets, SFRAME_EXPORTER_LABEL};
 use crate::storage::GroupStore;
@@ -42,7 +46,10 @@ type Config = WithMlsRules<
     ConclaveRules,
     WithIdentityProvider<
         ConclaveIdentityProvider,
-        WithCryptoProvider<Provider, WithGroupStateStorage<GroupStore, BaseConfig>>,
+        WithCryptoProvider<
+            Provider,
+            WithPskStore<ReturnKeys, WithGroupStateStorage<GroupStore, BaseConfig>>,
+        >,
     >,
 >;
 
@@ -163,6 +170,8 @@ pub enum Incoming {
 pub struct Device {
     identity: DeviceIdentity,
     client: Client<Config>,
+    /// Return secrets of the lobby groups this device is in or was in (module `host_return`).
+    returns: ReturnKeys,
 }
 
 impl fmt::Debug for Device {
@@ -171,6 +180,14 @@ impl fmt::Debug for Device {
             .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
+}
+
+/// The [`HostReturn`] ticket a KeyPackage carries, if any.
+pub fn return_ticket_of(key_package: &[u8]) -> Result<Option<HostReturn>> {
+    let add = AddProposal::try_from(parse_message(key_package)?).map_err(map_mls)?;
+    add.key_package_extensions()
+        .get_as::<HostReturn>()
+        .map_err(|e| Error::MalformedMessage(format!("return ticket: {e}")))
 }
 
 fn to_bytes(msg: &MlsMessage) -> Result<Vec<u8>> {
@@ -219,13 +236,16 @@ impl Device {
 
     fn build(identity: DeviceIdentity, store: GroupStore, rules: ConclaveRules) -> Result<Self> {
         let signing_identity = identity.signing_identity()?;
+        let returns = ReturnKeys::default();
         let client = Client::builder()
             .crypto_provider(provider())
             .identity_provider(ConclaveIdentityProvider)
             .mls_rules(rules)
             .group_state_storage(store)
+            .psk_store(returns.clone())
             .extension_type(ROOM_POLICY_EXTENSION)
             .extension_type(INVITE_EXTENSION)
+            .extension_type(HOST_RETURN_EXTENSION)
             .key_package_lifetime(std::time::Duration::from_secs(24 * 3600))
             .signing_identity(
                 signing_identity,
@@ -233,7 +253,11 @@ impl Device {
                 identity.suite().mls(),
             )
             .build();
-        Ok(Device { identity, client })
+        Ok(Device {
+            identity,
+            client,
+            returns,
+        })
     }
 
     /// This device's identity.
@@ -244,15 +268,39 @@ impl Device {
     /// A fresh single-use KeyPackage (MLS message bytes) to upload when knocking, carrying
     /// `invite` for invite-list rooms.
     pub fn key_package(&self, invite: Option<&Invite>, now: Timestamp) -> Result<Vec<u8>> {
+        self.key_package_with(invite, None, now)
+    }
+
+    /// A KeyPackage carrying `invite` (in the KeyPackage, and in its leaf, where every later
+    /// joiner can check it) and a lobby host's `ticket` back into the group it hosted
+    /// ([`Device::return_ticket`]).
+    pub fn key_package_with(
+        &self,
+        invite: Option<&Invite>,
+        ticket: Option<&HostReturn>,
+        now: Timestamp,
+    ) -> Result<Vec<u8>> {
         let mut kp_ext = ExtensionList::new();
+        let mut leaf_ext = ExtensionList::new();
         if let Some(invite) = invite {
             kp_ext.set_from(invite.clone()).map_err(Error::mls)?;
+            leaf_ext.set_from(invite.clone()).map_err(Error::mls)?;
+        }
+        if let Some(ticket) = ticket {
+            kp_ext.set_from(ticket.clone()).map_err(Error::mls)?;
         }
         let msg = self
             .client
-            .generate_key_package_message(kp_ext, ExtensionList::new(), Some(now.into()))
+            .generate_key_package_message(kp_ext, leaf_ext, Some(now.into()))
             .map_err(map_mls)?;
         to_bytes(&msg)
+    }
+
+    /// If this device hosted a lobby group of `room` and keeps the secret of the last epoch
+    /// it saw there: the ticket to put in its KeyPackage so that a member who is not a host
+    /// can add it back ([`conclave_mls::HostReturn`]).
+    pub fn return_ticket(&self, room: &str) -> Option<HostReturn> {
+        self.returns.ticket(room.as_bytes())
     }
 
     /// Creates the group of a room (this device becomes its first member), with `policy` in
@@ -262,6 +310,42 @@ impl Device {
         &self,
         policy: RoomPolicy,
         server: Option<SigningIdentity>,
+        now: Timestamp,
+    ) -> Result<Session> {
+        self.create(policy, server, None, now)
+    }
+
+    /// A group with a group id of the caller's choosing (a copy of another group's, say): only
+    /// for adversarial tests of what a server's own device could make.
+    #[doc(hidden)]
+    pub fn danger_create_room_with_group_id(
+        &self,
+        policy: RoomPolicy,
+        group_id: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<Session> {
+        self.create(policy, None, Some(group_id), now)
+    }
+
+    /// Puts a return secret of the caller's choosing in this device's store: only for
+    /// adversarial tests (a server's device that guesses the secret of the real group).
+    #[doc(hidden)]
+    pub fn danger_keep_return_secret(&self, ticket: &HostReturn, room: &str, secret: Vec<u8>) {
+        self.returns.record(
+            &ticket.group_id,
+            room.as_bytes(),
+            false,
+            ticket.epoch,
+            Zeroizing::new(secret),
+            false,
+        );
+    }
+
+    fn create(
+        &self,
+        policy: RoomPolicy,
+        server: Option<SigningIdentity>,
+        group_id: Option<Vec<u8>>,
         now: Timestamp,
     ) -> Result<Session> {
         policy.check_size()?;
@@ -277,11 +361,17 @@ impl Device {
             ext.set_from(ExternalSendersExt::new(vec![server]))
                 .map_err(Error::mls)?;
         }
-        let group = self
-            .client
-            .create_group(ext, ExtensionList::new(), Some(now.into()))
-            .map_err(map_mls)?;
-        Session::new(group, self.identity.suite(), policy)
+        let group = match group_id {
+            None => self
+                .client
+                .create_group(ext, ExtensionList::new(), Some(now.into())),
+            Some(id) => {
+                self.client
+                    .create_group_with_id(id, ext, ExtensionList::new(), Some(now.into()))
+            }
+        }
+        .map_err(map_mls)?;
+        Session::new(group, self.identity.suite(), policy, self.returns.clone())
     }
 
     /// Joins from a Welcome, with the ratchet tree served out of band. mls-rs checks the tree
@@ -299,13 +389,17 @@ impl Device {
             return Err(Error::Tree(format!("{} bytes is too large", tree.len())));
         }
         let tree = ExportedTree::from_bytes(tree).map_err(|e| Error::Tree(e.to_string()))?;
-        let (group, _info) = self
+        // Which return secrets mls-rs reads while it processes this Welcome, and only those.
+        self.returns.take_used();
+        let joined = self
             .client
             .join_group(Some(tree), &welcome, Some(now.into()))
             .map_err(|e| match e {
                 MlsError::TreeHashMismatch => Error::Tree(e.to_string()),
                 other => map_mls(other),
-            })?;
+            });
+        let used = self.returns.take_used();
+        let (group, info) = joined?;
         let policy = policy_of(&group.context().extensions)?;
         if policy.room_id != expected_room.as_bytes() {
             return Err(Error::Policy(PolicyViolation::MissingPolicy))
@@ -313,7 +407,53 @@ impl Device {
         }
         let suite = RoomCipherSuite::from_mls(group.cipher_suite())
             .ok_or(PolicyViolation::UnsupportedSuite)?;
-        Session::new(group, suite, policy)
+        self.check_welcome(&group, &policy, suite, info.sender, &used)?;
+        Session::new(group, suite, policy, self.returns.clone())
+    }
+
+    /// What a joiner checks of the group it is welcomed into, beyond what mls-rs checked (the
+    /// tree against the signed GroupInfo, the committer's signature):
+    /// - in a lobby, the member who added it is a host, or a member who proved with a return
+    ///   PSK that this is the group this host device was in;
+    /// - in an invite-list room, every member is a host, listed, or invited.
+    ///
+    /// So a group a server's device made with the charter's exact policy cannot take anyone
+    /// in: its device is no host and on no list, and knows no secret of the real group.
+    fn check_welcome(
+        &self,
+        group: &Group<Config>,
+        policy: &RoomPolicy,
+        suite: RoomCipherSuite,
+        sender: u32,
+        used: &[HostReturn],
+    ) -> Result<()> {
+        let adder = group
+            .member_at_index(sender)
+            .ok_or(Error::Usage("the Welcome's committer is not in the group"))?;
+        match &policy.admission {
+            Admission::Open => Ok(()),
+            Admission::Lobby(_) => {
+                if policy.is_host(&adder.signing_identity.signature_key) {
+                    return Ok(());
+                }
+                let adder = Fingerprint::of_key(suite, &adder.signing_identity.signature_key)?;
+                let me_host = policy.is_host(self.identity.public_key());
+                let proven = used.iter().any(|t| t.group_id == group.group_id());
+                if !me_host {
+                    Err(Error::Policy(PolicyViolation::NotAHost { adder }))
+                } else if !proven {
+                    Err(Error::Policy(PolicyViolation::ReturnUnproven { adder }))
+                } else {
+                    Ok(())
+                }
+            }
+            Admission::InviteList(_) => {
+                for m in group.roster().members_iter() {
+                    check_member_listed(suite, policy, &m.signing_identity, &m.extensions)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Reloads a group written by [`Session::save`] (after a restart). It gives no media keys
@@ -327,7 +467,7 @@ impl Device {
         let policy = policy_of(&group.context().extensions)?;
         let suite = RoomCipherSuite::from_mls(group.cipher_suite())
             .ok_or(PolicyViolation::UnsupportedSuite)?;
-        let mut session = Session::new(group, suite, policy)?;
+        let mut session = Session::new(group, suite, policy, self.returns.clone())?;
         session.reloaded_in = Some(session.epoch());
         Ok(session)
     }
@@ -348,6 +488,8 @@ pub struct Session {
     /// lost with the process, so sealing again under that epoch's key would reuse nonces. No
     /// media keys until the group moves to a new epoch (a self-update).
     reloaded_in: Option<u64>,
+    /// The device's return secrets, which this session adds to on every epoch of a lobby.
+    returns: ReturnKeys,
 }
 
 impl fmt::Debug for Session {
@@ -372,7 +514,12 @@ fn roster_entry(suite: RoomCipherSuite, m: &Member) -> Result<RosterEntry> {
 }
 
 impl Session {
-    fn new(group: Group<Config>, suite: RoomCipherSuite, policy: RoomPolicy) -> Result<Self> {
+    fn new(
+        group: Group<Config>,
+        suite: RoomCipherSuite,
+        policy: RoomPolicy,
+        returns: ReturnKeys,
+    ) -> Result<Self> {
         let mut session = Session {
             group,
             suite,
@@ -380,9 +527,36 @@ impl Session {
             pending_commit: None,
             roster: Vec::new(),
             reloaded_in: None,
+            returns,
         };
         session.fill_roster()?;
+        session.keep_return_secret(true)?;
         Ok(session)
+    }
+
+    /// In a lobby, keeps this epoch's return secret (`restart`: forget the earlier ones, which
+    /// someone now in the group never had).
+    fn keep_return_secret(&self, restart: bool) -> Result<()> {
+        if !matches!(self.policy.admission, Admission::Lobby(_)) {
+            return Ok(());
+        }
+        let secret = self
+            .group
+            .export_secret(HOST_RETURN_EXPORTER_LABEL, b"", HOST_RETURN_SECRET_LEN)
+            .map_err(Error::mls)?;
+        let me = self
+            .group
+            .current_member_signing_identity()
+            .map_err(Error::mls)?;
+        self.returns.record(
+            self.group.group_id(),
+            &self.policy.room_id,
+            self.policy.is_host(&me.signature_key),
+            self.epoch(),
+            Zeroizing::new(secret.as_bytes().to_vec()),
+            restart,
+        );
+        Ok(())
     }
 
     /// Adds roster entries for every member not in the cache yet; returns them.
@@ -414,6 +588,7 @@ impl Session {
             pending_commit: self.pending_commit.clone(),
             roster: self.roster.clone(),
             reloaded_in: self.reloaded_in,
+            returns: self.returns.clone(),
         }
     }
 
@@ -517,6 +692,53 @@ impl Session {
             builder = builder.remove_member(leaf).map_err(map_mls)?;
         }
         let out = builder.build().map_err(map_mls)?;
+        self.pend(out)
+    }
+
+    /// In a lobby where this member is no host: a commit that adds back a host's device that
+    /// knocked with `key_package`, proving with the return PSK its KeyPackage names that the
+    /// group is the one the host was in ([`conclave_mls::HostReturn`]). Refused if the
+    /// KeyPackage is not a host's, names no epoch of this group, or one whose secret this
+    /// member no longer keeps (an add since then: someone now in the group never had it).
+    pub fn commit_host_return(
+        &mut self,
+        key_package: &[u8],
+        now: Timestamp,
+    ) -> Result<CommitBundle> {
+        if self.group.has_pending_commit() {
+            return Err(Error::Usage("a commit is already pending"));
+        }
+        let card = self.read_joiner(key_package, now)?;
+        if !matches!(self.policy.admission, Admission::Lobby(_))
+            || !self.policy.is_host(&card.signature_key)
+        {
+            return Err(Error::Usage("only a lobby's host returns this way"));
+        }
+        let ticket = return_ticket_of(key_package)?
+            .filter(|t| t.group_id == self.group.group_id())
+            .ok_or(Error::Usage(
+                "the host's KeyPackage names no epoch of this group",
+            ))?;
+        if !self.returns.has(&ticket) {
+            return Err(Error::Usage(
+                "this member keeps no secret of the epoch the host names",
+            ));
+        }
+        let out = self
+            .group
+            .commit_builder()
+            .commit_time(now.into())
+            .add_member(parse_message(key_package)?)
+            .map_err(map_mls)?
+            .add_external_psk(ticket.psk_id())
+            .map_err(map_mls)?
+            .build()
+            .map_err(map_mls)?;
+        self.pend(out)
+    }
+
+    /// Keeps a built commit pending and bundles what the DS needs.
+    fn pend(&mut self, out: mls_rs::group::CommitOutput) -> Result<CommitBundle> {
         let welcome = match out.welcome_messages().first() {
             Some(w) => Some(to_bytes(w)?),
             None => None,
@@ -542,6 +764,18 @@ impl Session {
     /// this member add it (an invite-list room: listed or invited). One KeyPackage that fails here is left
     /// out; it does not sink the adds of the others.
     pub fn check_joiner(&self, key_package: &[u8], now: Timestamp) -> Result<KeyPackageCard> {
+        let card = self.read_joiner(key_package, now)?;
+        let add = AddProposal::try_from(parse_message(key_package)?).map_err(map_mls)?;
+        let me = self
+            .group
+            .current_member_signing_identity()
+            .map_err(Error::mls)?;
+        conclave_mls::check_add(self.suite, &self.policy, me, &add)?;
+        Ok(card)
+    }
+
+    /// Reads a joiner's KeyPackage: of this room's suite, not expired.
+    fn read_joiner(&self, key_package: &[u8], now: Timestamp) -> Result<KeyPackageCard> {
         let card = KeyPackageCard::read(key_package)?;
         if card.suite != self.suite {
             return Err(Error::MalformedMessage(
@@ -553,11 +787,6 @@ impl Session {
         if expires.seconds_since_epoch().saturating_mul(1000) <= now.as_millis() {
             return Err(Error::MalformedMessage("the KeyPackage has expired".into()));
         }
-        let me = self
-            .group
-            .current_member_signing_identity()
-            .map_err(Error::mls)?;
-        conclave_mls::check_add(self.suite, &self.policy, me, &add)?;
         Ok(card)
     }
 
@@ -644,8 +873,7 @@ impl Session {
     /// qualify. Every member computes the same answer from the same tree.
     pub fn designated_committer(&self, online: &[u32], adds_waiting: bool) -> Option<u32> {
         let tree = self.group.export_tree();
-        let hosts_only =
-            adds_waiting && matches!(self.policy.admission, conclave_mls::Admission::Lobby(_));
+        let hosts_only = adds_waiting && matches!(self.policy.admission, Admission::Lobby(_));
         let eligible = online.iter().copied().filter(|&leaf| {
             let Some(m) = self.group.member_at_index(leaf) else {
                 return false;
@@ -773,6 +1001,9 @@ impl Session {
         } else {
             Vec::new()
         };
+        if !removed_self {
+            self.keep_return_secret(has_adds)?;
+        }
         Ok(EpochChange {
             epoch: new_epoch.epoch,
             committer,

@@ -22,6 +22,7 @@ use mls_rs_core::extension::{ExtensionType, MlsCodecExtension};
 
 use crate::crypto::{suite_provider, RoomCipherSuite};
 use crate::error::{Error, Result};
+use crate::host_return::HostReturn;
 use crate::identity::Fingerprint;
 
 /// Group context extension carrying the [`RoomPolicy`] (private-use range).
@@ -280,6 +281,13 @@ pub enum PolicyViolation {
     /// left out when a host builds a commit), whoever commits it.
     #[error("in a lobby room only a host's own commit may add a member (an add was proposed by reference)")]
     AddNotFromHost,
+    /// In a lobby room, a member who is not a host added a host's device back without the
+    /// proof (a PSK of an epoch the host was in) that the group is the one the host was in.
+    #[error("a member who is not a host added this host's device without proof that the group is the one it hosted (adder {adder})")]
+    ReturnUnproven {
+        /// Fingerprint of the device that added it.
+        adder: Fingerprint,
+    },
     /// In an invite-list room, the added device is neither listed nor invited.
     #[error("device {invitee} is not on the room's invite list and has no invite")]
     NotInvited {
@@ -326,24 +334,40 @@ fn proposal_name(p: &BorrowedProposal<'_>) -> &'static str {
         BorrowedProposal::GroupContextExtensions(_) => "group context extensions",
         BorrowedProposal::SelfRemove(_) => "self-remove",
         BorrowedProposal::Custom(_) => "custom",
+        BorrowedProposal::Psk(_) => "pre-shared key",
         #[allow(unreachable_patterns)]
         _ => "other",
     }
 }
 
-/// Checks a received commit's proposals (and its committer) against the room's policy. Pure:
-/// the same inputs give the same verdict on every member, which keeps the group from forking.
+/// Checks a received commit's proposals (and its committer) against the room's policy, in the
+/// group `group_id`. Pure: the same inputs give the same verdict on every member, which keeps
+/// the group from forking.
 pub fn check_commit(
     suite: RoomCipherSuite,
     policy: &RoomPolicy,
+    group_id: &[u8],
     source: &CommitSource,
     proposals: &ProposalBundle,
 ) -> core::result::Result<(), PolicyViolation> {
     let committer = committer_of(source)?;
+    let returning = host_return_in(policy, group_id, proposals);
     for info in proposals.iter_proposals() {
-        check_proposal(suite, policy, committer, &info)?;
+        check_proposal(suite, policy, group_id, returning, committer, &info)?;
     }
     Ok(())
+}
+
+/// Whether the commit carries (by value) the PSK of a lobby host returning to this group: see
+/// [`crate::HostReturn`].
+fn host_return_in(policy: &RoomPolicy, group_id: &[u8], proposals: &ProposalBundle) -> bool {
+    matches!(policy.admission, Admission::Lobby(_))
+        && proposals.iter_proposals().any(|info| {
+            info.is_by_value()
+                && matches!(info.proposal, BorrowedProposal::Psk(p)
+                    if p.external_psk_id().and_then(|id| HostReturn::from_psk_id(id))
+                        .is_some_and(|t| t.group_id == group_id))
+        })
 }
 
 /// Before building a commit: leaves out proposals received by reference that the policy
@@ -352,13 +376,16 @@ pub fn check_commit(
 pub fn drop_forbidden_references(
     suite: RoomCipherSuite,
     policy: &RoomPolicy,
+    group_id: &[u8],
     source: &CommitSource,
     proposals: &mut ProposalBundle,
 ) -> core::result::Result<(), PolicyViolation> {
     let committer = committer_of(source)?.clone();
+    let returning = host_return_in(policy, group_id, proposals);
     proposals.retain(|info| {
         Ok::<bool, PolicyViolation>(
-            info.is_by_value() || check_proposal(suite, policy, &committer, info).is_ok(),
+            info.is_by_value()
+                || check_proposal(suite, policy, group_id, returning, &committer, info).is_ok(),
         )
     })
 }
@@ -373,6 +400,8 @@ fn committer_of(source: &CommitSource) -> core::result::Result<&SigningIdentity,
 fn check_proposal(
     suite: RoomCipherSuite,
     policy: &RoomPolicy,
+    group_id: &[u8],
+    returning: bool,
     committer: &SigningIdentity,
     info: &ProposalInfo<BorrowedProposal<'_>>,
 ) -> core::result::Result<(), PolicyViolation> {
@@ -394,8 +423,25 @@ fn check_proposal(
         {
             Err(PolicyViolation::AddNotFromHost)
         }
+        // A member who is not a host adds a returning host's device, proving with the PSK
+        // that the group is the one the host was in.
+        BorrowedProposal::Add(add)
+            if returning && policy.is_host(&add.signing_identity().signature_key) =>
+        {
+            Ok(())
+        }
         // Whoever proposed an add, the committer is the one who admits: it must qualify.
         BorrowedProposal::Add(add) => check_add(suite, policy, committer, add),
+        // Only the committer's own proof for a returning lobby host, for this group.
+        BorrowedProposal::Psk(p)
+            if info.is_by_value()
+                && matches!(policy.admission, Admission::Lobby(_))
+                && p.external_psk_id()
+                    .and_then(|id| HostReturn::from_psk_id(id))
+                    .is_some_and(|t| t.group_id == group_id) =>
+        {
+            Ok(())
+        }
         BorrowedProposal::Update(_)
         | BorrowedProposal::Remove(_)
         | BorrowedProposal::SelfRemove(_) => Ok(()),
@@ -445,14 +491,44 @@ pub fn check_invited(
     policy: &RoomPolicy,
     add: &AddProposal,
 ) -> core::result::Result<(), PolicyViolation> {
+    check_listed(
+        suite,
+        policy,
+        add.signing_identity(),
+        &add.key_package_extensions(),
+    )
+}
+
+/// In an invite-list room, whether a member of the group belongs there: a host, listed, or
+/// carrying in its leaf a valid invite bound to its own key. What a joiner checks of every
+/// member before it accepts a Welcome, so that a group that a device of the server's made
+/// (with the charter's exact policy) shows itself: that device is none of these.
+pub fn check_member_listed(
+    suite: RoomCipherSuite,
+    policy: &RoomPolicy,
+    member: &SigningIdentity,
+    leaf_extensions: &ExtensionList,
+) -> core::result::Result<(), PolicyViolation> {
+    if policy.is_host(&member.signature_key) {
+        return Ok(());
+    }
+    check_listed(suite, policy, member, leaf_extensions)
+}
+
+fn check_listed(
+    suite: RoomCipherSuite,
+    policy: &RoomPolicy,
+    joiner: &SigningIdentity,
+    extensions: &ExtensionList,
+) -> core::result::Result<(), PolicyViolation> {
     let Admission::InviteList(list) = &policy.admission else {
         return Ok(());
     };
-    let joiner = fingerprint(suite, add.signing_identity())?;
+    let joiner = fingerprint(suite, joiner)?;
     if list.allowed.contains(&joiner) {
         return Ok(());
     }
-    match add.key_package_extensions().get_as::<Invite>() {
+    match extensions.get_as::<Invite>() {
         Ok(Some(invite)) => invite.verify(suite, policy, &list.hosts, &joiner),
         Ok(None) => Err(PolicyViolation::NotInvited { invitee: joiner }),
         Err(_) => Err(PolicyViolation::BadInvite {

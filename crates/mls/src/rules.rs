@@ -44,11 +44,23 @@ impl MlsRules for ConclaveRules {
             .ok_or(PolicyViolation::UnsupportedSuite)?;
         let policy = policy_of(&current_context.extensions)?;
         if direction == CommitDirection::Send {
-            drop_forbidden_references(suite, &policy, &source, &mut proposals)?;
+            drop_forbidden_references(
+                suite,
+                &policy,
+                &current_context.group_id,
+                &source,
+                &mut proposals,
+            )?;
         }
         // Both directions: our own client never builds a commit the others would reject, and
         // never applies one that breaks the policy.
-        check_commit(suite, &policy, &source, &proposals)?;
+        check_commit(
+            suite,
+            &policy,
+            &current_context.group_id,
+            &source,
+            &proposals,
+        )?;
         Ok(proposals)
     }
 

@@ -159,6 +159,9 @@ struct LastChange {
 #[derive(Debug)]
 pub struct Call {
     p: Participant,
+    /// What [`Call::rejoin`] needs to make the next membership.
+    room: String,
+    lobby: bool,
     held: HoldQueue<u32>,
     released: BTreeMap<u32, Vec<u8>>,
     health: BTreeMap<u32, Health>,
@@ -214,13 +217,30 @@ impl Call {
             id = id.with_display_name(name).map_err(js)?;
         }
         let device = Device::new(id, GroupStore::memory()).map_err(js)?;
+        Ok(Self::with_device(device, room, lobby))
+    }
+
+    /// The next membership after a lost connection, with the same device: nothing of the
+    /// last membership is kept but the device (its key, and the secrets a lobby host needs to
+    /// be added back into its own group when no other host is there). The charter, pins and
+    /// invite list are set again, as for a new call.
+    pub fn rejoin(self) -> Call {
+        let Call { p, room, lobby, .. } = self;
+        Self::with_device(p.into_device(), &room, lobby)
+    }
+}
+
+impl Call {
+    fn with_device(device: Device, room: &str, lobby: bool) -> Call {
         let (policy, admit) = if lobby {
             (NewRoomPolicy::Lobby, AdmitMode::Ask)
         } else {
             (NewRoomPolicy::Open, AdmitMode::Auto)
         };
-        Ok(Call {
+        Call {
             p: Participant::new(device, room, policy, admit),
+            room: room.to_owned(),
+            lobby,
             held: HoldQueue::new(HOLD_FRAMES, core::time::Duration::from_millis(HOLD_MS)),
             released: BTreeMap::new(),
             health: BTreeMap::new(),
@@ -233,9 +253,12 @@ impl Call {
             hello_answered: false,
             unsealed: 0,
             sealed: 0,
-        })
+        }
     }
+}
 
+#[wasm_bindgen]
+impl Call {
     /// Holds the call to the meeting's charter from the link's fragment (`charter=c1.…`,
     /// which the browser never sends to the server): it joins only a group with exactly that
     /// policy and those hosts, and creates the group only if the charter lets this device.

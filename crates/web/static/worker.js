@@ -10,6 +10,7 @@ const HOLD_LIMIT = 600; // held frames waiting for an epoch, at most (the core h
 const HOLD_MS = 4000;
 
 let call = null; // wasm Call
+let callKey = null; // token, room, name and lobby flag the call was made for
 let ws = null;
 let pendingOffer = null; // SDP to send once the server answered our hello
 let helloAnswered = false;
@@ -167,10 +168,17 @@ function tick() {
 async function start(msg) {
   await ready;
   // A new membership (the first, or a rejoin after a lost connection): nothing of the last
-  // one is kept but the device key.
+  // one is kept but the device (its key, and what a lobby host needs to be added back into
+  // its own group when no other host is there).
   const old = ws;
   ws = null;
   if (old) old.close();
+  const key = JSON.stringify([msg.token, msg.room, msg.name || "", !!msg.lobby]);
+  let kept = null;
+  if (call && callKey === key) {
+    kept = call.rejoin(); // consumes the old call
+    call = null;
+  }
   wipe();
   helloAnswered = false;
   pendingOffer = null;
@@ -187,7 +195,8 @@ async function start(msg) {
   const name = msg.name || c.name || c.sub;
   const id = await identityFor(c.sub, name);
   post({ type: "identity", userId: c.sub, name, fingerprint: id.info.fingerprint, created: id.created });
-  call = new wasm.Call(id.bytes, name, msg.room, !!msg.lobby);
+  call = kept || new wasm.Call(id.bytes, name, msg.room, !!msg.lobby);
+  callKey = key;
   pinsKey = `pins:${c.sub}`;
   let pins = "";
   try {

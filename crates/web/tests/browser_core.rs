@@ -68,6 +68,22 @@ impl Room {
         room
     }
 
+    /// The browser alone (it will create the room: a lobby it hosts if `lobby`).
+    fn browser_only(lobby: bool) -> Room {
+        let (secret, identity) =
+            generate_server_identity(RoomCipherSuite::Curve25519Aes128).unwrap();
+        let id = new_identity("bea", "Bea").unwrap();
+        Room {
+            ds: Ds::new(DsConfig::default(), secret, identity),
+            natives: Vec::new(),
+            browser: Call::new(&id, "Bea", "room", lobby).unwrap(),
+            now: T0,
+            hold_browser: false,
+            held: VecDeque::new(),
+            to_browser: |m| vec![m],
+        }
+    }
+
     fn ts(&self) -> Timestamp {
         Timestamp::from_millis(self.now)
     }
@@ -215,17 +231,7 @@ fn browser_pins_keys_and_warns_when_a_known_user_id_comes_with_a_new_one() {
 
 #[test]
 fn a_browser_creates_an_invite_list_room_that_admits_only_the_listed_device() {
-    let (secret, identity) = generate_server_identity(RoomCipherSuite::Curve25519Aes128).unwrap();
-    let id = new_identity("bea", "Bea").unwrap();
-    let mut room = Room {
-        ds: Ds::new(DsConfig::default(), secret, identity),
-        natives: Vec::new(),
-        browser: Call::new(&id, "Bea", "room", false).unwrap(),
-        now: T0,
-        hold_browser: false,
-        held: VecDeque::new(),
-        to_browser: |m| vec![m],
-    };
+    let mut room = Room::browser_only(false);
     let ada = device("ada");
     let listed = ada.identity().fingerprint().unwrap();
     assert!(room.browser.set_invite_list("not-hex").is_err());
@@ -251,6 +257,49 @@ fn a_browser_creates_an_invite_list_room_that_admits_only_the_listed_device() {
         .map(|r| r["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["Bea", "ada"], "only the listed device got in");
+}
+
+#[test]
+fn a_browser_lobby_host_whose_connection_dropped_is_added_back_by_a_member_who_is_no_host() {
+    // The page hosts a lobby, admits ada, loses its connection and rejoins with the same
+    // device (`Call::rejoin`, what the worker does): ada, no host, adds it back.
+    let mut room = Room::browser_only(true);
+    room.connect_browser();
+    assert_eq!(room.state()["policy"], "lobby");
+    room.natives.push((
+        NATIVE,
+        Participant::new(device("ada"), "room", NewRoomPolicy::Open, AdmitMode::Auto),
+    ));
+    room.ds.connect(NATIVE, "room", "ada", room.ts());
+    room.settle();
+    let knock = room.state()["knocks"][0]["knock"]
+        .as_u64()
+        .expect("ada knocks");
+    room.browser.admit(knock, room.now as f64, 7).unwrap();
+    room.settle();
+    assert_eq!(room.ds.member_count("room"), 2);
+    let code = room.state()["security_code"].clone();
+
+    room.ds.disconnect(BROWSER, room.ts());
+    let old = std::mem::replace(
+        &mut room.browser,
+        Call::new(&new_identity("x", "x").unwrap(), "x", "room", false).unwrap(),
+    );
+    room.browser = old.rejoin();
+    room.now += 1_000;
+    room.connect_browser();
+    let state = room.state();
+    assert_eq!(state["policy"], "lobby", "{state}");
+    assert_eq!(state["is_host"], true);
+    assert_eq!(state["roster"].as_array().map(Vec::len), Some(2));
+    assert_ne!(state["security_code"], code, "a new epoch");
+    assert_eq!(
+        state["security_code"].as_str(),
+        room.native(NATIVE)
+            .security_code()
+            .map(|c| c.to_string())
+            .as_deref()
+    );
 }
 
 #[test]

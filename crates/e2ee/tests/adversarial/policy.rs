@@ -202,6 +202,12 @@ fn invite_list_admits_listed_and_invited_devices() {
     let b = room.s(committer).commit(&[kp], &[], T0).unwrap();
     room.deliver(committer, &b.commit);
     assert_eq!(room.s(0).member_count(), 4);
+    // The joiner checks every member of the group: the host, the listed device, and the
+    // two invited ones, whose leaves carry their invites.
+    let s = guest
+        .join("room", b.welcome.as_ref().unwrap(), &b.ratchet_tree, T0)
+        .expect("every member of the group belongs there");
+    assert_eq!(s.member_count(), 4);
 }
 
 #[test]
