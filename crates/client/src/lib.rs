@@ -175,6 +175,14 @@ pub enum Event {
         /// Fingerprint of the knocking device's key, from its KeyPackage.
         fingerprint: Fingerprint,
     },
+    /// A knock ended before anyone decided on it (the knocker left, or its KeyPackage
+    /// expired): it is no longer in [`Participant::pending_knocks`].
+    KnockGone {
+        /// The knock.
+        knock: KnockId,
+        /// Display name, from the KeyPackage's credential.
+        name: String,
+    },
     /// Something was refused that an honest server and honest members would not send: a
     /// policy-breaking commit, a forged message, a server proposal other than a removal.
     Alarm {
@@ -653,6 +661,17 @@ impl Participant {
                 }
             }
             ServerMsg::Knock { knock } => self.knocked(&knock),
+            ServerMsg::KnockGone { knock } => {
+                // The server's word, but all it can do is hide a knock, which it could by
+                // never sending it.
+                if let Some(k) = self.knocks.remove(&knock) {
+                    self.approved.retain(|(d, _)| *d != k.card.digest);
+                    self.events.push_back(Event::KnockGone {
+                        knock,
+                        name: k.card.credential.display_name,
+                    });
+                }
+            }
             ServerMsg::CommitRequest { epoch, knocks } => {
                 self.commit_requested(epoch, knocks, now)?
             }
@@ -735,36 +754,39 @@ impl Participant {
                         "a Welcome while already in the group".into(),
                     ));
                 }
-                let session = match self
-                    .device
-                    .join(&self.room, &welcome.0, &ratchet_tree.0, now)
-                {
-                    Ok(session) => session,
-                    Err(e @ conclave_e2ee::Error::Policy(_)) => {
-                        // The group breaks its own policy where a joiner can see it (a lobby
-                        // member who is no host added us, a member not on the invite list):
-                        // a group someone made to look like this room's.
-                        let reason = format!("refused the group the server offered: {e}");
-                        self.alarm(reason.clone());
-                        self.events.push_back(Event::Ended { reason });
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if let Some(charter) = self.charter.as_ref().filter(|c| *c != session.policy()) {
+                let joined = self.device.join_held_to(
+                    &self.room,
+                    self.charter.as_ref(),
+                    &welcome.0,
+                    &ratchet_tree.0,
+                    now,
+                );
+                let refusal = match (&joined, self.charter.as_ref()) {
                     // Someone (the server's own device, say) made this room's group with
                     // another policy or other hosts than the meeting's maker fixed.
-                    let reason = format!(
-                        "refused the group the server offered: its policy ({} hosted by {}) is not this meeting's charter ({} hosted by {})",
-                        session.policy().kind(),
-                        hosts_of(session.policy()),
-                        charter.kind(),
-                        hosts_of(charter)
-                    );
+                    (Err(conclave_e2ee::Error::NotTheCharter { offered }), Some(charter)) => {
+                        Some(format!(
+                            "refused the group the server offered: its policy ({} hosted by {}) is not this meeting's charter ({} hosted by {})",
+                            offered.kind(),
+                            hosts_of(offered),
+                            charter.kind(),
+                            hosts_of(charter)
+                        ))
+                    }
+                    // The group breaks its own policy where a joiner can see it (a lobby
+                    // member who is no host added us, a member not on the invite list): a
+                    // group someone made to look like this room's.
+                    (Err(e @ conclave_e2ee::Error::Policy(_)), _) => {
+                        Some(format!("refused the group the server offered: {e}"))
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = refusal {
                     self.alarm(reason.clone());
                     self.events.push_back(Event::Ended { reason });
                     return Ok(());
                 }
+                let session = joined?;
                 let epoch = session.epoch();
                 let security_code = session.security_code()?;
                 let roster = session.roster()?;

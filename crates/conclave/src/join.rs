@@ -358,6 +358,7 @@ fn report(p: &conclave_client::Participant, e: &Event, json: bool) {
             "knock: {name} ({user_id}) device {}",
             fingerprint.short_code()
         ),
+        Event::KnockGone { knock, name } => println!("knock {knock} withdrawn: {name}"),
         Event::Alarm { reason } => println!("ALARM: {reason}"),
         Event::Ended { reason } => println!("ended: {reason}"),
         _ => {}

@@ -32,7 +32,8 @@ use std::time::Duration;
 use conclave_mls::{
     check_invited, committer, policy_of, provider, suite_provider, Admission,
     ConclaveIdentityProvider, ConclaveRules, CredentialInfo, HostReturn, KeyPackageCard, Provider,
-    RoomCipherSuite, Timestamp, HOST_RETURN_EXTENSION, INVITE_EXTENSION, ROOM_POLICY_EXTENSION,
+    RoomCipherSuite, Timestamp, HOST_RETURN_EXTENSION, HOST_RETURN_WINDOW, INVITE_EXTENSION,
+    ROOM_POLICY_EXTENSION,
 };
 use conclave_proto::{
     Bytes, ClientMsg, ErrorCode, KnockId, KnockInfo, ServerMsg, PROTOCOL_VERSION,
@@ -228,6 +229,9 @@ struct Request {
 #[derive(Default)]
 struct Room {
     group: Option<ExternalGroup<ExtConfig>>,
+    /// The group's epoch of its last add (or of its creation): a returning lobby host's
+    /// proof must name an epoch since, which every member keeps.
+    last_add_epoch: u64,
     conns: Vec<ConnId>,
     knocks: Vec<Knock>,
     next_knock: KnockId,
@@ -518,6 +522,13 @@ impl Ds {
             ConnState::Knocking(id) => room.knocks.retain(|k| k.id != id),
             ConnState::Creating | ConnState::Waiting => {}
         }
+        if let ConnState::Knocking(knock) = c.state {
+            // A host's list of knocks loses the ones nobody waits on any more.
+            self.send_to_hosts(&c.room, &ServerMsg::KnockGone { knock });
+        }
+        let Some(room) = self.rooms.get_mut(&c.room) else {
+            return;
+        };
         if room.request.as_ref().is_some_and(|r| r.conn == conn) {
             room.request = None;
             room.work_since.get_or_insert(now);
@@ -788,6 +799,7 @@ impl Ds {
             return;
         };
         info!(room = room_name, policy = policy.kind(), "group created");
+        room.last_add_epoch = group.group_context().epoch;
         room.group = Some(group);
         room.creating_since = None;
         room.charter = Some(policy);
@@ -1026,13 +1038,25 @@ impl Ds {
         };
         let mut added_keys = Vec::new();
         let mut added_kps = Vec::new();
+        let mut added_tickets = Vec::new();
+        let mut psks = Vec::new();
         let mut removed = Vec::new();
         for p in &new_epoch.applied_proposals {
             match (&p.proposal, p.sender) {
                 (Proposal::Add(a), _) => {
                     added_keys.push(a.signing_identity().signature_key.as_bytes().to_vec());
                     added_kps.push(a.key_package().mls_encode_to_vec().unwrap_or_default());
+                    added_tickets.push(
+                        a.key_package_extensions()
+                            .get_as::<HostReturn>()
+                            .ok()
+                            .flatten(),
+                    );
                 }
+                (Proposal::Psk(psk), _) => psks.push(
+                    psk.external_psk_id()
+                        .and_then(|id| HostReturn::from_psk_id(id)),
+                ),
                 (Proposal::Remove(r), _) => removed.push(r.to_remove()),
                 (Proposal::SelfRemove(_), mls_rs::group::Sender::Member(l)) => removed.push(l),
                 _ => {}
@@ -1044,8 +1068,27 @@ impl Ds {
         let unknocked = added_kps
             .iter()
             .any(|kp| !room.knocks.iter().any(|kn| kn.key_package == *kp));
+        // A returning host's proof (the members' rules let only that PSK through): this DS
+        // cannot check its value, so it checks that every member keeps it, lest an accepted
+        // commit be one that honest members cannot process: an epoch since the last add, at
+        // most `HOST_RETURN_WINDOW` back, named by the one host added.
+        let base = new_epoch.epoch.saturating_sub(1);
+        let bad_return = !psks.is_empty() && {
+            let ok = match (psks.as_slice(), added_tickets.as_slice()) {
+                ([Some(t)], [Some(named)]) => {
+                    t == named
+                        && t.epoch >= room.last_add_epoch
+                        && t.epoch <= base
+                        && base - t.epoch < HOST_RETURN_WINDOW as u64
+                }
+                _ => false,
+            };
+            !ok
+        };
         let refusal = if unknocked {
             Some("the commit adds a device that did not knock")
+        } else if bad_return {
+            Some("a host's return must name one epoch since the last add that every member keeps, for the one host it adds")
         } else if !added_keys.is_empty() && welcome.is_none() {
             Some("the commit adds members but carries no Welcome")
         } else {
@@ -1054,6 +1097,9 @@ impl Ds {
         if let Some(why) = refusal {
             *group = before;
             return reject(self, why.into());
+        }
+        if !added_keys.is_empty() {
+            room.last_add_epoch = new_epoch.epoch;
         }
         self.stats.commits_accepted += 1;
         info!(
@@ -1381,11 +1427,11 @@ impl Ds {
         };
         // Bounded in bytes: the rest wait for the next epoch. A KeyPackage that expired while
         // it waited would sink the commit: it is not sent (its knocker is told, and closed).
-        let expired: Vec<ConnId> = room
+        let expired: Vec<(ConnId, KnockId)> = room
             .knocks
             .iter()
             .filter(|k| k.expires <= now)
-            .map(|k| k.conn)
+            .map(|k| (k.conn, k.id))
             .collect();
         room.knocks.retain(|k| k.expires > now);
         let mut budget = self.config.max_request_bytes;
@@ -1407,7 +1453,8 @@ impl Ds {
             deadline: now.saturating_add(self.config.commit_timeout),
         });
         self.send(conn, ServerMsg::CommitRequest { epoch, knocks });
-        for c in expired {
+        for (c, knock) in expired {
+            self.send_to_hosts(room_name, &ServerMsg::KnockGone { knock });
             self.refuse(
                 c,
                 ErrorCode::Rejected,

@@ -300,6 +300,36 @@ fn lobby_knock_waits_for_the_host_and_can_be_denied() {
     assert_eq!(net.ds.member_count("room"), 2);
 }
 
+#[test]
+fn a_knock_whose_knocker_left_leaves_the_hosts_list() {
+    let mut net = Net::new();
+    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    net.join(2, "guest", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(3, "other", NewRoomPolicy::Open, AdmitMode::Auto);
+    assert_eq!(net.p(1).pending_knocks().len(), 2);
+    // The guest gives up before the host decides.
+    net.parts.remove(&2);
+    net.ds.disconnect(2, net.now);
+    net.settle();
+    let left: Vec<String> = net
+        .p(1)
+        .pending_knocks()
+        .into_iter()
+        .map(|k| k.user_id)
+        .collect();
+    assert_eq!(left, ["other"]);
+    assert!(net
+        .events_of(1)
+        .iter()
+        .any(|e| matches!(e, Event::KnockGone { name, .. } if name == "guest")));
+    // The one still waiting is admitted as before.
+    let k = net.p(1).pending_knocks()[0].knock;
+    let now = net.now;
+    net.p(1).admit(k, now).unwrap();
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 2);
+}
+
 /// Knocks go only to who decides on them: nobody in an open room (the committer gets them
 /// with its commit request), the hosts in a lobby room. Broadcasting each knock to every
 /// member cost a room of 1,000 half a million messages while it filled.

@@ -933,3 +933,57 @@ fn a_server_device_in_its_copy_of_an_invite_list_room_is_seen_and_the_guest_refu
         "{err:?}"
     );
 }
+
+#[test]
+fn a_member_who_helps_the_server_cannot_return_the_host_into_a_copy_holding_the_servers_devices() {
+    // K, a member of the real group, hands the server its return secret of the host's last
+    // epoch and builds, under K's own key, a copy of the group (same group id and policy) that
+    // holds a device of the server's. The proof is right, but the host refuses: the copy holds
+    // a member who was not in the group in the epoch it returns from.
+    let host = device("host");
+    let charter = lobby_charter(&host);
+    let mut real = host.create_room(charter.clone(), None, T0).unwrap();
+    let k_id = DeviceIdentity::generate(SUITE, CredentialInfo::new("k", "k").unwrap()).unwrap();
+    let k_bytes = k_id.to_bytes().unwrap();
+    let k = Device::new(k_id, GroupStore::memory()).unwrap();
+    let kp = k.key_package(None, T0).unwrap();
+    let bundle = real.commit(&[kp], &[], T0).unwrap();
+    real.confirm_commit().unwrap();
+    let k_real = k
+        .join(
+            "room",
+            bundle.welcome.as_ref().unwrap(),
+            &bundle.ratchet_tree,
+            T0,
+        )
+        .unwrap();
+    let ticket = host.return_ticket("room").expect("a ticket");
+    assert_eq!(ticket.epoch, real.epoch());
+    let secret = k_real.danger_return_secret().unwrap();
+
+    let k_copy = Device::danger_without_policy_checks(
+        DeviceIdentity::from_bytes(&k_bytes).unwrap(),
+        GroupStore::memory(),
+    )
+    .unwrap();
+    let mut copy = k_copy
+        .danger_create_room_with_group_id(charter, ticket.group_id.clone(), T0)
+        .unwrap();
+    let spy = device("server-device");
+    copy.commit(&[spy.key_package(None, T0).unwrap()], &[], T0)
+        .unwrap();
+    copy.confirm_commit().unwrap();
+    k_copy.danger_keep_return_secret(&ticket, "room", secret);
+    let kp = host.key_package_with(None, Some(&ticket), T0).unwrap();
+    let bundle = copy.commit_host_return(&kp, T0).unwrap();
+    let err = host
+        .join("room", &bundle.welcome.unwrap(), &bundle.ratchet_tree, T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            conclave_e2ee::Error::Policy(conclave_e2ee::PolicyViolation::ReturnUnproven { .. })
+        ),
+        "{err:?}"
+    );
+}

@@ -22,6 +22,12 @@ pub enum Error {
     /// A commit (or a Welcome) would have broken the room's admission policy; it was not applied.
     #[error("admission policy violated: {0}")]
     Policy(#[from] PolicyViolation),
+    /// A Welcome into a group whose policy is not the meeting's charter the joiner holds.
+    #[error("the group's policy ({}) is not the meeting's charter", .offered.kind())]
+    NotTheCharter {
+        /// The policy of the group offered.
+        offered: Box<conclave_mls::RoomPolicy>,
+    },
     /// A credential in the group is not a Conclave credential.
     #[error("invalid credential: {0}")]
     Credential(String),

@@ -26,6 +26,9 @@ struct GroupKeys {
     /// Whether this device is a host of the group (only a host asks to return).
     host: bool,
     secrets: VecDeque<(u64, Zeroizing<Vec<u8>>)>,
+    /// A host's: the members' signature keys in the newest epoch kept, to which a group it
+    /// returns to must be limited (a member helping the server cannot bring its devices in).
+    roster: Vec<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -52,8 +55,10 @@ impl ReturnKeys {
         f(&mut inner)
     }
 
-    /// Notes the secret of `epoch` of a lobby group; `restart` first forgets the group's
-    /// earlier epochs (the epoch added someone, who was not in them).
+    /// Notes the secret of `epoch` of a lobby group, and for a host its members' signature
+    /// keys then (`roster`); `restart` first forgets the group's earlier epochs (the epoch
+    /// added someone, who was not in them).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         group_id: &[u8],
@@ -61,6 +66,7 @@ impl ReturnKeys {
         host: bool,
         epoch: u64,
         secret: Zeroizing<Vec<u8>>,
+        roster: Vec<Vec<u8>>,
         restart: bool,
     ) {
         self.with(|inner| {
@@ -72,9 +78,11 @@ impl ReturnKeys {
                     room_id: room_id.to_vec(),
                     host,
                     secrets: VecDeque::new(),
+                    roster: Vec::new(),
                 },
             };
             g.host = host;
+            g.roster = roster;
             if restart {
                 g.secrets.clear();
             }
@@ -104,6 +112,19 @@ impl ReturnKeys {
                 group_id: g.group_id.clone(),
                 epoch: *epoch,
             })
+        })
+    }
+
+    /// A host's: the members' signature keys in the epoch of `ticket`, if it is the newest
+    /// epoch kept of its group.
+    pub(crate) fn roster_of(&self, ticket: &HostReturn) -> Option<Vec<Vec<u8>>> {
+        self.with(|inner| {
+            let g = inner
+                .groups
+                .iter()
+                .find(|g| g.host && g.group_id == ticket.group_id)?;
+            let (epoch, _) = g.secrets.back()?;
+            (*epoch == ticket.epoch).then(|| g.roster.clone())
         })
     }
 
@@ -168,7 +189,7 @@ mod tests {
     fn keeps_a_bounded_window_per_group_and_forgets_it_on_an_add() {
         let keys = ReturnKeys::default();
         for e in 0..(HOST_RETURN_WINDOW as u64 + 5) {
-            keys.record(b"g", b"room", true, e, s(1), false);
+            keys.record(b"g", b"room", true, e, s(1), vec![b"k".to_vec()], false);
         }
         let old = HostReturn {
             group_id: b"g".to_vec(),
@@ -178,18 +199,19 @@ mod tests {
         let t = keys.ticket(b"room").expect("a ticket");
         assert_eq!(t.epoch, HOST_RETURN_WINDOW as u64 + 4);
         assert!(keys.has(&t));
-        keys.record(b"g", b"room", true, 100, s(2), true);
+        assert_eq!(keys.roster_of(&t), Some(vec![b"k".to_vec()]));
+        keys.record(b"g", b"room", true, 100, s(2), vec![], true);
         assert!(!keys.has(&t), "an add forgets the earlier epochs");
         assert_eq!(keys.ticket(b"room").map(|t| t.epoch), Some(100));
         assert_eq!(keys.ticket(b"other"), None);
-        keys.record(b"h", b"room2", false, 1, s(3), false);
+        keys.record(b"h", b"room2", false, 1, s(3), vec![], false);
         assert_eq!(keys.ticket(b"room2"), None, "not a host there");
     }
 
     #[test]
     fn reports_which_secrets_mls_read() {
         let keys = ReturnKeys::default();
-        keys.record(b"g", b"room", true, 3, s(1), false);
+        keys.record(b"g", b"room", true, 3, s(1), vec![], false);
         let t = HostReturn {
             group_id: b"g".to_vec(),
             epoch: 3,

@@ -337,6 +337,7 @@ impl Device {
             false,
             ticket.epoch,
             Zeroizing::new(secret),
+            Vec::new(),
             false,
         );
     }
@@ -384,12 +385,28 @@ impl Device {
         tree: &[u8],
         now: Timestamp,
     ) -> Result<Session> {
+        self.join_held_to(expected_room, None, welcome, tree, now)
+    }
+
+    /// [`Device::join`], refusing ([`Error::NotTheCharter`]) a group whose policy is not
+    /// `charter`, before anything of the group is kept.
+    pub fn join_held_to(
+        &self,
+        expected_room: &str,
+        charter: Option<&RoomPolicy>,
+        welcome: &[u8],
+        tree: &[u8],
+        now: Timestamp,
+    ) -> Result<Session> {
         let welcome = parse_message(welcome)?;
         if tree.len() > MAX_TREE_LEN {
             return Err(Error::Tree(format!("{} bytes is too large", tree.len())));
         }
         let tree = ExportedTree::from_bytes(tree).map_err(|e| Error::Tree(e.to_string()))?;
-        // Which return secrets mls-rs reads while it processes this Welcome, and only those.
+        // A host returning to its group names this ticket (the newest epoch it kept of the
+        // room's group); which return secrets mls-rs reads while it processes this Welcome,
+        // and only those.
+        let ticket = self.returns.ticket(expected_room.as_bytes());
         self.returns.take_used();
         let joined = self
             .client
@@ -405,16 +422,28 @@ impl Device {
             return Err(Error::Policy(PolicyViolation::MissingPolicy))
                 .or(Err(Error::Usage("the Welcome is for another room")));
         }
+        if charter.is_some_and(|c| *c != policy) {
+            return Err(Error::NotTheCharter {
+                offered: Box::new(policy),
+            });
+        }
         let suite = RoomCipherSuite::from_mls(group.cipher_suite())
             .ok_or(PolicyViolation::UnsupportedSuite)?;
-        self.check_welcome(&group, &policy, suite, info.sender, &used)?;
+        let welcomed = Welcomed {
+            sender: info.sender,
+            ticket: ticket.as_ref(),
+            used: &used,
+        };
+        self.check_welcome(&group, &policy, suite, welcomed)?;
         Session::new(group, suite, policy, self.returns.clone())
     }
 
     /// What a joiner checks of the group it is welcomed into, beyond what mls-rs checked (the
     /// tree against the signed GroupInfo, the committer's signature):
-    /// - in a lobby, the member who added it is a host, or a member who proved with a return
-    ///   PSK that this is the group this host device was in;
+    /// - in a lobby, the member who added it is a host; or this device is a host, the Welcome
+    ///   used exactly the return PSK of the ticket it knocked with, and every member of the
+    ///   group was a member in that epoch (a member who helps the server cannot bring in the
+    ///   server's devices);
     /// - in an invite-list room, every member is a host, listed, or invited.
     ///
     /// So a group a server's device made with the charter's exact policy cannot take anyone
@@ -424,11 +453,10 @@ impl Device {
         group: &Group<Config>,
         policy: &RoomPolicy,
         suite: RoomCipherSuite,
-        sender: u32,
-        used: &[HostReturn],
+        welcomed: Welcomed<'_>,
     ) -> Result<()> {
         let adder = group
-            .member_at_index(sender)
+            .member_at_index(welcomed.sender)
             .ok_or(Error::Usage("the Welcome's committer is not in the group"))?;
         match &policy.admission {
             Admission::Open => Ok(()),
@@ -437,15 +465,27 @@ impl Device {
                     return Ok(());
                 }
                 let adder = Fingerprint::of_key(suite, &adder.signing_identity.signature_key)?;
-                let me_host = policy.is_host(self.identity.public_key());
-                let proven = used.iter().any(|t| t.group_id == group.group_id());
-                if !me_host {
-                    Err(Error::Policy(PolicyViolation::NotAHost { adder }))
-                } else if !proven {
-                    Err(Error::Policy(PolicyViolation::ReturnUnproven { adder }))
-                } else {
-                    Ok(())
+                if !policy.is_host(self.identity.public_key()) {
+                    return Err(Error::Policy(PolicyViolation::NotAHost { adder }));
                 }
+                let unproven = Error::Policy(PolicyViolation::ReturnUnproven { adder });
+                let Some(ticket) = welcomed.ticket.filter(|t| t.group_id == group.group_id())
+                else {
+                    return Err(unproven);
+                };
+                let exact = !welcomed.used.is_empty() && welcomed.used.iter().all(|u| u == ticket);
+                let Some(roster) = self.returns.roster_of(ticket).filter(|_| exact) else {
+                    return Err(unproven);
+                };
+                let me = self.identity.public_key().as_bytes();
+                let strangers = group.roster().members_iter().any(|m| {
+                    let key = m.signing_identity.signature_key.as_bytes();
+                    key != me && !roster.iter().any(|k| k.as_slice() == key)
+                });
+                if strangers {
+                    return Err(unproven);
+                }
+                Ok(())
             }
             Admission::InviteList(_) => {
                 for m in group.roster().members_iter() {
@@ -471,6 +511,16 @@ impl Device {
         session.reloaded_in = Some(session.epoch());
         Ok(session)
     }
+}
+
+/// What a joiner knows of how it was welcomed, for [`Device::check_welcome`].
+struct Welcomed<'a> {
+    /// The committer's leaf.
+    sender: u32,
+    /// The return ticket this device knocked with, if any.
+    ticket: Option<&'a HostReturn>,
+    /// The return PSKs mls-rs read to process the Welcome.
+    used: &'a [HostReturn],
 }
 
 /// One device's membership in one room's MLS group.
@@ -534,6 +584,17 @@ impl Session {
         Ok(session)
     }
 
+    /// This epoch's return secret: only for adversarial tests (a member who helps the server
+    /// hands it over).
+    #[doc(hidden)]
+    pub fn danger_return_secret(&self) -> Result<Vec<u8>> {
+        let secret = self
+            .group
+            .export_secret(HOST_RETURN_EXPORTER_LABEL, b"", HOST_RETURN_SECRET_LEN)
+            .map_err(Error::mls)?;
+        Ok(secret.as_bytes().to_vec())
+    }
+
     /// In a lobby, keeps this epoch's return secret (`restart`: forget the earlier ones, which
     /// someone now in the group never had).
     fn keep_return_secret(&self, restart: bool) -> Result<()> {
@@ -548,12 +609,24 @@ impl Session {
             .group
             .current_member_signing_identity()
             .map_err(Error::mls)?;
+        let host = self.policy.is_host(&me.signature_key);
+        // A host keeps who was in this epoch: a group it returns to may hold no one else.
+        let roster = if host {
+            self.group
+                .roster()
+                .members_iter()
+                .map(|m| m.signing_identity.signature_key.as_bytes().to_vec())
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.returns.record(
             self.group.group_id(),
             &self.policy.room_id,
-            self.policy.is_host(&me.signature_key),
+            host,
             self.epoch(),
             Zeroizing::new(secret.as_bytes().to_vec()),
+            roster,
             restart,
         );
         Ok(())

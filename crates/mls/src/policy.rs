@@ -352,21 +352,62 @@ pub fn check_commit(
 ) -> core::result::Result<(), PolicyViolation> {
     let committer = committer_of(source)?;
     let returning = host_return_in(policy, group_id, proposals);
+    if let Some(ticket) = &returning {
+        // A return adds exactly the host whose KeyPackage names this very ticket, and no one
+        // else: the proof is for that device's way back.
+        let adds: Vec<&AddProposal> = proposals
+            .add_proposals()
+            .iter()
+            .map(|p| &p.proposal)
+            .collect();
+        let psks = proposals
+            .iter_proposals()
+            .filter(|i| matches!(i.proposal, BorrowedProposal::Psk(_)))
+            .count();
+        let named = |a: &AddProposal| {
+            a.key_package_extensions()
+                .get_as::<HostReturn>()
+                .ok()
+                .flatten()
+                .is_some_and(|t| t == *ticket)
+        };
+        if adds.len() != 1 || psks != 1 || !adds.iter().all(|a| named(a)) {
+            return Err(PolicyViolation::ReturnUnproven {
+                adder: fingerprint(suite, committer)?,
+            });
+        }
+    }
     for info in proposals.iter_proposals() {
-        check_proposal(suite, policy, group_id, returning, committer, &info)?;
+        check_proposal(
+            suite,
+            policy,
+            group_id,
+            returning.is_some(),
+            committer,
+            &info,
+        )?;
     }
     Ok(())
 }
 
-/// Whether the commit carries (by value) the PSK of a lobby host returning to this group: see
-/// [`crate::HostReturn`].
-fn host_return_in(policy: &RoomPolicy, group_id: &[u8], proposals: &ProposalBundle) -> bool {
-    matches!(policy.admission, Admission::Lobby(_))
-        && proposals.iter_proposals().any(|info| {
-            info.is_by_value()
-                && matches!(info.proposal, BorrowedProposal::Psk(p)
-                    if p.external_psk_id().and_then(|id| HostReturn::from_psk_id(id))
-                        .is_some_and(|t| t.group_id == group_id))
+/// The ticket of the lobby host returning to this group, if the commit carries (by value) its
+/// PSK: see [`crate::HostReturn`].
+fn host_return_in(
+    policy: &RoomPolicy,
+    group_id: &[u8],
+    proposals: &ProposalBundle,
+) -> Option<HostReturn> {
+    if !matches!(policy.admission, Admission::Lobby(_)) {
+        return None;
+    }
+    proposals
+        .iter_proposals()
+        .find_map(|info| match info.proposal {
+            BorrowedProposal::Psk(p) if info.is_by_value() => p
+                .external_psk_id()
+                .and_then(|id| HostReturn::from_psk_id(id))
+                .filter(|t| t.group_id == group_id),
+            _ => None,
         })
 }
 
@@ -381,7 +422,7 @@ pub fn drop_forbidden_references(
     proposals: &mut ProposalBundle,
 ) -> core::result::Result<(), PolicyViolation> {
     let committer = committer_of(source)?.clone();
-    let returning = host_return_in(policy, group_id, proposals);
+    let returning = host_return_in(policy, group_id, proposals).is_some();
     proposals.retain(|info| {
         Ok::<bool, PolicyViolation>(
             info.is_by_value()

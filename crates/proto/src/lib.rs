@@ -210,6 +210,12 @@ pub enum ServerMsg {
         /// Who.
         knock: KnockInfo,
     },
+    /// A knock ended before anyone decided on it: its connection closed, or its KeyPackage
+    /// expired (for a lobby host's UI; it admits no one and removes no one).
+    KnockGone {
+        /// Which.
+        knock: KnockId,
+    },
     /// The delivery service asks this member to commit now: the proposals received so far,
     /// and the adds of these knocks (subject to the room's policy and, in a lobby, to the
     /// host's choice).

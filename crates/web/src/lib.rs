@@ -380,6 +380,9 @@ impl Call {
                 } => {
                     serde_json::json!({"type": "knock", "knock": knock, "user_id": user_id, "name": name, "fingerprint": fingerprint.to_string()})
                 }
+                Event::KnockGone { knock, name } => {
+                    serde_json::json!({"type": "knock_gone", "knock": knock, "name": name})
+                }
                 Event::Alarm { reason } => serde_json::json!({"type": "alarm", "reason": reason}),
                 Event::Ended { reason } => serde_json::json!({"type": "ended", "reason": reason}),
                 other => serde_json::json!({"type": "other", "event": format!("{other:?}")}),
