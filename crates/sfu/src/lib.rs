@@ -43,7 +43,9 @@
 //! one continuous stream, and for video it forwards nothing until a keyframe starts (it asks
 //! the sender for one, with PLI, at most every [`PLI_INTERVAL`], again while it waits). It can
 //! tell a keyframe because the VP8 payload header stays outside the SFrame ciphertext (and is
-//! authenticated by it); nothing else of the frame is visible.
+//! authenticated by it); nothing else of the frame is visible. A video switch that follows a
+//! frame whose last packet was never sent leaves one sequence number out, so that the
+//! receiver drops that frame rather than hand it on cut short.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -163,6 +165,8 @@ struct Rewrite {
     seq_floor: u64,
     /// The next new outgoing sequence number.
     seq_next: u64,
+    /// The newest packet sent ended its frame (RTP marker).
+    tail_sent: bool,
     /// Outgoing = incoming + offset (RTP timestamps, wrapping).
     ts_offset: u32,
     /// Timestamp of the newest packet sent.
@@ -253,8 +257,14 @@ impl Rewrite {
         if self.need_keyframe && !pkt.keyframe_start {
             return None;
         }
+        // A video switch right after a frame whose tail was not sent (lost, or still to come
+        // on the old layer) leaves one number out: with the numbers contiguous and the
+        // timestamp changing, the receiver would take the unfinished frame as whole and hand
+        // it on cut short (SFrame then refuses it); the gap makes it drop that frame.
+        let gap =
+            u64::from((self.need_keyframe || self.relayer) && self.started && !self.tail_sent);
         if self.rebase || self.need_keyframe {
-            let seq_start = self.seq_next.max(1);
+            let seq_start = self.seq_next.max(1) + gap;
             self.seq_offset = seq_start as i64 - pkt.seq as i64;
             self.seq_floor = seq_start;
             // Continue the timeline a nominal frame (audio packet) after the last one sent.
@@ -269,7 +279,7 @@ impl Rewrite {
             self.asked = None;
         }
         if self.relayer {
-            let seq_start = self.seq_next.max(1);
+            let seq_start = self.seq_next.max(1) + gap;
             self.seq_offset = seq_start as i64 - pkt.seq as i64;
             self.seq_floor = seq_start;
             self.relayer = false;
@@ -284,6 +294,7 @@ impl Rewrite {
         if out >= self.seq_next {
             self.seq_next = out + 1;
             self.ts_last = ts;
+            self.tail_sent = pkt.marker;
         }
         self.started = true;
         Some((out, ts))
@@ -1533,7 +1544,9 @@ mod tests {
         assert_eq!(r.map(&pkt(500, 9000, false), 90_000), None);
         assert_eq!(r.map(&pkt(501, 9000, true), 90_000), Some((1, 9000)));
         assert_eq!(r.map(&pkt(502, 9000, false), 90_000), Some((2, 9000)));
-        assert_eq!(r.map(&pkt(503, 12000, false), 90_000), Some((3, 12000)));
+        let mut tail = pkt(503, 12000, false);
+        tail.marker = true;
+        assert_eq!(r.map(&tail, 90_000), Some((3, 12000)));
         // A second source takes the slot: numbers continue, the timeline moves on.
         r.new_source(true, now);
         assert_eq!(r.map(&pkt(70_000, 5, false), 90_000), None);
@@ -1548,5 +1561,26 @@ mod tests {
         r.new_source(false, now);
         assert_eq!(r.map(&pkt(10, u32::MAX, false), 90_000), Some((7, 18600)));
         assert_eq!(r.map(&pkt(11, 959, false), 90_000), Some((8, 19560)));
+    }
+
+    #[test]
+    fn a_video_switch_after_an_unfinished_frame_leaves_a_gap_in_the_numbers() {
+        let now = Instant::now();
+        let mut r = Rewrite::default();
+        r.new_source(true, now);
+        assert_eq!(r.map(&pkt(10, 900, true), 90_000), Some((1, 900)));
+        // The frame's tail (11, with the marker) is lost; the slot moves to another layer.
+        r.new_layer();
+        assert_eq!(
+            r.map(&pkt(500, 3900, true), 90_000),
+            Some((3, 3900)),
+            "2 is left out: the receiver must not take frame 900 as whole"
+        );
+        let mut tail = pkt(501, 3900, false);
+        tail.marker = true;
+        assert_eq!(r.map(&tail, 90_000), Some((4, 3900)));
+        // After a finished frame, the numbers run on.
+        r.new_layer();
+        assert_eq!(r.map(&pkt(90, 6900, true), 90_000), Some((5, 6900)));
     }
 }
