@@ -196,6 +196,33 @@ pub enum Event {
     },
 }
 
+/// Knock numbers a host is done with. The delivery service numbers knocks upwards and never
+/// reuses one; this keeps the last [`RETIRED_KNOCKS`] and refuses every number at or below
+/// the ones it let go.
+#[derive(Debug, Default)]
+struct RetiredKnocks {
+    ids: std::collections::BTreeSet<KnockId>,
+    floor: Option<KnockId>,
+}
+
+/// Retired knock numbers kept one by one (beyond that, a floor).
+const RETIRED_KNOCKS: usize = 4096;
+
+impl RetiredKnocks {
+    fn insert(&mut self, id: KnockId) {
+        self.ids.insert(id);
+        while self.ids.len() > RETIRED_KNOCKS {
+            if let Some(low) = self.ids.pop_first() {
+                self.floor = Some(self.floor.map_or(low, |f| f.max(low)));
+            }
+        }
+    }
+
+    fn contains(&self, id: KnockId) -> bool {
+        self.ids.contains(&id) || self.floor.is_some_and(|f| id <= f)
+    }
+}
+
 /// One participant of one room.
 pub struct Participant {
     device: Device,
@@ -206,6 +233,9 @@ pub struct Participant {
     media: MediaCrypto,
     /// Knocks as first shown, by the server's knock id.
     knocks: BTreeMap<KnockId, Knock>,
+    /// Knock numbers that were shown and are done (answered, added, gone): never shown again,
+    /// so a number the host saw cannot come back with another KeyPackage behind it.
+    retired: RetiredKnocks,
     /// What the person approved: digests of the exact KeyPackages they were shown. Each is
     /// used once: it goes when a commit adds that device.
     approved: Vec<([u8; 32], Fingerprint)>,
@@ -254,6 +284,7 @@ impl Participant {
             tree: Vec::new(),
             media: MediaCrypto::default(),
             knocks: BTreeMap::new(),
+            retired: RetiredKnocks::default(),
             approved: Vec::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -470,6 +501,7 @@ impl Participant {
     /// The host turns a knock away.
     pub fn deny(&mut self, knock: KnockId) {
         if let Some(k) = self.knocks.remove(&knock) {
+            self.retired.insert(knock);
             self.approved.retain(|(d, _)| *d != k.card.digest);
         }
         self.out.push_back(ClientMsg::Deny { knock });
@@ -480,6 +512,12 @@ impl Participant {
     fn knocked(&mut self, knock: &KnockInfo) {
         if self.knocks.contains_key(&knock.knock) {
             return;
+        }
+        if self.retired.contains(knock.knock) {
+            return self.alarm(format!(
+                "the server sent knock {} again after it was done; ignored",
+                knock.knock
+            ));
         }
         if self.knocks.len() >= MAX_PENDING_KNOCKS {
             return self.alarm(format!(
@@ -564,8 +602,14 @@ impl Participant {
         // Knocks answered by this commit (whoever committed it) are done, and so are the
         // approvals of those devices: an approval admits once.
         for a in &change.added {
-            self.knocks
-                .retain(|_, k| k.card.fingerprint != a.fingerprint);
+            let retired = &mut self.retired;
+            self.knocks.retain(|&id, k| {
+                let done = k.card.fingerprint == a.fingerprint;
+                if done {
+                    retired.insert(id);
+                }
+                !done
+            });
             self.approved.retain(|(_, f)| *f != a.fingerprint);
         }
         if change.removed_self {
@@ -665,6 +709,7 @@ impl Participant {
                 // The server's word, but all it can do is hide a knock, which it could by
                 // never sending it.
                 if let Some(k) = self.knocks.remove(&knock) {
+                    self.retired.insert(knock);
                     self.approved.retain(|(d, _)| *d != k.card.digest);
                     self.events.push_back(Event::KnockGone {
                         knock,

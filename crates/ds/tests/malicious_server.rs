@@ -987,3 +987,45 @@ fn a_member_who_helps_the_server_cannot_return_the_host_into_a_copy_holding_the_
         "{err:?}"
     );
 }
+
+#[test]
+fn server_cannot_reuse_a_knock_number_the_host_saw_for_another_keypackage() {
+    // The host is shown bob as a knock; the server says that knock is gone and sends the same
+    // number again with mallory's KeyPackage, hoping the host's click on "bob" admits her.
+    let (mut net, knock, _) = lobby_with_knock();
+    let mallory = device("bob");
+    let mallory_fp = mallory.identity().fingerprint().unwrap();
+    net.deliver(1, ServerMsg::KnockGone { knock });
+    net.deliver(
+        1,
+        ServerMsg::Knock {
+            knock: KnockInfo {
+                knock,
+                user_id: "bob".into(),
+                name: "bob".into(),
+                key_package: Bytes(mallory.key_package(None, net.now).unwrap()),
+            },
+        },
+    );
+    net.pump();
+    assert!(
+        net.p(1).pending_knocks().is_empty(),
+        "the number is not shown again"
+    );
+    let now = net.now;
+    assert!(net.p(1).admit(knock, now).is_err());
+    net.settle();
+    assert_eq!(net.ds.member_count("room"), 1);
+    assert!(!net
+        .p(1)
+        .roster()
+        .iter()
+        .any(|r| r.fingerprint == mallory_fp));
+    assert!(
+        alarms(&net, 1)
+            .iter()
+            .any(|a| a.contains("again after it was done")),
+        "{:?}",
+        alarms(&net, 1)
+    );
+}

@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod device;
 mod error;
 mod host_return;
 mod identity;
@@ -65,6 +66,7 @@ pub use conclave_mls::{
     INVITE_EXTENSION, MAX_CHARTER_LEN, MAX_DISPLAY_NAME_LEN, MAX_KEY_PACKAGE_LEN,
     MAX_POLICY_ENTRIES, MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
 };
+pub use device::Device;
 pub use error::{Error, Result};
 pub use identity::{DeviceIdentity, PinCheck, TrustStore};
 pub use media::{
@@ -72,7 +74,7 @@ pub use media::{
     MediaStats, DEFAULT_HOLD_BYTES,
 };
 pub use session::{
-    return_ticket_of, CommitBundle, Device, EpochChange, Incoming, RosterEntry, SecurityCode,
+    return_ticket_of, CommitBundle, EpochChange, Incoming, RosterEntry, SecurityCode,
     SelfUpdateTimer, Session, MAX_MLS_MESSAGE_LEN, MAX_TREE_LEN,
 };
 pub use storage::{write_private, DirStore, GroupStore};
