@@ -1029,3 +1029,78 @@ fn server_cannot_reuse_a_knock_number_the_host_saw_for_another_keypackage() {
         alarms(&net, 1)
     );
 }
+
+#[test]
+fn the_ds_refuses_a_return_naming_an_epoch_before_the_last_add() {
+    // Bob keeps the real secret of an epoch before carol was added and, when the host comes
+    // back naming that epoch, commits its return under it: carol never had that secret and
+    // could not process the commit, so the DS refuses it, and the room goes on.
+    let mut net = Net::new();
+    let host = device("host");
+    let charter = lobby_charter(&host);
+    let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
+        .with_charter(charter)
+        .unwrap();
+    net.join_as(1, "host", p);
+    let mut saved = None;
+    for (conn, user) in [(2, "bob"), (3, "carol")] {
+        net.join(conn, user, NewRoomPolicy::Open, AdmitMode::Ask);
+        let (knock, _) = knock_of(&net, 1, user);
+        let now = net.now;
+        net.p(1).admit(knock, now).unwrap();
+        net.settle();
+        if conn == 2 {
+            // Bob saves the secret of the epoch before carol's add.
+            let s = net.p(2).session().unwrap();
+            let old = conclave_e2ee::HostReturn {
+                group_id: s.group_id().to_vec(),
+                epoch: s.epoch(),
+            };
+            saved = Some((old, s.danger_return_secret().unwrap()));
+        }
+    }
+    assert_eq!(net.ds.member_count("room"), 3);
+    let (old, secret) = saved.unwrap();
+    net.p(2)
+        .danger_session_mut()
+        .unwrap()
+        .danger_keep_return_secret(&old, secret);
+    // The host drops and knocks again naming the old epoch (its device, modified).
+    let host = net.parts.remove(&1).unwrap().into_device();
+    net.ds.disconnect(1, net.now);
+    net.settle();
+    let kp = host.key_package_with(None, Some(&old), net.now).unwrap();
+    net.ds.connect(4, "room", "host", net.now);
+    net.ds.handle(
+        4,
+        ClientMsg::KeyPackage {
+            key_package: Bytes(kp.clone()),
+        },
+        net.now,
+    );
+    net.settle();
+    // Asked to commit (no host is online), bob builds the return under the secret he kept;
+    // the DS refuses it.
+    let rejected: Vec<&ServerMsg> = net.seen[&2]
+        .iter()
+        .filter(|m| matches!(m, ServerMsg::CommitRejected { .. }))
+        .collect();
+    assert!(
+        rejected.iter().any(|m| matches!(
+            m,
+            ServerMsg::CommitRejected { reason, .. } if reason.contains("host's return must name")
+        )),
+        "{rejected:?}"
+    );
+    let welcomed = net
+        .seen
+        .get(&4)
+        .is_some_and(|v| v.iter().any(|m| matches!(m, ServerMsg::Welcome { .. })));
+    assert!(!welcomed, "the host was not let in under that epoch");
+    let bob = net.p(2).session().unwrap().epoch();
+    assert_eq!(
+        net.p(3).session().unwrap().epoch(),
+        bob,
+        "carol is not left behind"
+    );
+}

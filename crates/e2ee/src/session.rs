@@ -268,6 +268,21 @@ impl Session {
         Ok(secret.as_bytes().to_vec())
     }
 
+    /// Puts a return secret of the caller's choosing in this device's store (the same store
+    /// as [`crate::Device::danger_keep_return_secret`]): only for adversarial tests.
+    #[doc(hidden)]
+    pub fn danger_keep_return_secret(&self, ticket: &HostReturn, secret: Vec<u8>) {
+        self.returns.record(
+            &ticket.group_id,
+            &self.policy.room_id,
+            false,
+            ticket.epoch,
+            Zeroizing::new(secret),
+            Vec::new(),
+            false,
+        );
+    }
+
     /// In a lobby, keeps this epoch's return secret (`restart`: forget the earlier ones, which
     /// someone now in the group never had).
     fn keep_return_secret(&self, restart: bool) -> Result<()> {
