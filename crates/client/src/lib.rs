@@ -888,8 +888,12 @@ impl Participant {
             _ => (false, false),
         };
         if lobby && host && self.admit_mode == AdmitMode::Ask {
+            // A request sent before the DS saw our answer to a knock may still carry it:
+            // that is a race, not the server showing a done knock again.
             for k in &knocks {
-                self.knocked(k);
+                if !self.retired.contains(k.knock) {
+                    self.knocked(k);
+                }
             }
         }
         if lobby && !host {
