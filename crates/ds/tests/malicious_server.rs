@@ -645,16 +645,7 @@ fn a_copy_of_the_charters_lobby_made_by_the_server_cannot_take_in_the_host() {
         .create_room(lobby_charter(&host), None, T0)
         .unwrap();
     let bundle = copy.commit(&[kp], &[], T0).unwrap();
-    let err = host
-        .join("room", &bundle.welcome.unwrap(), &bundle.ratchet_tree, T0)
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            conclave_e2ee::Error::Policy(conclave_e2ee::PolicyViolation::ReturnUnproven { .. })
-        ),
-        "{err:?}"
-    );
+    host_refuses_as_unproven(&host, bundle);
 }
 
 #[test]
@@ -976,16 +967,7 @@ fn a_member_who_helps_the_server_cannot_return_the_host_into_a_copy_holding_the_
     k_copy.danger_keep_return_secret(&ticket, "room", secret);
     let kp = host.key_package_with(None, Some(&ticket), T0).unwrap();
     let bundle = copy.commit_host_return(&kp, T0).unwrap();
-    let err = host
-        .join("room", &bundle.welcome.unwrap(), &bundle.ratchet_tree, T0)
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            conclave_e2ee::Error::Policy(conclave_e2ee::PolicyViolation::ReturnUnproven { .. })
-        ),
-        "{err:?}"
-    );
+    host_refuses_as_unproven(&host, bundle);
 }
 
 #[test]
@@ -1102,5 +1084,20 @@ fn the_ds_refuses_a_return_naming_an_epoch_before_the_last_add() {
         net.p(3).session().unwrap().epoch(),
         bob,
         "carol is not left behind"
+    );
+}
+
+/// The host refuses the Welcome of `bundle`: added by a member who is no host, without the
+/// proof of a return into its own group.
+fn host_refuses_as_unproven(host: &Device, bundle: conclave_e2ee::CommitBundle) {
+    let err = host
+        .join("room", &bundle.welcome.unwrap(), &bundle.ratchet_tree, T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            conclave_e2ee::Error::Policy(conclave_e2ee::PolicyViolation::ReturnUnproven { .. })
+        ),
+        "{err:?}"
     );
 }
