@@ -79,7 +79,7 @@ impl Ivf {
                 .get(at + 12..at + 12 + len)
                 .ok_or_else(|| bad("IVF: truncated frame"))?
                 .to_vec();
-            let keyframe = data[0] & 1 == 0;
+            let keyframe = conclave_media_meta::vp8::frame_is_keyframe(&data);
             frames.push(VideoFrame {
                 pts,
                 data,

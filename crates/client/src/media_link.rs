@@ -13,6 +13,7 @@ use std::time::Instant;
 use conclave_e2ee::{
     media::MAX_LIVE_EPOCHS, ClearPrefix, FrameError, HoldQueue, MediaCrypto, Timestamp,
 };
+use conclave_media_meta::{simulcast, speech, vp8, Voice};
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
@@ -47,8 +48,8 @@ pub struct SenderCounts {
     pub video_layers: [u64; 3],
     /// The layer of the newest synthetic video frame.
     pub last_layer: Option<u8>,
-    /// Speaking now, by the audio level on its packets (`conclave_sfu::Voice`, the same
-    /// detector the SFU ranks speakers with).
+    /// Speaking now, by the audio level on its packets (`conclave_media_meta::Voice`, the
+    /// same detector the SFU ranks speakers with).
     pub speaking: bool,
     /// Loud audio heard from this sender, in milliseconds.
     pub speech_ms: u64,
@@ -86,7 +87,7 @@ pub struct MediaLink {
     /// Per simulcast layer: a receiver asked for a keyframe.
     keyframe_wanted: [bool; 3],
     counts: BTreeMap<u32, SenderCounts>,
-    voices: BTreeMap<u32, conclave_sfu::Voice>,
+    voices: BTreeMap<u32, Voice>,
     /// (sender, epoch) pairs in which a video frame was seen, recent epochs only.
     first_in_epoch: BTreeSet<(u32, u64)>,
     /// Held frames, tagged with their kind and the sender their KID names.
@@ -141,7 +142,7 @@ fn clear_for(kind: MediaKind) -> ClearPrefix {
 }
 
 /// Simulcast layers a participant sends, low to high, by RTP stream id.
-pub const LAYERS: [&str; 3] = ["l", "m", "h"];
+pub use conclave_media_meta::simulcast::LAYERS;
 
 /// Synthetic video frame sizes per layer: (delta frame, keyframe) bytes. At 30 frames a second
 /// the layers carry about 75, 300 and 750 kbit/s.
@@ -232,7 +233,7 @@ enum Content {
 fn check_body(plain: &[u8], sender: u32, kind: MediaKind) -> Content {
     let (keyframe, off, tag) = match kind {
         MediaKind::Video => {
-            let k = plain.first().is_some_and(|b| b & 1 == 0);
+            let k = vp8::frame_is_keyframe(plain);
             (k, if k { 10 } else { 3 }, b'V')
         }
         _ => (false, 0, b'A'),
@@ -608,7 +609,7 @@ impl MediaLink {
             }
             if kind == MediaKind::Audio {
                 if let Some(level) = self.audio_level {
-                    writer = writer.audio_level(level, level >= -45);
+                    writer = writer.audio_level(level, speech::is_loud(Some(level)));
                 }
             }
             if let Err(e) = writer.write(pt, now, time, wire) {
@@ -656,8 +657,8 @@ impl MediaLink {
         let voice = self.voices.entry(sender).or_default();
         voice.hear(level, now);
         let c = self.counts.entry(sender).or_default();
-        if level.is_some_and(|l| l >= conclave_sfu::SPEECH_LEVEL) {
-            c.speech_ms += conclave_sfu::SPEECH_STEP.as_millis() as u64;
+        if speech::is_loud(level) {
+            c.speech_ms += speech::SPEECH_STEP.as_millis() as u64;
         }
         c.speaking = voice.speaking();
     }
@@ -776,7 +777,7 @@ impl MediaLink {
                     }
                     Event::KeyframeRequest(r) => match r.rid {
                         Some(rid) => {
-                            if let Some(i) = LAYERS.iter().position(|l| *l == &*rid) {
+                            if let Some(i) = simulcast::layer_index(&rid) {
                                 self.keyframe_wanted[i] = true;
                             }
                         }

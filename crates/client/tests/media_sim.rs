@@ -158,10 +158,10 @@ impl Sim {
                     self.transmit(i, true, from, to, b);
                 }
             }
-            while let Some((from, to, b)) = self.sfu.poll_transmit() {
+            while let Some(t) = self.sfu.poll_transmit() {
                 moved = true;
-                if let Some(i) = self.nodes.iter().position(|n| n.addr == to) {
-                    self.transmit(i, false, from, to, b);
+                if let Some(i) = self.nodes.iter().position(|n| n.addr == t.destination) {
+                    self.transmit(i, false, t.source, t.destination, t.contents);
                 }
             }
             if !moved {

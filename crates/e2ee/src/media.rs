@@ -185,11 +185,7 @@ impl ClearPrefix {
         let n = match self {
             ClearPrefix::None => 0,
             ClearPrefix::Fixed(n) => n,
-            ClearPrefix::Vp8 => match bytes.first() {
-                None => 0,
-                Some(b) if b & 0x01 == 0 => 10,
-                Some(_) => 3,
-            },
+            ClearPrefix::Vp8 => conclave_media_meta::vp8::clear_header_len(bytes),
         };
         n.min(bytes.len())
     }

@@ -802,9 +802,9 @@ async fn sfu_task(
             },
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => sfu.handle_timeout(Instant::now()),
         }
-        while let Some((_, dest, bytes)) = sfu.poll_transmit() {
-            if let Err(e) = socket.send_to(&bytes, dest).await {
-                warn!(error = %e, %dest, "media send");
+        while let Some(t) = sfu.poll_transmit() {
+            if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                warn!(error = %e, dest = %t.destination, "media send");
             }
         }
         metrics.update_sfu(sfu.stats(), sfu.participant_count());
