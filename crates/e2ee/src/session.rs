@@ -631,16 +631,19 @@ impl Session {
     }
 
     /// Which of `online` members should commit now: the one whose commit fills the most blank
-    /// nodes of the tree (ties: lowest leaf). In lobby rooms with joiners waiting, only hosts
-    /// qualify. Every member computes the same answer from the same tree.
+    /// nodes of the tree (ties: lowest leaf), among those [`committer::eligible`] for the work
+    /// (in lobby rooms with only joiners waiting, hosts). Every member computes the same
+    /// answer from the same tree, and the delivery service schedules by the same rule.
     pub fn designated_committer(&self, online: &[u32], adds_waiting: bool) -> Option<u32> {
         let tree = self.group.export_tree();
-        let hosts_only = adds_waiting && matches!(self.policy.admission, Admission::Lobby(_));
+        let work = committer::Work {
+            adds: adds_waiting,
+            proposals: self.pending_proposals() > 0,
+        };
         let eligible = online.iter().copied().filter(|&leaf| {
-            let Some(m) = self.group.member_at_index(leaf) else {
-                return false;
-            };
-            !hosts_only || self.policy.is_host(&m.signing_identity.signature_key)
+            self.group.member_at_index(leaf).is_some_and(|m| {
+                committer::eligible(&self.policy, &m.signing_identity.signature_key, work)
+            })
         });
         committer::designated(&tree, eligible)
     }

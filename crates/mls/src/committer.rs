@@ -9,6 +9,31 @@
 //! talking; when the choice goes offline, the next call without it picks the runner-up.
 
 use mls_rs::group::{ExportedTree, LeafIndex};
+use mls_rs_core::crypto::SignaturePublicKey;
+
+use crate::policy::{Admission, RoomPolicy};
+
+/// What a commit asked for now would pick up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Knocks wait to be added.
+    pub adds: bool,
+    /// Proposals (removals) wait to be committed.
+    pub proposals: bool,
+}
+
+/// Whether adds wait for a host: in a lobby, when nothing but adds is waiting. Removals must
+/// not wait for a host who does not answer, so with proposals pending any member commits
+/// them (a non-host's commit adds nobody).
+pub fn hosts_only(policy: &RoomPolicy, work: Work) -> bool {
+    matches!(policy.admission, Admission::Lobby(_)) && work.adds && !work.proposals
+}
+
+/// Whether the member whose key is `key` may be asked to commit `work`: the one rule the
+/// delivery service schedules by and members (and the demo) choose by.
+pub fn eligible(policy: &RoomPolicy, key: &SignaturePublicKey, work: Work) -> bool {
+    !hosts_only(policy, work) || policy.is_host(key)
+}
 
 /// Blank nodes on the filtered direct path of `leaf`, or `None` if the leaf is not in the tree.
 pub fn blank_path_nodes(tree: &ExportedTree<'_>, leaf: u32) -> Option<usize> {
