@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use conclave_client::media_file::{Ivf, OggOpus, VideoFrame};
+use conclave_native::media_file::{Ivf, OggOpus, VideoFrame};
 use conclave_e2ee::{ClearPrefix, MediaCrypto};
 use conclave_fuzz::{addrs, room_recording, sfu_with_answer, T0};
 use conclave_proto::ClientMsg;

@@ -1,6 +1,6 @@
 //! The IVF and Ogg Opus readers: never a panic; what parses writes back and parses the same.
 #![no_main]
-use conclave_client::media_file::{Ivf, OggOpus};
+use conclave_native::media_file::{Ivf, OggOpus};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -100,7 +100,7 @@ pub fn addrs() -> (SocketAddr, SocketAddr) {
 /// An SFU with one participant whose offer came from a real `MediaLink`.
 pub fn sfu() -> (
     conclave_sfu::Sfu,
-    conclave_client::media_link::MediaLink,
+    conclave_native::media_link::MediaLink,
     Instant,
 ) {
     let (s, l, now, _) = sfu_with_answer();
@@ -110,14 +110,14 @@ pub fn sfu() -> (
 /// [`sfu`], and the SFU's SDP answer.
 pub fn sfu_with_answer() -> (
     conclave_sfu::Sfu,
-    conclave_client::media_link::MediaLink,
+    conclave_native::media_link::MediaLink,
     Instant,
     String,
 ) {
     let (server, client) = addrs();
     let now = Instant::now();
     let (link, offer) =
-        conclave_client::media_link::MediaLink::offer(client, 8, now).expect("offer");
+        conclave_native::media_link::MediaLink::offer(client, 8, now, T0).expect("offer");
     let mut sfu = conclave_sfu::Sfu::new(server);
     let answer = sfu.add_participant(7, "room", &offer, now).expect("answer");
     (sfu, link, now, answer)

@@ -4,9 +4,9 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use conclave_client::net::{token_identity, Control, JoinOptions};
 use conclave_client::{AdmitMode, Event, NewRoomPolicy};
 use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
+use conclave_native::{token_identity, Control, JoinOptions};
 
 /// `conclave join` flags.
 #[derive(Debug, clap::Args)]
@@ -168,18 +168,18 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         "none" => false,
         other => bail!("--media {other}: synthetic or none"),
     };
-    let mut files = conclave_client::net::MediaFiles::default();
+    let mut files = conclave_native::MediaFiles::default();
     if let Some(path) = &args.video_file {
         let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
         files.video = Some(
-            conclave_client::media_file::Ivf::parse(&bytes)
+            conclave_native::media_file::Ivf::parse(&bytes)
                 .with_context(|| format!("{}", path.display()))?,
         );
     }
     if let Some(path) = &args.audio_file {
         let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
         files.audio = Some(
-            conclave_client::media_file::OggOpus::parse(&bytes)
+            conclave_native::media_file::OggOpus::parse(&bytes)
                 .with_context(|| format!("{}", path.display()))?,
         );
     }
@@ -277,7 +277,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
                     let _ = ctrl.blocking_send(c);
                 }
             });
-            conclave_client::net::run(device, opts, rx, move |p, e| {
+            conclave_native::run(device, opts, rx, move |p, e| {
                 report(p, e, json);
                 if let Event::Knock {
                     knock,
@@ -292,7 +292,7 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
             })
             .await
         } else {
-            conclave_client::net::run(device, opts, rx, move |p, e| report(p, e, json)).await
+            conclave_native::run(device, opts, rx, move |p, e| report(p, e, json)).await
         }
     })?;
     if json {

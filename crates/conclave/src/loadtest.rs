@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use conclave_client::net::{Control, JoinOptions, MediaFiles, Summary};
 use conclave_client::{AdmitMode, Event, NewRoomPolicy};
 use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
+use conclave_native::{Control, JoinOptions, MediaFiles, Summary};
 use conclave_server::{Claims, ServerKeys, TokenKey};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -323,7 +323,7 @@ struct Shared {
 
 struct Member {
     control: tokio::sync::mpsc::Sender<Control>,
-    task: tokio::task::JoinHandle<Result<Summary, conclave_client::net::NetError>>,
+    task: tokio::task::JoinHandle<Result<Summary, conclave_native::NetError>>,
     sender: bool,
 }
 
@@ -418,7 +418,7 @@ impl Spawner {
         let shared = self.shared.clone();
         let started = Instant::now();
         let mut first = true;
-        let task = tokio::spawn(conclave_client::net::run(
+        let task = tokio::spawn(conclave_native::run(
             device,
             opts,
             rx,

@@ -646,6 +646,11 @@ impl MediaCrypto {
         self.epochs.iter().filter_map(|e| e.expires).min()
     }
 
+    /// Whether `leaf` is a member in an epoch whose keys this ring holds.
+    pub fn is_member(&self, leaf: u32) -> bool {
+        self.epochs.iter().any(|e| e.is_member(leaf))
+    }
+
     /// Erases every key (on leaving the call).
     pub fn clear(&mut self) {
         self.sending = None;
@@ -879,19 +884,59 @@ impl<T> HoldQueue<T> {
     /// Parks a frame. When full (in count or bytes), the oldest frames are dropped (and
     /// counted); a frame larger than the whole byte budget is dropped itself.
     pub fn hold(&mut self, tag: T, wire: Vec<u8>, clear: ClearPrefix, now: Timestamp) {
+        self.hold_evicting(tag, wire, clear, now);
+    }
+
+    /// [`HoldQueue::hold`], returning the tags of the frames dropped to make room (or of this
+    /// frame, if it alone is over the byte budget), so that a caller keeping something per
+    /// held frame (a browser's encoded-frame object) lets it go with them.
+    pub fn hold_evicting(
+        &mut self,
+        tag: T,
+        wire: Vec<u8>,
+        clear: ClearPrefix,
+        now: Timestamp,
+    ) -> Vec<T> {
+        let mut evicted = Vec::new();
         if wire.len() > self.max_bytes {
             self.dropped += 1;
-            return;
+            evicted.push(tag);
+            return evicted;
         }
         while self.frames.len() >= self.max_frames || self.bytes + wire.len() > self.max_bytes {
-            let Some((_, _, _, old)) = self.frames.pop_front() else {
+            let Some((_, old_tag, _, old)) = self.frames.pop_front() else {
                 break;
             };
             self.bytes -= old.len();
             self.dropped += 1;
+            evicted.push(old_tag);
         }
         self.bytes += wire.len();
         self.frames.push_back((now, tag, clear, wire));
+        evicted
+    }
+
+    /// Drops the frames held longer than the queue's age bound, returning their tags.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<T> {
+        let mut expired = Vec::new();
+        while let Some((arrived, ..)) = self.frames.front() {
+            if now.saturating_since(*arrived) < self.max_age {
+                break;
+            }
+            if let Some((_, tag, _, wire)) = self.frames.pop_front() {
+                self.bytes -= wire.len();
+                self.dropped += 1;
+                expired.push(tag);
+            }
+        }
+        expired
+    }
+
+    /// When the oldest held frame is due to expire ([`HoldQueue::expire`]).
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.frames
+            .front()
+            .map(|(arrived, ..)| arrived.saturating_add(self.max_age))
     }
 
     /// Bytes of frames held now.
@@ -917,7 +962,19 @@ impl<T> HoldQueue<T> {
     /// Tries every held frame again (after a new epoch was installed). Frames still ahead stay
     /// held unless too old; every other outcome is returned.
     pub fn release(&mut self, media: &mut MediaCrypto, now: Timestamp) -> Vec<(T, Released)> {
+        self.release_expiring(media, now).0
+    }
+
+    /// [`HoldQueue::release`], also returning the tags of the frames that were still ahead
+    /// and too old, and so dropped.
+    #[allow(clippy::type_complexity)]
+    pub fn release_expiring(
+        &mut self,
+        media: &mut MediaCrypto,
+        now: Timestamp,
+    ) -> (Vec<(T, Released)>, Vec<T>) {
         let mut out = Vec::new();
+        let mut expired = Vec::new();
         let mut keep = VecDeque::new();
         for (arrived, tag, clear, wire) in self.frames.drain(..) {
             let mut plain = Vec::new();
@@ -928,6 +985,7 @@ impl<T> HoldQueue<T> {
                     } else {
                         self.bytes -= wire.len();
                         self.dropped += 1;
+                        expired.push(tag);
                     }
                 }
                 Ok(info) => {
@@ -942,7 +1000,7 @@ impl<T> HoldQueue<T> {
         }
         // `open` counted each retried future-epoch frame again; that count means "seen".
         self.frames = keep;
-        out
+        (out, expired)
     }
 }
 

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use conclave_client::media_file::{Ivf, OggOpus, VideoFrame};
-use conclave_client::net::{self, Control, JoinOptions, MediaFiles, Summary};
 use conclave_client::{AdmitMode, Event, NewRoomPolicy};
 use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
+use conclave_native::media_file::{Ivf, OggOpus, VideoFrame};
+use conclave_native::{self as net, Control, JoinOptions, MediaFiles, Summary};
 use conclave_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
 use conclave_server::{Claims, RunningServer, ServeArgs, ServerKeys};
 use futures_util::{SinkExt, StreamExt};
@@ -385,7 +385,7 @@ async fn encrypted_media_flows_through_the_sfu_which_never_sees_plaintext() {
                 (str0m_kind(false), false),
                 (str0m_kind(false), true),
             ] {
-                let body = conclave_client::media_link::synthetic_body(leaf, seq, kind, kf);
+                let body = conclave_native::media_link::synthetic_body(leaf, seq, kind, kf);
                 // The run after the clear VP8 header, and the body's last 32 bytes.
                 for at in [body.len().min(20) - 10, body.len() - 32] {
                     let run: [u8; 32] = body[at..at + 32].try_into().unwrap();
@@ -403,7 +403,7 @@ async fn encrypted_media_flows_through_the_sfu_which_never_sees_plaintext() {
     };
     // The detector finds plaintext where there is some.
     let mut control = vec![0x90, 0x80, 0x12];
-    control.extend_from_slice(&conclave_client::media_link::synthetic_body(
+    control.extend_from_slice(&conclave_native::media_link::synthetic_body(
         2,
         7,
         str0m_kind(false),
@@ -419,11 +419,11 @@ async fn encrypted_media_flows_through_the_sfu_which_never_sees_plaintext() {
     s.running.stop().await;
 }
 
-fn str0m_kind(audio: bool) -> conclave_client::media_link::Kind {
+fn str0m_kind(audio: bool) -> conclave_native::media_link::Kind {
     if audio {
-        conclave_client::media_link::Kind::Audio
+        conclave_native::media_link::Kind::Audio
     } else {
-        conclave_client::media_link::Kind::Video
+        conclave_native::media_link::Kind::Video
     }
 }
 
@@ -959,10 +959,11 @@ mod adversarial {
         };
         ws.send(Message::Text(hello.encode().into())).await.unwrap();
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (_link, offer) = conclave_client::media_link::MediaLink::offer(
+        let (_link, offer) = conclave_native::media_link::MediaLink::offer(
             sock.local_addr().unwrap(),
             4,
             std::time::Instant::now(),
+            Timestamp::from_millis(0),
         )
         .unwrap();
         let msg = ClientMsg::MediaOffer { sdp: offer };

@@ -14,17 +14,21 @@
 //!
 //! Frames: [`Call::seal`] returns nothing while there is no media key, so the worker drops
 //! the frame instead of sending it in the clear. [`Call::open`] returns plaintext only for a
-//! frame that authenticated; a frame for an epoch not reached yet is held (bounded) and
-//! released by [`Call::release`] once the commit is applied.
+//! frame that authenticated; a frame for an epoch not reached yet is held by the participant
+//! core (bounded in count, bytes and time) and released once the commit is applied
+//! ([`Call::release`] hands out what was released, [`Call::take_dropped`] what was given up).
+//! The timers (key erasure, held frames expiring, the periodic self-update) are the core's
+//! too: [`Call::next_timeout`], [`Call::handle_timeout`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 
-use conclave_client::{AdmitMode, Event, NewRoomPolicy, Participant};
+use conclave_client::{
+    AdmitMode, Event, FrameKind, Intake, NewRoomPolicy, Participant, SenderHealth,
+};
 use conclave_e2ee::{
-    ClearPrefix, CredentialInfo, Device, DeviceIdentity, FrameError, GroupStore, HoldQueue,
-    MediaCrypto, RoomCipherSuite, SelfUpdateTimer, Timestamp,
+    CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
 };
 use conclave_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
 use serde::Serialize;
@@ -32,9 +36,6 @@ use wasm_bindgen::prelude::*;
 
 /// How long a sender counts as "decrypting" or "failing" after its last frame of that kind.
 const HEALTH_WINDOW_MS: u64 = 2_000;
-/// Frames held for an epoch not reached yet, at most, and for how long.
-const HOLD_FRAMES: usize = 512;
-const HOLD_MS: u64 = 3_000;
 /// Periodic self-update (post-compromise security), as the native client: every 10 minutes
 /// with 20% jitter.
 const SELF_UPDATE_EVERY: core::time::Duration = core::time::Duration::from_secs(600);
@@ -108,41 +109,22 @@ pub fn hello_message(token: &str) -> String {
     .encode()
 }
 
-/// Per remote sender: what arrived and what became of it.
-#[derive(Clone, Debug, Default, Serialize)]
-struct Health {
-    opened: u64,
-    failed: u64,
-    held: u64,
-    before_join: u64,
-    /// Second copies of frames already opened (a retransmission delivered twice): dropped,
-    /// not a failure.
-    duplicates: u64,
-    last_opened_ms: Option<u64>,
-    last_failed_ms: Option<u64>,
-    last_held_ms: Option<u64>,
-    last_error: Option<String>,
-}
-
-impl Health {
-    /// decrypting / waiting for key / failing / no media.
-    fn status(&self, now_ms: u64) -> &'static str {
-        let recent =
-            |t: Option<u64>| t.is_some_and(|t| now_ms.saturating_sub(t) < HEALTH_WINDOW_MS);
-        let newer = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(a), Some(b)) => a > b,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if recent(self.last_failed_ms) && newer(self.last_failed_ms, self.last_opened_ms) {
-            "failing"
-        } else if recent(self.last_opened_ms) {
-            "decrypting"
-        } else if recent(self.last_held_ms) {
-            "waiting for key"
-        } else {
-            "no media"
-        }
+/// decrypting / waiting for key / failing / no media, from a sender's counts.
+fn status(h: &SenderHealth, now_ms: u64) -> &'static str {
+    let recent = |t: Option<u64>| t.is_some_and(|t| now_ms.saturating_sub(t) < HEALTH_WINDOW_MS);
+    let newer = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => a > b,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if recent(h.last_failed_ms) && newer(h.last_failed_ms, h.last_opened_ms) {
+        "failing"
+    } else if recent(h.last_opened_ms) {
+        "decrypting"
+    } else if recent(h.last_held_ms) {
+        "waiting for key"
+    } else {
+        "no media"
     }
 }
 
@@ -162,11 +144,9 @@ pub struct Call {
     /// What [`Call::rejoin`] needs to make the next membership.
     room: String,
     lobby: bool,
-    held: HoldQueue<u32>,
+    /// Plaintext of released held frames, by tag, until [`Call::take_released`].
     released: BTreeMap<u32, Vec<u8>>,
-    health: BTreeMap<u32, Health>,
     ui: std::collections::VecDeque<String>,
-    timer: SelfUpdateTimer,
     last_change: Option<LastChange>,
     out: Vec<u8>,
     last_sender: Option<u32>,
@@ -178,11 +158,11 @@ pub struct Call {
     sealed: u64,
 }
 
-fn clear_for(video: bool) -> ClearPrefix {
+fn kind(video: bool) -> FrameKind {
     if video {
-        ClearPrefix::Vp8
+        FrameKind::Video
     } else {
-        ClearPrefix::None
+        FrameKind::Audio
     }
 }
 
@@ -237,15 +217,15 @@ impl Call {
         } else {
             (NewRoomPolicy::Open, AdmitMode::Auto)
         };
+        let mut p = Participant::new(device, room, policy, admit);
+        // The jitter's randomness comes with every call from the worker (`random`).
+        p.set_self_update(SELF_UPDATE_EVERY, 0);
         Call {
-            p: Participant::new(device, room, policy, admit),
+            p,
             room: room.to_owned(),
             lobby,
-            held: HoldQueue::new(HOLD_FRAMES, core::time::Duration::from_millis(HOLD_MS)),
             released: BTreeMap::new(),
-            health: BTreeMap::new(),
             ui: Default::default(),
-            timer: SelfUpdateTimer::new(SELF_UPDATE_EVERY, 200),
             last_change: None,
             out: Vec::with_capacity(4096),
             last_sender: None,
@@ -330,8 +310,9 @@ impl Call {
                 if matches!(m, ServerMsg::Joined { .. }) {
                     self.hello_answered = true;
                 }
+                self.p.add_randomness(u64::from(random));
                 let r = self.p.handle(m, now);
-                self.drain_events(now, random);
+                self.drain_events(now);
                 r.map_err(|e| {
                     self.push_ui(serde_json::json!({"type": "alarm", "reason": e.to_string()}));
                     js(e)
@@ -344,14 +325,13 @@ impl Call {
         self.ui.push_back(v.to_string());
     }
 
-    fn drain_events(&mut self, now: Timestamp, random: u32) {
+    fn drain_events(&mut self, now: Timestamp) {
         while let Some(e) = self.p.poll_event() {
             let v = match e {
                 Event::Joined {
                     epoch,
                     security_code,
                 } => {
-                    self.timer.arm(now, u64::from(random));
                     self.last_change = Some(LastChange {
                         epoch,
                         at_ms: now.as_millis(),
@@ -363,7 +343,6 @@ impl Call {
                     change,
                     security_code,
                 } => {
-                    self.timer.arm(now, u64::from(random));
                     let reason = describe_change(&change);
                     self.last_change = Some(LastChange {
                         epoch: change.epoch,
@@ -428,25 +407,16 @@ impl Call {
     /// erasure, a periodic self-update, held frames expiring); `undefined` for none.
     #[wasm_bindgen(js_name = nextTimeout)]
     pub fn next_timeout(&self) -> Option<f64> {
-        let keys = self.p.media_ref().poll_timeout();
-        let update = self.timer.poll_timeout();
-        [keys, update]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| t.as_millis() as f64)
+        self.p.poll_timeout().map(|t| t.as_millis() as f64)
     }
 
     /// Does what is due at `now_ms`.
     #[wasm_bindgen(js_name = handleTimeout)]
     pub fn handle_timeout(&mut self, now_ms: f64, random: u32) -> Result<(), WebError> {
         let now = ts(now_ms);
-        self.p.media().handle_timeout(now);
-        if self.timer.is_due(now) && self.p.epoch().is_some() {
-            self.timer.arm(now, u64::from(random));
-            self.p.self_update(now).map_err(js)?;
-        }
-        self.drain_events(now, random);
+        self.p.add_randomness(u64::from(random));
+        self.p.handle_timeout(now).map_err(js)?;
+        self.drain_events(now);
         Ok(())
     }
 
@@ -454,7 +424,7 @@ impl Call {
     /// stay clear for the packetizer; otherwise Opus, all encrypted). `undefined` when there
     /// is no key yet or the frame is refused: the caller drops the frame.
     pub fn seal(&mut self, video: bool, frame: &[u8]) -> Option<Vec<u8>> {
-        match self.p.media().seal(frame, clear_for(video), &mut self.out) {
+        match self.p.seal_frame(kind(video), frame, &mut self.out) {
             Ok(_) => {
                 self.sealed += 1;
                 Some(self.out.clone())
@@ -479,45 +449,22 @@ impl Call {
     /// frame claims (also on failure, for health; it is authenticated only on success).
     pub fn open(&mut self, video: bool, wire: &[u8], tag: u32, now_ms: f64) -> Option<Vec<u8>> {
         let now = ts(now_ms);
-        let t = now.as_millis();
-        let clear = clear_for(video);
         self.last_held = false;
-        self.last_sender = MediaCrypto::peek(wire, clear).ok().map(|(s, _)| s);
-        match self.p.media().open(wire, clear, &mut self.out, now) {
-            Ok(info) => {
-                let h = self.health.entry(info.sender).or_default();
-                h.opened += 1;
-                h.last_opened_ms = Some(t);
-                Some(self.out.clone())
+        match self.p.open_frame(kind(video), wire, u64::from(tag), now) {
+            Intake::Opened(f) => {
+                self.last_sender = Some(f.sender);
+                Some(f.plain)
             }
-            Err(FrameError::FutureEpoch { sender, .. }) => {
-                self.held.hold(tag, wire.to_vec(), clear, now);
-                let h = self.health.entry(sender).or_default();
-                h.held += 1;
-                h.last_held_ms = Some(t);
+            Intake::Held { sender } => {
+                self.last_sender = Some(sender);
                 self.last_held = true;
                 None
             }
-            Err(FrameError::BeforeJoin { sender, .. }) => {
-                self.health.entry(sender).or_default().before_join += 1;
+            Intake::Dropped { sender } => {
+                self.last_sender = sender;
                 None
             }
-            Err(FrameError::Replayed { sender, .. }) if self.p.member(sender).is_some() => {
-                self.health.entry(sender).or_default().duplicates += 1;
-                None
-            }
-            Err(e) => {
-                if let Some(s) = self.last_sender {
-                    // Only known members get a health entry; a bogus KID must not grow the map.
-                    if self.p.member(s).is_some() {
-                        let h = self.health.entry(s).or_default();
-                        h.failed += 1;
-                        h.last_failed_ms = Some(t);
-                        h.last_error = Some(e.to_string());
-                    }
-                }
-                None
-            }
+            _ => None,
         }
     }
 
@@ -533,38 +480,32 @@ impl Call {
         self.last_held
     }
 
-    /// Opens what can now be opened of the held frames (call after an epoch event); returns
-    /// their tags, whose plaintext [`Call::take_released`] gives. Held frames that fail or
-    /// expire are counted and dropped.
+    /// The tags of held frames that opened since the last call (the core releases them as
+    /// soon as their epoch's keys arrive; call after an epoch event), whose plaintext
+    /// [`Call::take_released`] gives. Held frames that fail are counted and dropped
+    /// ([`Call::take_dropped`]).
     pub fn release(&mut self, now_ms: f64) -> Vec<u32> {
-        let now = ts(now_ms);
+        let _ = now_ms;
         let mut tags = Vec::new();
-        let released = {
-            let (held, media) = (&mut self.held, self.p.media());
-            held.release(media, now)
-        };
-        for (tag, r) in released {
-            match r {
-                Ok((info, plain)) => {
-                    let h = self.health.entry(info.sender).or_default();
-                    h.opened += 1;
-                    h.last_opened_ms = Some(now.as_millis());
-                    self.released.insert(tag, plain);
-                    tags.push(tag);
-                }
-                Err(e) => {
-                    if let Some(s) = e.sender() {
-                        if self.p.member(s).is_some() {
-                            let h = self.health.entry(s).or_default();
-                            h.failed += 1;
-                            h.last_failed_ms = Some(now.as_millis());
-                            h.last_error = Some(e.to_string());
-                        }
-                    }
-                }
-            }
+        while let Some(f) = self.p.poll_released() {
+            let Ok(tag) = u32::try_from(f.tag) else {
+                continue;
+            };
+            self.released.insert(tag, f.plain);
+            tags.push(tag);
         }
         tags
+    }
+
+    /// The tags of held frames the core gave up on since the last call (expired, pushed out
+    /// by newer ones, or refused once their keys came): the worker lets their frames go.
+    #[wasm_bindgen(js_name = takeDropped)]
+    pub fn take_dropped(&mut self) -> Vec<u32> {
+        self.p
+            .take_dropped_frames()
+            .into_iter()
+            .filter_map(|t| u32::try_from(t).ok())
+            .collect()
     }
 
     /// The plaintext of a released held frame.
@@ -575,8 +516,9 @@ impl Call {
 
     /// The host admits a knock.
     pub fn admit(&mut self, knock: u64, now_ms: f64, random: u32) -> Result<(), WebError> {
+        self.p.add_randomness(u64::from(random));
         self.p.admit(knock, ts(now_ms)).map_err(js)?;
-        self.drain_events(ts(now_ms), random);
+        self.drain_events(ts(now_ms));
         Ok(())
     }
 
@@ -601,14 +543,14 @@ impl Call {
             .roster()
             .into_iter()
             .map(|r| {
-                let h = self.health.get(&r.leaf);
+                let h = self.p.intake().senders().get(&r.leaf);
                 serde_json::json!({
                     "leaf": r.leaf,
                     "user_id": r.user_id,
                     "name": r.display_name,
                     "fingerprint": r.fingerprint.to_string(),
                     "me": Some(r.leaf) == me,
-                    "status": if Some(r.leaf) == me { "this device" } else { h.map_or("no media", |h| h.status(t)) },
+                    "status": if Some(r.leaf) == me { "this device" } else { h.map_or("no media", |h| status(h, t)) },
                     "health": h,
                 })
             })
@@ -640,10 +582,10 @@ impl Call {
                 "sealed": self.sealed,
                 "unsealed_dropped": self.unsealed,
                 "opened": stats.opened,
-                "failed": self.health.values().map(|h| h.failed).sum::<u64>(),
-                "duplicates": self.health.values().map(|h| h.duplicates).sum::<u64>(),
-                "held_now": self.held.len(),
-                "held_dropped": self.held.dropped(),
+                "failed": self.p.intake().senders().values().map(|h| h.failed).sum::<u64>(),
+                "duplicates": self.p.intake().senders().values().map(|h| h.duplicates).sum::<u64>(),
+                "held_now": self.p.intake().held(),
+                "held_dropped": self.p.intake().held_dropped(),
                 "before_join": stats.before_join,
             },
         })

@@ -6,8 +6,6 @@
 // ever gets the roster, the security code and health figures.
 import init, * as wasm from "./conclave_web.js";
 
-const HOLD_LIMIT = 600; // held frames waiting for an epoch, at most (the core holds 512)
-const HOLD_MS = 4000;
 
 let call = null; // wasm Call
 let callKey = null; // token, room, name and lobby flag the call was made for
@@ -17,7 +15,9 @@ let helloAnswered = false;
 let leaving = false;
 let ended = false;
 let nextTag = 1;
-const held = new Map(); // tag -> { frame, controller, at }
+// Frames the core holds for an epoch not reached yet, by tag: the core decides how many and
+// for how long; this keeps only the encoded-frame objects it will hand back or let go.
+const held = new Map(); // tag -> { frame, controller }
 const slots = new Map(); // receive slot -> { kind, leaf }
 const senders = []; // { transformer, lastEpoch }
 let timer = null;
@@ -131,9 +131,12 @@ function releaseHeld() {
       // The stream closed meanwhile.
     }
   }
-  for (const [tag, h] of held) {
-    if (now - h.at > HOLD_MS) held.delete(tag);
-  }
+  dropHeld();
+}
+
+// Lets go of the frames the core gave up on (expired, pushed out, refused).
+function dropHeld() {
+  for (const tag of call.takeDropped()) held.delete(tag);
 }
 
 function postState() {
@@ -157,6 +160,7 @@ function tick() {
   if (!call) return;
   try {
     call.handleTimeout(Date.now(), rand());
+    dropHeld();
   } catch (e) {
     post({ type: "event", event: { type: "alarm", reason: String(e) } });
   }
@@ -325,8 +329,8 @@ function recvTransform(readable, writable, options) {
         frame.data = plain.buffer;
         controller.enqueue(frame);
       } else if (call.lastHeld()) {
-        if (held.size >= HOLD_LIMIT) held.delete(held.keys().next().value);
-        held.set(tag, { frame, controller, at: Date.now() });
+        held.set(tag, { frame, controller });
+        dropHeld();
       }
       // Otherwise the frame failed (counted by the core, shown as the sender's health) and
       // is dropped: never handed to a decoder.

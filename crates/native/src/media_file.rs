@@ -5,7 +5,7 @@
 //! frames are the codec's own bytes: the client seals each one with SFrame and sends it, and
 //! nothing on the way can read it. A few writers exist too, for tests and tools.
 
-use crate::Error;
+use crate::NetError as Error;
 
 /// Largest frame or packet accepted from a file.
 pub const MAX_FRAME: usize = 4 << 20;

@@ -1,18 +1,18 @@
 //! The participant's WebRTC session to the SFU (str0m, sans-IO), and synthetic media whose
 //! frames let every receiver check them byte for byte.
 //!
-//! Every frame is sealed with the participant's [`MediaCrypto`] before it reaches str0m;
+//! Every frame is sealed through the participant's [`FramePath`] before it reaches str0m;
 //! nothing is written while there is no media key (the seal fails with `NotReady` and the
-//! frame is dropped, never sent in the clear). Received frames are opened before anything
-//! looks at them; one that fails is counted against its sender, never used.
+//! frame is dropped, never sent in the clear). Received frames are opened by the frame path
+//! (which holds, releases and counts them) before anything looks at them; one that fails is
+//! counted against its sender, never used. This file adds what only a test sender has:
+//! synthetic frames that every receiver checks byte for byte, and latency samples.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use conclave_e2ee::{
-    media::MAX_LIVE_EPOCHS, ClearPrefix, FrameError, HoldQueue, MediaCrypto, Timestamp,
-};
+use conclave_e2ee::{media::MAX_LIVE_EPOCHS, Timestamp};
 use conclave_media_meta::{simulcast, speech, vp8, Voice};
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
@@ -20,6 +20,8 @@ use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, warn};
+
+use conclave_client::{FrameKind, FramePath, FrameTag, Intake, OpenedFrame, SenderHealth};
 
 /// Media kinds (str0m's), re-exported for callers of [`synthetic_body`].
 pub use str0m::media::MediaKind as Kind;
@@ -70,6 +72,20 @@ pub struct SenderCounts {
     pub video_epochs: u64,
 }
 
+/// What this runtime adds to the frame path's counts for one sender: content checks of
+/// synthetic frames, video layers, speech.
+#[derive(Clone, Debug, Default)]
+struct Extras {
+    unchecked: u64,
+    video_decrypted: u64,
+    video_layers: [u64; 3],
+    last_layer: Option<u8>,
+    speaking: bool,
+    speech_ms: u64,
+    keyframe_first_per_epoch: bool,
+    video_epochs: u64,
+}
+
 /// The media session.
 pub struct MediaLink {
     rtc: Rtc,
@@ -86,12 +102,16 @@ pub struct MediaLink {
     last_video_epoch: Option<u64>,
     /// Per simulcast layer: a receiver asked for a keyframe.
     keyframe_wanted: [bool; 3],
-    counts: BTreeMap<u32, SenderCounts>,
+    extras: BTreeMap<u32, Extras>,
     voices: BTreeMap<u32, Voice>,
     /// (sender, epoch) pairs in which a video frame was seen, recent epochs only.
     first_in_epoch: BTreeSet<(u32, u64)>,
-    /// Held frames, tagged with their kind and the sender their KID names.
-    held: HoldQueue<(MediaKind, u32)>,
+    /// The audio level of held audio frames, by tag, for when they are released.
+    held_levels: BTreeMap<FrameTag, Option<i8>>,
+    next_tag: FrameTag,
+    /// The key clock at an instant of the media clock: keys and held frames run on the wall
+    /// clock (`Timestamp`), str0m on `Instant`s; the link converts.
+    anchor: (Instant, Timestamp),
     /// Frames sealed and written.
     pub sent: u64,
     /// Video keyframes sealed and written (top layer).
@@ -133,11 +153,18 @@ impl core::fmt::Debug for MediaLink {
     }
 }
 
-fn clear_for(kind: MediaKind) -> ClearPrefix {
+fn frame_kind(kind: MediaKind) -> FrameKind {
     if kind == MediaKind::Video {
-        ClearPrefix::Vp8
+        FrameKind::Video
     } else {
-        ClearPrefix::None
+        FrameKind::Audio
+    }
+}
+
+fn media_kind(kind: FrameKind) -> MediaKind {
+    match kind {
+        FrameKind::Video => MediaKind::Video,
+        FrameKind::Audio => MediaKind::Audio,
     }
 }
 
@@ -267,10 +294,37 @@ fn check_body(plain: &[u8], sender: u32, kind: MediaKind) -> Content {
     }
 }
 
+/// The counts of one sender: the frame path's, and this link's content checks.
+fn sender_counts(h: &SenderHealth, x: &Extras) -> SenderCounts {
+    SenderCounts {
+        received: h.received,
+        decrypted: h.decrypted,
+        unchecked: x.unchecked,
+        failed: h.failed,
+        failure_kinds: h.failure_kinds.clone(),
+        video_decrypted: x.video_decrypted,
+        video_layers: x.video_layers,
+        last_layer: x.last_layer,
+        speaking: x.speaking,
+        speech_ms: x.speech_ms,
+        duplicates: h.duplicates,
+        before_join: h.before_join,
+        without_keys: h.without_keys,
+        held: h.held + h.held_dropped,
+        keyframe_first_per_epoch: x.keyframe_first_per_epoch,
+        video_epochs: x.video_epochs,
+    }
+}
+
 impl MediaLink {
     /// A session that offers our audio and video and `slots` receive slots of each kind;
-    /// returns it and the SDP offer.
-    pub fn offer(local: SocketAddr, slots: usize, now: Instant) -> Result<(Self, String), String> {
+    /// returns it and the SDP offer. `ts` is the key clock's time at `now`.
+    pub fn offer(
+        local: SocketAddr,
+        slots: usize,
+        now: Instant,
+        ts: Timestamp,
+    ) -> Result<(Self, String), String> {
         let mut rtc = Rtc::builder()
             .clear_codecs()
             .enable_opus(true, false)
@@ -317,10 +371,12 @@ impl MediaLink {
             video_time: 0,
             last_video_epoch: None,
             keyframe_wanted: [true; 3],
-            counts: BTreeMap::new(),
+            extras: BTreeMap::new(),
             voices: BTreeMap::new(),
             first_in_epoch: BTreeSet::new(),
-            held: HoldQueue::new(512, std::time::Duration::from_secs(3)),
+            held_levels: BTreeMap::new(),
+            next_tag: 0,
+            anchor: (now, ts),
             sent: 0,
             keyframes_sent: 0,
             audio_sent: 0,
@@ -340,9 +396,8 @@ impl MediaLink {
     pub fn accept_answer(
         &mut self,
         sdp: &str,
-        media: &mut MediaCrypto,
+        frames: &mut FramePath,
         now: Instant,
-        ts: Timestamp,
     ) -> Result<(), String> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
         let pending = self.pending.take().ok_or("no offer pending")?;
@@ -350,7 +405,7 @@ impl MediaLink {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| e.to_string())?;
-        self.drain(media, now, ts);
+        self.drain(frames, now);
         Ok(())
     }
 
@@ -368,7 +423,7 @@ impl MediaLink {
     /// Carries what was counted on a failed session over to its replacement, so a call's
     /// counts survive a media restart.
     pub fn inherit(&mut self, old: MediaLink) {
-        self.counts = old.counts;
+        self.extras = old.extras;
         self.voices = old.voices;
         self.first_in_epoch = old.first_in_epoch;
         self.sent = old.sent;
@@ -397,6 +452,12 @@ impl MediaLink {
         })
     }
 
+    /// The key clock at `now`.
+    fn ts(&self, now: Instant) -> Timestamp {
+        let (at, ts) = self.anchor;
+        ts.saturating_add(now.saturating_duration_since(at))
+    }
+
     /// Capture-to-open latency of the newest synthetic frames, in µs.
     pub fn latencies_us(&self) -> impl Iterator<Item = u32> + '_ {
         self.latencies_us.iter().copied()
@@ -407,21 +468,14 @@ impl MediaLink {
         self.first_opened
     }
 
-    /// Frames held for a future epoch that were dropped (queue full or held too long): lost
-    /// to a key transition.
-    pub fn held_dropped(&self) -> u64 {
-        self.held.dropped()
-    }
-
     /// A datagram from the SFU.
     pub fn handle_receive(
         &mut self,
         source: SocketAddr,
         destination: SocketAddr,
         bytes: &[u8],
-        media: &mut MediaCrypto,
+        frames: &mut FramePath,
         now: Instant,
-        ts: Timestamp,
     ) {
         let Ok(r) = Receive::new(Protocol::Udp, source, destination, bytes) else {
             return;
@@ -429,15 +483,15 @@ impl MediaLink {
         if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
             warn!(error = %e, "media input");
         }
-        self.drain(media, now, ts);
+        self.drain(frames, now);
     }
 
     /// Time passed.
-    pub fn handle_timeout(&mut self, media: &mut MediaCrypto, now: Instant, ts: Timestamp) {
+    pub fn handle_timeout(&mut self, frames: &mut FramePath, now: Instant) {
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
             warn!(error = %e, "media timeout");
         }
-        self.drain(media, now, ts);
+        self.drain(frames, now);
         if self
             .disconnected_since
             .is_some_and(|t| now.saturating_duration_since(t) >= DISCONNECTED_GIVE_UP)
@@ -458,14 +512,19 @@ impl MediaLink {
         self.transmits.pop_front()
     }
 
-    /// Per remote sender counts, by leaf.
-    pub fn counts(&self) -> &BTreeMap<u32, SenderCounts> {
-        &self.counts
-    }
-
-    /// Frames parked for an epoch not reached yet.
-    pub fn held(&self) -> usize {
-        self.held.len()
+    /// Per remote sender counts, by leaf: the frame path's, with what this link checked of
+    /// the content.
+    pub fn counts(&self, frames: &FramePath) -> BTreeMap<u32, SenderCounts> {
+        let none = Extras::default();
+        frames
+            .intake()
+            .senders()
+            .iter()
+            .map(|(&leaf, h)| {
+                let x = self.extras.get(&leaf).unwrap_or(&none);
+                (leaf, sender_counts(h, x))
+            })
+            .collect()
     }
 
     /// Sets the audio level (RFC 6464: 0 is loudest, -127 silence) sent with every audio
@@ -496,12 +555,12 @@ impl MediaLink {
     /// [`MediaLink::send_frame`]) must be a keyframe: the first under a new key, or one a
     /// receiver asked for. (The other layers' requests stay pending: nothing is sent on them,
     /// and counting them made a file sender seek to its first keyframe on every tick.)
-    pub fn keyframe_due(&self, media: &MediaCrypto) -> bool {
-        self.layer_keyframe_due(LAYERS.len() - 1, media)
+    pub fn keyframe_due(&self, frames: &FramePath) -> bool {
+        self.layer_keyframe_due(LAYERS.len() - 1, frames)
     }
 
-    fn layer_keyframe_due(&self, layer: usize, media: &MediaCrypto) -> bool {
-        self.keyframe_wanted[layer] || self.last_video_epoch != media.sending_epoch()
+    fn layer_keyframe_due(&self, layer: usize, frames: &FramePath) -> bool {
+        self.keyframe_wanted[layer] || self.last_video_epoch != frames.media().sending_epoch()
     }
 
     /// Seals and sends one synthetic frame of `kind` (video: one per simulcast layer). Returns
@@ -510,11 +569,10 @@ impl MediaLink {
         &mut self,
         kind: MediaKind,
         leaf: u32,
-        media: &mut MediaCrypto,
+        frames: &mut FramePath,
         now: Instant,
-        ts: Timestamp,
     ) -> bool {
-        if !self.connected || media.sending_epoch().is_none() {
+        if !self.connected || frames.media().sending_epoch().is_none() {
             return false;
         }
         let seq = self.seq.wrapping_add(1);
@@ -522,12 +580,12 @@ impl MediaLink {
         let sent_us = self.wall_us(now);
         if kind == MediaKind::Audio {
             let frame = synthetic_body_at(leaf, seq, kind, false, 0, sent_us);
-            return self.send_layers(kind, &[(None, &frame, false)], 960, media, now, ts);
+            return self.send_layers(kind, &[(None, &frame, false)], 960, frames, now);
         }
         let periodic = seq.is_multiple_of(90);
-        let frames: Vec<(Option<usize>, Vec<u8>, bool)> = (0..LAYERS.len())
+        let bodies: Vec<(Option<usize>, Vec<u8>, bool)> = (0..LAYERS.len())
             .map(|layer| {
-                let key = periodic || self.layer_keyframe_due(layer, media);
+                let key = periodic || self.layer_keyframe_due(layer, frames);
                 (
                     Some(layer),
                     synthetic_body_at(leaf, seq, kind, key, layer as u8, sent_us),
@@ -535,11 +593,11 @@ impl MediaLink {
                 )
             })
             .collect();
-        let frames: Vec<(Option<usize>, &[u8], bool)> = frames
+        let layers: Vec<(Option<usize>, &[u8], bool)> = bodies
             .iter()
             .map(|(l, f, k)| (*l, f.as_slice(), *k))
             .collect();
-        self.send_layers(kind, &frames, 3000, media, now, ts)
+        self.send_layers(kind, &layers, 3000, frames, now)
     }
 
     /// Seals and sends one encoded frame of `kind` (an Opus packet or a VP8 frame), `step`
@@ -553,12 +611,11 @@ impl MediaLink {
         frame: &[u8],
         keyframe: bool,
         step: u64,
-        media: &mut MediaCrypto,
+        frames: &mut FramePath,
         now: Instant,
-        ts: Timestamp,
     ) -> bool {
         let layer = (kind == MediaKind::Video).then_some(LAYERS.len() - 1);
-        self.send_layers(kind, &[(layer, frame, keyframe)], step, media, now, ts)
+        self.send_layers(kind, &[(layer, frame, keyframe)], step, frames, now)
     }
 
     /// Seals and writes frames that share one capture time: (simulcast layer, frame,
@@ -566,16 +623,15 @@ impl MediaLink {
     fn send_layers(
         &mut self,
         kind: MediaKind,
-        frames: &[(Option<usize>, &[u8], bool)],
+        layers: &[(Option<usize>, &[u8], bool)],
         step: u64,
-        media: &mut MediaCrypto,
+        frames: &mut FramePath,
         now: Instant,
-        ts: Timestamp,
     ) -> bool {
         if !self.connected {
             return false;
         }
-        let Some(epoch) = media.sending_epoch() else {
+        let Some(epoch) = frames.media().sending_epoch() else {
             return false;
         };
         let (mid, time) = if kind == MediaKind::Audio {
@@ -592,9 +648,9 @@ impl MediaLink {
             )
         };
         let mut any = false;
-        for (layer, frame, keyframe) in frames {
+        for (layer, frame, keyframe) in layers {
             let mut wire = Vec::with_capacity(frame.len() + 32);
-            if let Err(e) = media.seal(frame, clear_for(kind), &mut wire) {
+            if let Err(e) = frames.seal(frame_kind(kind), frame, &mut wire) {
                 debug!(error = %e, "not sending: no media key");
                 return false;
             }
@@ -633,21 +689,25 @@ impl MediaLink {
                 self.audio_sent += 1;
             }
         }
-        self.drain(media, now, ts);
+        self.drain(frames, now);
         any
     }
 
-    /// Retries frames held for a future epoch (after a new epoch's keys were installed).
-    pub fn release_held(&mut self, media: &mut MediaCrypto, now: Instant, ts: Timestamp) {
-        for ((kind, sender), result) in self.held.release(media, ts) {
-            let c = self.counts.entry(sender).or_default();
-            c.held = c.held.saturating_sub(1);
-            self.account(
-                kind,
-                sender,
-                now,
-                result.map(|(info, plain)| (info.sender, info.epoch, plain)),
-            );
+    /// Retries frames held for a future epoch now (after a new epoch's keys were installed
+    /// outside a participant, which releases them itself), and checks what opened.
+    pub fn release_held(&mut self, frames: &mut FramePath, now: Instant) {
+        frames.release(self.ts(now));
+        self.take_released(frames, now);
+    }
+
+    /// Checks the frames the frame path released since the last call.
+    pub fn take_released(&mut self, frames: &mut FramePath, now: Instant) {
+        while let Some(f) = frames.poll_released() {
+            let level = self.held_levels.remove(&f.tag).flatten();
+            self.opened(frames, f, level, now);
+        }
+        for tag in frames.take_dropped() {
+            self.held_levels.remove(&tag);
         }
     }
 
@@ -656,98 +716,71 @@ impl MediaLink {
     fn hear(&mut self, sender: u32, level: Option<i8>, now: Instant) {
         let voice = self.voices.entry(sender).or_default();
         voice.hear(level, now);
-        let c = self.counts.entry(sender).or_default();
+        let x = self.extras.entry(sender).or_default();
         if speech::is_loud(level) {
-            c.speech_ms += speech::SPEECH_STEP.as_millis() as u64;
+            x.speech_ms += speech::SPEECH_STEP.as_millis() as u64;
         }
-        c.speaking = voice.speaking();
+        x.speaking = voice.speaking();
     }
 
-    /// Counts one frame's outcome; `kid_sender` is the sender its KID names (for errors that
-    /// name none).
-    fn account(
-        &mut self,
-        kind: MediaKind,
-        kid_sender: u32,
-        now: Instant,
-        result: Result<(u32, u64, Vec<u8>), FrameError>,
-    ) {
-        match result {
-            Ok((sender, epoch, plain)) => {
-                let content = check_body(&plain, sender, kind);
-                if let Content::Synthetic { sent_us, .. } = content {
-                    let at = self.wall_us(now);
-                    if sent_us != 0 && at != 0 {
-                        if self.latencies_us.len() >= LATENCY_SAMPLES {
-                            self.latencies_us.pop_front();
+    /// Checks one opened frame's content (synthetic frames byte for byte) and counts what it
+    /// was.
+    fn opened(&mut self, frames: &mut FramePath, f: OpenedFrame, level: Option<i8>, now: Instant) {
+        let kind = media_kind(f.kind);
+        if kind == MediaKind::Audio {
+            self.hear(f.sender, level, now);
+        }
+        let content = check_body(&f.plain, f.sender, kind);
+        if let Content::Synthetic { sent_us, .. } = content {
+            let at = self.wall_us(now);
+            if sent_us != 0 && at != 0 {
+                if self.latencies_us.len() >= LATENCY_SAMPLES {
+                    self.latencies_us.pop_front();
+                }
+                let us = at.saturating_sub(sent_us).min(u64::from(u32::MAX));
+                self.latencies_us.push_back(us as u32);
+            }
+        }
+        if !matches!(content, Content::Corrupt) {
+            self.first_opened.get_or_insert(now);
+        }
+        let x = self.extras.entry(f.sender).or_default();
+        match content {
+            Content::Synthetic { keyframe, .. } | Content::Opaque { keyframe } => {
+                if kind == MediaKind::Video {
+                    x.video_decrypted += 1;
+                    if let Content::Synthetic { layer, .. } = content {
+                        if let Some(n) = x.video_layers.get_mut(layer as usize) {
+                            *n += 1;
                         }
-                        let us = at.saturating_sub(sent_us).min(u64::from(u32::MAX));
-                        self.latencies_us.push_back(us as u32);
+                        x.last_layer = Some(layer);
                     }
                 }
-                if !matches!(content, Content::Corrupt) {
-                    self.first_opened.get_or_insert(now);
+                if matches!(content, Content::Opaque { .. }) {
+                    x.unchecked += 1;
                 }
-                let c = self.counts.entry(sender).or_default();
-                match content {
-                    Content::Synthetic { keyframe, .. } | Content::Opaque { keyframe } => {
-                        c.decrypted += 1;
-                        if kind == MediaKind::Video {
-                            c.video_decrypted += 1;
-                            if let Content::Synthetic { layer, .. } = content {
-                                if let Some(n) = c.video_layers.get_mut(layer as usize) {
-                                    *n += 1;
-                                }
-                                c.last_layer = Some(layer);
-                            }
-                        }
-                        if matches!(content, Content::Opaque { .. }) {
-                            c.unchecked += 1;
-                        }
-                        if kind == MediaKind::Video && self.first_in_epoch.insert((sender, epoch)) {
-                            // The first video frame from this sender in this epoch.
-                            c.keyframe_first_per_epoch =
-                                keyframe && (c.video_epochs == 0 || c.keyframe_first_per_epoch);
-                            c.video_epochs += 1;
-                            // Epochs far behind cannot come back (their keys are erased):
-                            // forget them, so a long call's bookkeeping stays small.
-                            self.first_in_epoch
-                                .retain(|&(_, e)| e + 2 * MAX_LIVE_EPOCHS as u64 >= epoch);
-                        }
-                    }
-                    Content::Corrupt => {
-                        c.failed += 1;
-                        *c.failure_kinds.entry("IntegrityCheck".into()).or_default() += 1;
-                    }
+                if kind == MediaKind::Video && self.first_in_epoch.insert((f.sender, f.epoch)) {
+                    // The first video frame from this sender in this epoch.
+                    x.keyframe_first_per_epoch =
+                        keyframe && (x.video_epochs == 0 || x.keyframe_first_per_epoch);
+                    x.video_epochs += 1;
+                    // Epochs far behind cannot come back (their keys are erased): forget
+                    // them, so a long call's bookkeeping stays small.
+                    let epoch = f.epoch;
+                    self.first_in_epoch
+                        .retain(|&(_, e)| e + 2 * MAX_LIVE_EPOCHS as u64 >= epoch);
                 }
             }
-            Err(FrameError::Replayed { sender, .. }) => {
-                self.counts.entry(sender).or_default().duplicates += 1;
-            }
-            Err(FrameError::BeforeJoin { sender, .. }) => {
-                self.counts.entry(sender).or_default().before_join += 1;
-            }
-            Err(FrameError::NotReady) => {
-                self.counts.entry(kid_sender).or_default().without_keys += 1;
-            }
-            Err(e) => {
-                let c = self
-                    .counts
-                    .entry(e.sender().unwrap_or(kid_sender))
-                    .or_default();
-                c.failed += 1;
-                let kind = format!("{e:?}");
-                let kind = kind
-                    .split([' ', '(', '{'])
-                    .next()
-                    .unwrap_or("other")
-                    .to_owned();
-                *c.failure_kinds.entry(kind).or_default() += 1;
+            Content::Corrupt => {
+                let ts = self.ts(now);
+                if let Some(h) = frames.intake_mut().sender_mut(f.sender) {
+                    h.content_failed("IntegrityCheck", ts);
+                }
             }
         }
     }
 
-    fn drain(&mut self, media: &mut MediaCrypto, now: Instant, ts: Timestamp) {
+    fn drain(&mut self, frames: &mut FramePath, now: Instant) {
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
@@ -787,32 +820,17 @@ impl MediaLink {
                         let Some(&kind) = self.slots.get(&d.mid) else {
                             continue;
                         };
-                        let clear = clear_for(kind);
-                        // Every frame whose KID names a sender is counted as received, and
-                        // then in exactly one of: decrypted, failed, before join, duplicate,
-                        // without keys, held.
-                        let Ok((sender, _)) = MediaCrypto::peek(&d.data, clear) else {
-                            continue;
-                        };
-                        self.counts.entry(sender).or_default().received += 1;
-                        let mut plain = Vec::with_capacity(d.data.len());
-                        match media.open(&d.data, clear, &mut plain, ts) {
-                            Err(FrameError::FutureEpoch { .. }) => {
-                                self.counts.entry(sender).or_default().held += 1;
-                                self.held.hold((kind, sender), d.data.to_vec(), clear, ts)
+                        let tag = self.next_tag;
+                        self.next_tag = self.next_tag.wrapping_add(1);
+                        let ts = self.ts(now);
+                        match frames.open(frame_kind(kind), &d.data, tag, ts) {
+                            Intake::Opened(f) => {
+                                self.opened(frames, f, d.ext_vals.audio_level, now)
                             }
-                            Ok(info) => {
-                                if kind == MediaKind::Audio {
-                                    self.hear(info.sender, d.ext_vals.audio_level, now);
-                                }
-                                self.account(
-                                    kind,
-                                    sender,
-                                    now,
-                                    Ok((info.sender, info.epoch, plain)),
-                                )
+                            Intake::Held { .. } if kind == MediaKind::Audio => {
+                                self.held_levels.insert(tag, d.ext_vals.audio_level);
                             }
-                            Err(e) => self.account(kind, sender, now, Err(e)),
+                            _ => {}
                         }
                     }
                     _ => {}

@@ -7,8 +7,9 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use conclave_client::media_link::{Kind, MediaLink, SenderCounts, DEFAULT_SLOTS};
-use conclave_e2ee::{EpochSecrets, MediaCrypto, RoomCipherSuite, Timestamp};
+use conclave_client::FramePath;
+use conclave_e2ee::{EpochSecrets, RoomCipherSuite, Timestamp};
+use conclave_native::media_link::{Kind, MediaLink, SenderCounts, DEFAULT_SLOTS};
 use conclave_sfu::{Sfu, SfuConfig, PLI_INTERVAL};
 
 const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
@@ -25,7 +26,7 @@ struct Link {
 
 struct Node {
     link: MediaLink,
-    media: MediaCrypto,
+    frames: FramePath,
     addr: SocketAddr,
     leaf: u32,
     sends: bool,
@@ -60,7 +61,7 @@ impl Sim {
         let mut nodes = Vec::new();
         for i in 0..n {
             let addr: SocketAddr = format!("10.0.1.{}:6000", i + 2).parse().unwrap();
-            let mut media = MediaCrypto::default();
+            let mut frames = FramePath::default();
             let secrets = EpochSecrets::from_base_key(
                 RoomCipherSuite::Curve25519Aes128,
                 1,
@@ -68,15 +69,15 @@ impl Sim {
                 i as u32,
                 members.clone(),
             );
-            media.install_epoch(secrets, T0).unwrap();
-            let (mut link, offer) = MediaLink::offer(addr, DEFAULT_SLOTS, start).unwrap();
+            frames.install_epoch(secrets, T0).unwrap();
+            let (mut link, offer) = MediaLink::offer(addr, DEFAULT_SLOTS, start, T0).unwrap();
             let answer = sfu
                 .add_participant(i as u64, "room", &offer, start)
                 .unwrap();
-            link.accept_answer(&answer, &mut media, start, T0).unwrap();
+            link.accept_answer(&answer, &mut frames, start).unwrap();
             nodes.push(Node {
                 link,
-                media,
+                frames,
                 addr,
                 leaf: i as u32,
                 sends: true,
@@ -196,7 +197,6 @@ impl Sim {
             // "now" again until the clock has advanced.
             self.now = self.now.max(next).max(self.now + Duration::from_micros(50));
             let now = self.now;
-            let ts = self.ts();
             while let Some(Reverse((at, _, id))) = self.queue.peek().copied() {
                 if at > now {
                     break;
@@ -208,7 +208,7 @@ impl Sim {
                 if to == self.sfu_addr {
                     self.sfu.handle_receive(now, from, to, &b);
                 } else if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == to) {
-                    n.link.handle_receive(from, to, &b, &mut n.media, now, ts);
+                    n.link.handle_receive(from, to, &b, &mut n.frames, now);
                 }
             }
             if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
@@ -216,17 +216,17 @@ impl Sim {
             }
             for n in &mut self.nodes {
                 if n.link.poll_timeout().is_some_and(|t| t <= now) {
-                    n.link.handle_timeout(&mut n.media, now, ts);
+                    n.link.handle_timeout(&mut n.frames, now);
                 }
                 if n.sends && n.link.is_connected() {
                     if n.next_audio <= now {
                         n.link
-                            .send_synthetic(Kind::Audio, n.leaf, &mut n.media, now, ts);
+                            .send_synthetic(Kind::Audio, n.leaf, &mut n.frames, now);
                         n.next_audio += Duration::from_millis(20);
                     }
                     if n.next_video <= now {
                         n.link
-                            .send_synthetic(Kind::Video, n.leaf, &mut n.media, now, ts);
+                            .send_synthetic(Kind::Video, n.leaf, &mut n.frames, now);
                         n.next_video += Duration::from_micros(33_333);
                     }
                 } else {
@@ -248,9 +248,9 @@ impl Sim {
     }
 
     fn counts(&self, at: usize, from: usize) -> SenderCounts {
-        self.nodes[at]
-            .link
-            .counts()
+        let node = &self.nodes[at];
+        node.link
+            .counts(&node.frames)
             .get(&(from as u32))
             .cloned()
             .unwrap_or_default()
@@ -456,8 +456,8 @@ fn twenty_rekeys_during_a_call_lose_no_frames_and_start_each_epoch_with_a_keyfra
             );
             let (ts, now) = (sim.ts(), sim.now);
             let node = &mut sim.nodes[i];
-            node.media.install_epoch(secrets, ts).unwrap();
-            node.link.release_held(&mut node.media, now, ts);
+            node.frames.media_mut().install_epoch(secrets, ts).unwrap();
+            node.link.release_held(&mut node.frames, now);
             sim.run_for(Duration::from_millis(15));
         }
         sim.run_for(Duration::from_millis(400));
@@ -488,7 +488,7 @@ fn twenty_rekeys_during_a_call_lose_no_frames_and_start_each_epoch_with_a_keyfra
         }
     }
     for node in &sim.nodes {
-        assert_eq!(node.link.held(), 0);
+        assert_eq!(node.frames.intake().held(), 0);
     }
     let frames: u64 = (0..n)
         .map(|f| {
