@@ -423,3 +423,139 @@ impl FramePath {
         self.media.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conclave_e2ee::{EpochSecrets, RoomCipherSuite};
+
+    const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+    fn keys(epoch: u64, own_leaf: u32) -> EpochSecrets {
+        EpochSecrets::from_base_key(
+            RoomCipherSuite::Curve25519Aes128,
+            epoch,
+            &[epoch as u8; 16],
+            own_leaf,
+            vec![0, 1],
+        )
+    }
+
+    /// Leaf 1's frame under `epoch`.
+    fn frame(epoch: u64, body: &[u8]) -> Vec<u8> {
+        let mut sender = FramePath::default();
+        sender.install_epoch(keys(epoch, 1), T0).unwrap();
+        let mut wire = Vec::new();
+        sender.seal(FrameKind::Audio, body, &mut wire).unwrap();
+        wire
+    }
+
+    #[test]
+    fn a_frame_ahead_of_its_epoch_is_held_then_released_when_the_keys_come() {
+        let mut rx = FramePath::default();
+        rx.install_epoch(keys(1, 0), T0).unwrap();
+        assert!(matches!(
+            rx.open(FrameKind::Audio, &frame(1, b"now"), 1, T0),
+            Intake::Opened(OpenedFrame {
+                sender: 1,
+                epoch: 1,
+                ..
+            })
+        ));
+        assert_eq!(
+            rx.open(FrameKind::Audio, &frame(2, b"ahead"), 2, T0),
+            Intake::Held { sender: 1 }
+        );
+        assert_eq!(rx.intake().held(), 1);
+        assert_eq!(rx.poll_released(), None);
+        rx.install_epoch(keys(2, 0), T0).unwrap();
+        let f = rx.poll_released().expect("released with its epoch's keys");
+        assert_eq!(
+            (f.tag, f.sender, f.epoch, f.plain.as_slice()),
+            (2, 1, 2, &b"ahead"[..])
+        );
+        let h = &rx.intake().senders()[&1];
+        assert_eq!((h.received, h.decrypted, h.held, h.failed), (2, 2, 0, 0));
+    }
+
+    #[test]
+    fn a_held_frame_expires_on_the_timer_and_its_tag_is_given_back() {
+        let mut rx = FramePath::default();
+        rx.install_epoch(keys(1, 0), T0).unwrap();
+        rx.open(FrameKind::Audio, &frame(3, b"late"), 7, T0);
+        assert_eq!(rx.poll_timeout(), Some(T0.saturating_add(HOLD_TIME)));
+        rx.handle_timeout(T0.saturating_add(HOLD_TIME - Duration::from_millis(1)));
+        assert_eq!(rx.intake().held(), 1, "not yet");
+        rx.handle_timeout(T0.saturating_add(HOLD_TIME));
+        assert_eq!(rx.intake().held(), 0);
+        assert_eq!(rx.take_dropped(), vec![7]);
+        let h = &rx.intake().senders()[&1];
+        // Received once, in exactly one category: held, then dropped.
+        assert_eq!((h.received, h.held, h.held_dropped), (1, 0, 1));
+    }
+
+    #[test]
+    fn a_full_hold_queue_gives_back_the_oldest_tags() {
+        let mut rx = FramePath::default();
+        rx.install_epoch(keys(1, 0), T0).unwrap();
+        let wire = frame(2, b"x");
+        for tag in 0..HOLD_FRAMES as u64 + 3 {
+            rx.open(FrameKind::Audio, &wire, tag, T0);
+        }
+        assert_eq!(rx.intake().held(), HOLD_FRAMES);
+        assert_eq!(rx.take_dropped(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn frames_naming_no_member_are_not_counted_and_every_frame_lands_in_one_count() {
+        let mut rx = FramePath::default();
+        rx.install_epoch(keys(1, 0), T0).unwrap();
+        let mut sender = FramePath::default();
+        sender.install_epoch(keys(1, 1), T0).unwrap();
+        let (mut good, mut forged) = (Vec::new(), Vec::new());
+        sender.seal(FrameKind::Audio, b"hello", &mut good).unwrap();
+        sender
+            .seal(FrameKind::Audio, b"again", &mut forged)
+            .unwrap();
+        rx.open(FrameKind::Audio, &good, 1, T0);
+        // The same frame again: a duplicate, not a failure.
+        rx.open(FrameKind::Audio, &good, 2, T0);
+        // A forged frame under leaf 1's KID (a fresh counter) fails.
+        if let Some(b) = forged.last_mut() {
+            *b ^= 1;
+        }
+        rx.open(FrameKind::Audio, &forged, 3, T0);
+        // A KID naming a leaf that is no member (a hostile SFU inventing senders): no entry.
+        let mut stranger = FramePath::default();
+        stranger
+            .install_epoch(
+                EpochSecrets::from_base_key(
+                    RoomCipherSuite::Curve25519Aes128,
+                    1,
+                    &[1; 16],
+                    900,
+                    vec![0, 900],
+                ),
+                T0,
+            )
+            .unwrap();
+        let mut w = Vec::new();
+        stranger.seal(FrameKind::Audio, b"who", &mut w).unwrap();
+        assert_eq!(
+            rx.open(FrameKind::Audio, &w, 4, T0),
+            Intake::Dropped { sender: Some(900) }
+        );
+        assert!(!rx.intake().senders().contains_key(&900));
+        let h = &rx.intake().senders()[&1];
+        assert_eq!(
+            h.received,
+            h.decrypted + h.failed + h.duplicates + h.before_join + h.without_keys + h.held
+        );
+        assert_eq!((h.decrypted, h.duplicates, h.failed), (1, 1, 1));
+        assert!(h.last_error.is_some());
+        // After leaving (no keys), a known sender's frames still count, as without keys.
+        rx.clear();
+        rx.open(FrameKind::Audio, &frame(1, b"after"), 5, T0);
+        assert_eq!(rx.intake().senders()[&1].without_keys, 1);
+    }
+}

@@ -1,6 +1,6 @@
 //! # Conclave participant core
 //!
-//! Sans-IO: [`Participant::handle`] takes a [`ServerMsg`] and the time; [`Participant::poll_transmit`]
+//! Sans-IO: [`Participant::handle`] takes a [`ServerMsg`](conclave_proto::ServerMsg) and the time; [`Participant::poll_transmit`]
 //! yields the [`ClientMsg`]s to send and [`Participant::poll_event`] what a UI should show
 //! (epoch changes with the security code, knocks to admit, alarms). The tokio runtime and the
 //! media path sit around it.
@@ -171,7 +171,7 @@ pub struct Participant {
     /// The roster of the last epoch, kept once the session is gone (removed or left).
     final_roster: Vec<RosterEntry>,
     /// Ratchet tree parts of the Welcome to come ([`ServerMsg::TreePart`]).
-    tree: Vec<u8>,
+    tree: conclave_proto::TreeParts,
     /// The meeting's charter, from the link this participant was given: the only group policy
     /// it joins or creates.
     charter: Option<RoomPolicy>,
@@ -211,7 +211,7 @@ impl Participant {
             admit_mode,
             session: None,
             final_roster: Vec::new(),
-            tree: Vec::new(),
+            tree: Default::default(),
             frames: FramePath::default(),
             knocks: BTreeMap::new(),
             retired: RetiredKnocks::default(),

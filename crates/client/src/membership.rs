@@ -218,14 +218,11 @@ impl Participant {
                 }
             }
             ServerMsg::TreePart { part } => {
-                if self.tree.len() + part.0.len() > conclave_proto::MAX_TREE_LEN {
-                    self.tree = Vec::new();
+                if self.tree.add(&part.0).is_err() {
                     self.alarm(format!(
                         "the server sent ratchet tree parts beyond {} bytes; dropped",
                         conclave_proto::MAX_TREE_LEN
                     ));
-                } else {
-                    self.tree.extend_from_slice(&part.0);
                 }
             }
             ServerMsg::Welcome {
@@ -233,12 +230,7 @@ impl Participant {
                 ratchet_tree,
             } => {
                 // A large tree came before its Welcome in parts.
-                let parts = std::mem::take(&mut self.tree);
-                let ratchet_tree = if ratchet_tree.0.is_empty() {
-                    Bytes(parts)
-                } else {
-                    ratchet_tree
-                };
+                let ratchet_tree = self.tree.tree_for(ratchet_tree);
                 if self.session.is_some() {
                     return Err(Error::Unexpected(
                         "a Welcome while already in the group".into(),

@@ -41,7 +41,7 @@ pub(crate) fn key_changed(
 impl Participant {
     /// Checks every member this participant sees against `pins` (trust on first use): a user
     /// id seen for the first time is pinned to its device fingerprint; a known user id that
-    /// comes with another key raises an [`Event::Alarm`] that names both fingerprints (the
+    /// comes with another key raises an [`Event::Alarm`](crate::Event::Alarm) that names both fingerprints (the
     /// pin stays: a person decides). The runtime keeps the pins across calls
     /// ([`Participant::take_trust_update`]).
     pub fn set_trust_store(&mut self, mut pins: TrustStore) {

@@ -1,4 +1,6 @@
 //! The `conclave` command.
+// clap turns these doc comments into `--help`, where `[default: …]` is text, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use clap::{Parser, Subcommand};
 

@@ -52,7 +52,7 @@ impl Default for DsConfig {
             max_batch_window: Duration::from_secs(1),
             commit_timeout: Duration::from_secs(5),
             remove_after: Duration::from_secs(10),
-            max_room_size: 2000,
+            max_room_size: 1000,
             create_timeout: Duration::from_secs(10),
             max_request_bytes: 1 << 20,
         }

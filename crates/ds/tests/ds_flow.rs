@@ -782,3 +782,51 @@ mod adversarial {
         }
     }
 }
+
+#[test]
+fn a_members_own_timers_erase_old_keys_and_start_its_periodic_self_update() {
+    let mut net = open_room(3);
+    net.p(1).set_self_update(Duration::from_secs(60), 0x5eed);
+    // The countdown starts at the next epoch change.
+    net.join(4, "user4", NewRoomPolicy::Open, AdmitMode::Auto);
+    let joined_at = net.now;
+    let epoch = net.ds.epoch("room").unwrap();
+    assert!(
+        net.p(1).media_ref().live_epochs().len() > 1,
+        "the old epoch's keys are kept for a while"
+    );
+    // Only the member's own timers run: it erases the old keys when their grace ends, and
+    // commits a self-update within the period's jitter (60 s, give or take 20%).
+    let mut erased_at = None;
+    for _ in 0..20 {
+        let Some(t) = net.p(1).poll_timeout() else {
+            break;
+        };
+        net.now = net.now.max(t);
+        let now = net.now;
+        net.p(1).handle_timeout(now).unwrap();
+        if erased_at.is_none() && net.p(1).media_ref().live_epochs().len() == 1 {
+            erased_at = Some(now);
+        }
+        net.ds.handle_timeout(now);
+        net.settle();
+        if net.ds.epoch("room") != Some(epoch) {
+            break;
+        }
+    }
+    assert!(erased_at.is_some(), "old keys erased on the member's timer");
+    assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
+    let waited = net.now.saturating_since(joined_at);
+    assert!(
+        waited >= Duration::from_secs(48) && waited <= Duration::from_secs(73),
+        "{waited:?}"
+    );
+    // It was a self-update: everyone moved to the same epoch, nobody was added or removed.
+    let last = net.events_of(2).last().cloned();
+    assert!(
+        matches!(&last, Some(Event::EpochChanged { change, .. }) if change.added.is_empty() && change.removed.is_empty()),
+        "{last:?}"
+    );
+    let codes = net.codes();
+    assert!(codes.iter().all(|c| c == &codes[0]));
+}

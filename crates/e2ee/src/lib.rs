@@ -56,7 +56,9 @@ mod error;
 mod host_return;
 mod identity;
 pub mod media;
+mod self_update;
 mod session;
+mod session_types;
 mod sframe_backend;
 mod storage;
 

@@ -21,9 +21,14 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use core::time::Duration;
-use sframe::crypto::{DecryptionBufferView, EncryptionBufferView};
-use sframe::header::SframeHeader;
 use zeroize::Zeroizing;
+
+mod hold;
+mod wire;
+
+pub use hold::{HoldQueue, Released, DEFAULT_HOLD_BYTES};
+use wire::{open_frame, seal_frame};
+pub use wire::{parse_header, ParsedHeader};
 
 use crate::sframe_backend::{DecryptionKey, EncryptionKey};
 use conclave_mls::RoomCipherSuite;
@@ -409,116 +414,6 @@ struct Sending {
     next_counter: u64,
 }
 
-/// A parsed SFrame header (RFC 9605 section 4.3): KID, counter, and its length on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ParsedHeader {
-    /// Key id.
-    pub kid: u64,
-    /// Frame counter.
-    pub counter: u64,
-    /// Header length in bytes.
-    pub len: usize,
-}
-
-/// Parses an SFrame header without allocating. `sframe`'s own parser collects each variable
-/// length field into a `Vec`, two allocations per frame on the receive path; this one reads
-/// the same format (differential-tested against it in `rfc9605_vectors`).
-///
-/// Config byte: `X KKK Y CCC`. With `X` clear, `KKK` is the KID; with `X` set, `KKK + 1` bytes
-/// of big-endian KID follow. Likewise `Y`/`CCC` for the counter, after the KID bytes.
-pub fn parse_header(bytes: &[u8]) -> Option<ParsedHeader> {
-    let (&config, rest) = bytes.split_first()?;
-    let field = |extended: bool, small: u8, at: &[u8]| -> Option<(u64, usize)> {
-        if !extended {
-            return Some((u64::from(small), 0));
-        }
-        let n = usize::from(small) + 1;
-        let b = at.get(..n)?;
-        Some((b.iter().fold(0u64, |v, x| (v << 8) | u64::from(*x)), n))
-    };
-    let (kid, klen) = field(config & 0x80 != 0, (config >> 4) & 0x07, rest)?;
-    let (counter, clen) = field(config & 0x08 != 0, config & 0x07, rest.get(klen..)?)?;
-    Some(ParsedHeader {
-        kid,
-        counter,
-        len: 1 + klen + clen,
-    })
-}
-
-/// RFC 9605 section 4.4.3 framing around the `sframe` crate's AEAD: writes
-/// `meta | header | ciphertext | tag` into `out` with AAD `header | meta`, sealing in place
-/// (one copy of the payload, no zero-filling). `aad` is scratch space.
-fn seal_frame(
-    key: &EncryptionKey,
-    counter: u64,
-    meta: &[u8],
-    payload: &[u8],
-    aad: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> Result<(), FrameError> {
-    let header = SframeHeader::new(key.key_id(), counter);
-    let hlen = header.len();
-    let tag_len = key.cipher_suite().auth_tag_len();
-    aad.clear();
-    aad.resize(hlen, 0);
-    header
-        .serialize(&mut aad[..])
-        .map_err(|_| FrameError::Encryption)?;
-    aad.extend_from_slice(meta);
-
-    out.clear();
-    out.reserve(meta.len() + hlen + payload.len() + tag_len);
-    out.extend_from_slice(meta);
-    out.extend_from_slice(&aad[..hlen]);
-    out.extend_from_slice(payload);
-    out.resize(out.len() + tag_len, 0);
-    let (data, tag) = out[meta.len() + hlen..].split_at_mut(payload.len());
-    key.encrypt(
-        EncryptionBufferView {
-            aad: &mut aad[..],
-            data,
-            tag,
-        },
-        counter,
-    )
-    .map_err(|_| FrameError::Encryption)
-}
-
-/// The inverse of [`seal_frame`]: `rest` is `header | ciphertext | tag` (the header already
-/// parsed as `header`); `out` receives `meta | plaintext`, decrypted in place.
-fn open_frame(
-    key: &DecryptionKey,
-    header: &ParsedHeader,
-    meta: &[u8],
-    rest: &[u8],
-    aad: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> Result<(), ()> {
-    let hlen = header.len;
-    let tag_len = key.cipher_suite().auth_tag_len();
-    let (header_bytes, body) = rest.split_at(hlen.min(rest.len()));
-    if body.len() < tag_len {
-        return Err(());
-    }
-    aad.clear();
-    aad.extend_from_slice(header_bytes);
-    aad.extend_from_slice(meta);
-    out.clear();
-    out.reserve(meta.len() + body.len());
-    out.extend_from_slice(meta);
-    out.extend_from_slice(body);
-    key.decrypt(
-        DecryptionBufferView {
-            aad: &mut aad[..],
-            data: &mut out[meta.len()..],
-        },
-        header.counter,
-    )
-    .map_err(|_| ())?;
-    out.truncate(out.len() - tag_len);
-    Ok(())
-}
-
 /// One participant's SFrame key ring. Sans-IO: time comes in as [`Timestamp`]s, and
 /// [`MediaCrypto::poll_timeout`] says when keys are next due for erasure.
 pub struct MediaCrypto {
@@ -840,170 +735,6 @@ impl MediaCrypto {
     }
 }
 
-/// What became of a held frame: opened (with its plaintext) or rejected.
-pub type Released = Result<(FrameInfo, Vec<u8>), FrameError>;
-
-/// Most bytes a [`HoldQueue`] keeps unless told otherwise: about 3 s of eight 720p senders'
-/// frames. A hostile SFU that sends only future-epoch frames makes a client hold this much,
-/// not gigabytes.
-pub const DEFAULT_HOLD_BYTES: usize = 8 << 20;
-
-/// Frames that arrived for an epoch the receiver has not reached yet, parked until the commit
-/// is applied. Bounded in count, in bytes and in time; `T` is whatever the caller needs to
-/// route a frame once opened (a track id, an SSRC).
-#[derive(Debug)]
-pub struct HoldQueue<T> {
-    frames: VecDeque<(Timestamp, T, ClearPrefix, Vec<u8>)>,
-    max_frames: usize,
-    max_bytes: usize,
-    bytes: usize,
-    max_age: Duration,
-    dropped: u64,
-}
-
-impl<T> HoldQueue<T> {
-    /// A queue of at most `max_frames` frames and [`DEFAULT_HOLD_BYTES`], each held at most
-    /// `max_age`.
-    pub fn new(max_frames: usize, max_age: Duration) -> Self {
-        HoldQueue {
-            frames: VecDeque::new(),
-            max_frames,
-            max_bytes: DEFAULT_HOLD_BYTES,
-            bytes: 0,
-            max_age,
-            dropped: 0,
-        }
-    }
-
-    /// The same queue, bounded to `max_bytes` of frames instead.
-    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
-        self.max_bytes = max_bytes;
-        self
-    }
-
-    /// Parks a frame. When full (in count or bytes), the oldest frames are dropped (and
-    /// counted); a frame larger than the whole byte budget is dropped itself.
-    pub fn hold(&mut self, tag: T, wire: Vec<u8>, clear: ClearPrefix, now: Timestamp) {
-        self.hold_evicting(tag, wire, clear, now);
-    }
-
-    /// [`HoldQueue::hold`], returning the tags of the frames dropped to make room (or of this
-    /// frame, if it alone is over the byte budget), so that a caller keeping something per
-    /// held frame (a browser's encoded-frame object) lets it go with them.
-    pub fn hold_evicting(
-        &mut self,
-        tag: T,
-        wire: Vec<u8>,
-        clear: ClearPrefix,
-        now: Timestamp,
-    ) -> Vec<T> {
-        let mut evicted = Vec::new();
-        if wire.len() > self.max_bytes {
-            self.dropped += 1;
-            evicted.push(tag);
-            return evicted;
-        }
-        while self.frames.len() >= self.max_frames || self.bytes + wire.len() > self.max_bytes {
-            let Some((_, old_tag, _, old)) = self.frames.pop_front() else {
-                break;
-            };
-            self.bytes -= old.len();
-            self.dropped += 1;
-            evicted.push(old_tag);
-        }
-        self.bytes += wire.len();
-        self.frames.push_back((now, tag, clear, wire));
-        evicted
-    }
-
-    /// Drops the frames held longer than the queue's age bound, returning their tags.
-    pub fn expire(&mut self, now: Timestamp) -> Vec<T> {
-        let mut expired = Vec::new();
-        while let Some((arrived, ..)) = self.frames.front() {
-            if now.saturating_since(*arrived) < self.max_age {
-                break;
-            }
-            if let Some((_, tag, _, wire)) = self.frames.pop_front() {
-                self.bytes -= wire.len();
-                self.dropped += 1;
-                expired.push(tag);
-            }
-        }
-        expired
-    }
-
-    /// When the oldest held frame is due to expire ([`HoldQueue::expire`]).
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.frames
-            .front()
-            .map(|(arrived, ..)| arrived.saturating_add(self.max_age))
-    }
-
-    /// Bytes of frames held now.
-    pub fn held_bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Frames held now.
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    /// Frames dropped because the queue was full or they waited too long.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
-    /// Tries every held frame again (after a new epoch was installed). Frames still ahead stay
-    /// held unless too old; every other outcome is returned.
-    pub fn release(&mut self, media: &mut MediaCrypto, now: Timestamp) -> Vec<(T, Released)> {
-        self.release_expiring(media, now).0
-    }
-
-    /// [`HoldQueue::release`], also returning the tags of the frames that were still ahead
-    /// and too old, and so dropped.
-    #[allow(clippy::type_complexity)]
-    pub fn release_expiring(
-        &mut self,
-        media: &mut MediaCrypto,
-        now: Timestamp,
-    ) -> (Vec<(T, Released)>, Vec<T>) {
-        let mut out = Vec::new();
-        let mut expired = Vec::new();
-        let mut keep = VecDeque::new();
-        for (arrived, tag, clear, wire) in self.frames.drain(..) {
-            let mut plain = Vec::new();
-            match media.open(&wire, clear, &mut plain, now) {
-                Err(FrameError::FutureEpoch { .. }) => {
-                    if now.saturating_since(arrived) < self.max_age {
-                        keep.push_back((arrived, tag, clear, wire));
-                    } else {
-                        self.bytes -= wire.len();
-                        self.dropped += 1;
-                        expired.push(tag);
-                    }
-                }
-                Ok(info) => {
-                    self.bytes -= wire.len();
-                    out.push((tag, Ok((info, plain))))
-                }
-                Err(e) => {
-                    self.bytes -= wire.len();
-                    out.push((tag, Err(e)))
-                }
-            }
-        }
-        // `open` counted each retried future-epoch frame again; that count means "seen".
-        self.frames = keep;
-        (out, expired)
-    }
-}
-
 /// Key constructors for test vectors and benchmarks: keys for an explicit KID and base key,
 /// through the same backend the ring uses. Not for production use.
 #[doc(hidden)]
@@ -1021,7 +752,7 @@ pub mod test_support {
     /// Seals one frame with an explicit key and counter (the ring's framing).
     pub fn seal_frame(key: &EncryptionKey, counter: u64, meta: &[u8], payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        match super::seal_frame(key, counter, meta, payload, &mut Vec::new(), &mut out) {
+        match super::wire::seal_frame(key, counter, meta, payload, &mut Vec::new(), &mut out) {
             Ok(()) => out,
             Err(e) => panic!("test seal failed: {e}"),
         }
@@ -1029,9 +760,9 @@ pub mod test_support {
 
     /// Opens one frame (`meta` clear, then header, ciphertext and tag) with an explicit key.
     pub fn open_frame(key: &DecryptionKey, meta: &[u8], rest: &[u8]) -> Option<Vec<u8>> {
-        let header = super::parse_header(rest)?;
+        let header = super::wire::parse_header(rest)?;
         let mut out = Vec::new();
-        super::open_frame(key, &header, meta, rest, &mut Vec::new(), &mut out).ok()?;
+        super::wire::open_frame(key, &header, meta, rest, &mut Vec::new(), &mut out).ok()?;
         Some(out[meta.len()..].to_vec())
     }
 

@@ -13,15 +13,23 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use conclave_e2ee::{media::MAX_LIVE_EPOCHS, Timestamp};
-use conclave_media_meta::{simulcast, speech, vp8, Voice};
-use serde::Serialize;
+use conclave_media_meta::{simulcast, speech, Voice};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
-use tracing::{debug, warn};
+use tracing::warn;
 
-use conclave_client::{FrameKind, FramePath, FrameTag, Intake, OpenedFrame, SenderHealth};
+use conclave_client::{FrameKind, FramePath, FrameTag, Intake, OpenedFrame};
+
+mod counts;
+mod send;
+mod synthetic;
+
+pub use counts::SenderCounts;
+use counts::{sender_counts, Extras};
+use synthetic::{check_body, Content};
+pub use synthetic::{synthetic_body, synthetic_body_at, synthetic_layer_body, LAYER_SIZES};
 
 /// Media kinds (str0m's), re-exported for callers of [`synthetic_body`].
 pub use str0m::media::MediaKind as Kind;
@@ -29,62 +37,6 @@ pub use str0m::media::MediaKind as Kind;
 /// Receive-only slots per kind in the offer: how many other senders can be heard and seen at
 /// once.
 pub const DEFAULT_SLOTS: usize = 8;
-
-/// Per remote sender (by leaf index) what arrived and what opened.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct SenderCounts {
-    /// Frames that arrived naming this sender.
-    pub received: u64,
-    /// Frames that opened (and, for synthetic frames, whose content checked out).
-    pub decrypted: u64,
-    /// Of those, frames of real media (a file or a device): authenticated by SFrame, but
-    /// without synthetic content to compare byte for byte.
-    pub unchecked: u64,
-    /// Frames that did not open, or opened to the wrong content.
-    pub failed: u64,
-    /// Why frames failed, by kind of error.
-    pub failure_kinds: BTreeMap<String, u64>,
-    /// Of the decrypted frames, video frames.
-    pub video_decrypted: u64,
-    /// Synthetic video frames decrypted per simulcast layer (low, middle, high).
-    pub video_layers: [u64; 3],
-    /// The layer of the newest synthetic video frame.
-    pub last_layer: Option<u8>,
-    /// Speaking now, by the audio level on its packets (`conclave_media_meta::Voice`, the
-    /// same detector the SFU ranks speakers with).
-    pub speaking: bool,
-    /// Loud audio heard from this sender, in milliseconds.
-    pub speech_ms: u64,
-    /// Frames that arrived twice (a retransmission duplicate): the first copy was used.
-    pub duplicates: u64,
-    /// Frames sealed under an epoch from before we joined (unreadable by design, not a
-    /// failure).
-    pub before_join: u64,
-    /// Frames that arrived while this device held no keys at all (before its first epoch or
-    /// after it left): not a failure.
-    pub without_keys: u64,
-    /// Frames held for an epoch not reached yet and not released (still held, or dropped by
-    /// the hold queue's bounds).
-    pub held: u64,
-    /// Of the decrypted video frames, the first one seen in each epoch was a keyframe.
-    pub keyframe_first_per_epoch: bool,
-    /// Epochs in which video from this sender was decrypted.
-    pub video_epochs: u64,
-}
-
-/// What this runtime adds to the frame path's counts for one sender: content checks of
-/// synthetic frames, video layers, speech.
-#[derive(Clone, Debug, Default)]
-struct Extras {
-    unchecked: u64,
-    video_decrypted: u64,
-    video_layers: [u64; 3],
-    last_layer: Option<u8>,
-    speaking: bool,
-    speech_ms: u64,
-    keyframe_first_per_epoch: bool,
-    video_epochs: u64,
-}
 
 /// The media session.
 pub struct MediaLink {
@@ -153,7 +105,7 @@ impl core::fmt::Debug for MediaLink {
     }
 }
 
-fn frame_kind(kind: MediaKind) -> FrameKind {
+pub(crate) fn frame_kind(kind: MediaKind) -> FrameKind {
     if kind == MediaKind::Video {
         FrameKind::Video
     } else {
@@ -170,151 +122,6 @@ fn media_kind(kind: FrameKind) -> MediaKind {
 
 /// Simulcast layers a participant sends, low to high, by RTP stream id.
 pub use conclave_media_meta::simulcast::LAYERS;
-
-/// Synthetic video frame sizes per layer: (delta frame, keyframe) bytes. At 30 frames a second
-/// the layers carry about 75, 300 and 750 kbit/s.
-pub const LAYER_SIZES: [(usize, usize); 3] = [(300, 1000), (1200, 4000), (3000, 8000)];
-
-/// The synthetic frame body of `(sender leaf, seq, kind)`, video at the middle layer:
-/// receivers regenerate it and compare.
-pub fn synthetic_body(leaf: u32, seq: u32, kind: MediaKind, keyframe: bool) -> Vec<u8> {
-    synthetic_layer_body(leaf, seq, kind, keyframe, 1)
-}
-
-/// The synthetic frame body of `(sender leaf, seq, kind, layer)`: receivers regenerate it and
-/// compare. Audio has no layers (`layer` is ignored).
-pub fn synthetic_layer_body(
-    leaf: u32,
-    seq: u32,
-    kind: MediaKind,
-    keyframe: bool,
-    layer: u8,
-) -> Vec<u8> {
-    synthetic_body_at(leaf, seq, kind, keyframe, layer, 0)
-}
-
-/// [`synthetic_layer_body`] carrying its capture time (`sent_us`, µs since the Unix epoch;
-/// 0 for none), from which the receiver measures the latency.
-pub fn synthetic_body_at(
-    leaf: u32,
-    seq: u32,
-    kind: MediaKind,
-    keyframe: bool,
-    layer: u8,
-    sent_us: u64,
-) -> Vec<u8> {
-    let layer = match kind {
-        MediaKind::Audio => 0,
-        _ => layer.min(LAYERS.len() as u8 - 1),
-    };
-    let (len, tag) = match kind {
-        MediaKind::Audio => (80usize, b'A'),
-        _ => {
-            let (delta, key) = LAYER_SIZES[layer as usize];
-            (if keyframe { key } else { delta }, b'V')
-        }
-    };
-    let mut out = Vec::with_capacity(len + 10);
-    if kind == MediaKind::Video {
-        // A VP8 frame tag: P bit clear on keyframes, then (keyframes) start code and size.
-        if keyframe {
-            out.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
-        } else {
-            out.extend_from_slice(&[0x11, 0x02, 0x00]);
-        }
-    }
-    out.push(tag);
-    out.extend_from_slice(&leaf.to_be_bytes());
-    out.extend_from_slice(&seq.to_be_bytes());
-    if kind == MediaKind::Video {
-        out.push(layer);
-    }
-    out.extend_from_slice(&sent_us.to_be_bytes());
-    let mut x = (u64::from(leaf) << 32 | u64::from(seq)) ^ (u64::from(layer) << 60) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push(x as u8);
-    }
-    out
-}
-
-/// What an opened frame turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Content {
-    /// A synthetic frame of this sender, byte for byte as it must be (video: of this layer).
-    Synthetic {
-        keyframe: bool,
-        layer: u8,
-        /// Capture time the sender put in (µs since the Unix epoch), 0 if none.
-        sent_us: u64,
-    },
-    /// Shaped like this sender's synthetic frame, but not what it must be.
-    Corrupt,
-    /// Real media (from a file or a device): authenticated by SFrame, not checked further.
-    Opaque { keyframe: bool },
-}
-
-/// Checks an opened frame against what its sender must have sent.
-fn check_body(plain: &[u8], sender: u32, kind: MediaKind) -> Content {
-    let (keyframe, off, tag) = match kind {
-        MediaKind::Video => {
-            let k = vp8::frame_is_keyframe(plain);
-            (k, if k { 10 } else { 3 }, b'V')
-        }
-        _ => (false, 0, b'A'),
-    };
-    let shaped = |body: &[u8]| -> Option<(u32, u32, u8, u64)> {
-        if *body.first()? != tag {
-            return None;
-        }
-        let leaf = u32::from_be_bytes(body.get(1..5)?.try_into().ok()?);
-        let seq = u32::from_be_bytes(body.get(5..9)?.try_into().ok()?);
-        let (layer, at) = if kind == MediaKind::Video {
-            (*body.get(9)?, 10)
-        } else {
-            (0, 9)
-        };
-        let sent_us = u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?);
-        (leaf == sender).then_some((leaf, seq, layer, sent_us))
-    };
-    match plain.get(off..).and_then(shaped) {
-        Some((leaf, seq, layer, sent_us))
-            if synthetic_body_at(leaf, seq, kind, keyframe, layer, sent_us) == plain =>
-        {
-            Content::Synthetic {
-                keyframe,
-                layer,
-                sent_us,
-            }
-        }
-        Some(_) => Content::Corrupt,
-        None => Content::Opaque { keyframe },
-    }
-}
-
-/// The counts of one sender: the frame path's, and this link's content checks.
-fn sender_counts(h: &SenderHealth, x: &Extras) -> SenderCounts {
-    SenderCounts {
-        received: h.received,
-        decrypted: h.decrypted,
-        unchecked: x.unchecked,
-        failed: h.failed,
-        failure_kinds: h.failure_kinds.clone(),
-        video_decrypted: x.video_decrypted,
-        video_layers: x.video_layers,
-        last_layer: x.last_layer,
-        speaking: x.speaking,
-        speech_ms: x.speech_ms,
-        duplicates: h.duplicates,
-        before_join: h.before_join,
-        without_keys: h.without_keys,
-        held: h.held + h.held_dropped,
-        keyframe_first_per_epoch: x.keyframe_first_per_epoch,
-        video_epochs: x.video_epochs,
-    }
-}
 
 impl MediaLink {
     /// A session that offers our audio and video and `slots` receive slots of each kind;
@@ -525,172 +332,6 @@ impl MediaLink {
                 (leaf, sender_counts(h, x))
             })
             .collect()
-    }
-
-    /// Sets the audio level (RFC 6464: 0 is loudest, -127 silence) sent with every audio
-    /// packet from now on, as a microphone's level meter would; `None` sends none. The SFU
-    /// picks speakers from it; it is outside the encryption, like all RTP header extensions.
-    pub fn set_audio_level(&mut self, level: Option<i8>) {
-        self.audio_level = level.map(|l| l.clamp(-127, 0));
-    }
-
-    /// Asks the senders of every receive slot for a keyframe (as a decoder that lost its
-    /// picture would).
-    pub fn request_keyframes(&mut self) {
-        let mids: Vec<Mid> = self
-            .slots
-            .iter()
-            .filter(|(_, k)| **k == MediaKind::Video)
-            .map(|(m, _)| *m)
-            .collect();
-        let mut api = self.rtc.direct_api();
-        for mid in mids {
-            if let Some(rx) = api.stream_rx_by_mid(mid, None) {
-                rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
-            }
-        }
-    }
-
-    /// Whether the next video frame from a file (sent on the top layer only, see
-    /// [`MediaLink::send_frame`]) must be a keyframe: the first under a new key, or one a
-    /// receiver asked for. (The other layers' requests stay pending: nothing is sent on them,
-    /// and counting them made a file sender seek to its first keyframe on every tick.)
-    pub fn keyframe_due(&self, frames: &FramePath) -> bool {
-        self.layer_keyframe_due(LAYERS.len() - 1, frames)
-    }
-
-    fn layer_keyframe_due(&self, layer: usize, frames: &FramePath) -> bool {
-        self.keyframe_wanted[layer] || self.last_video_epoch != frames.media().sending_epoch()
-    }
-
-    /// Seals and sends one synthetic frame of `kind` (video: one per simulcast layer). Returns
-    /// whether it went out (not before the link is up and a media key exists).
-    pub fn send_synthetic(
-        &mut self,
-        kind: MediaKind,
-        leaf: u32,
-        frames: &mut FramePath,
-        now: Instant,
-    ) -> bool {
-        if !self.connected || frames.media().sending_epoch().is_none() {
-            return false;
-        }
-        let seq = self.seq.wrapping_add(1);
-        self.seq = seq;
-        let sent_us = self.wall_us(now);
-        if kind == MediaKind::Audio {
-            let frame = synthetic_body_at(leaf, seq, kind, false, 0, sent_us);
-            return self.send_layers(kind, &[(None, &frame, false)], 960, frames, now);
-        }
-        let periodic = seq.is_multiple_of(90);
-        let bodies: Vec<(Option<usize>, Vec<u8>, bool)> = (0..LAYERS.len())
-            .map(|layer| {
-                let key = periodic || self.layer_keyframe_due(layer, frames);
-                (
-                    Some(layer),
-                    synthetic_body_at(leaf, seq, kind, key, layer as u8, sent_us),
-                    key,
-                )
-            })
-            .collect();
-        let layers: Vec<(Option<usize>, &[u8], bool)> = bodies
-            .iter()
-            .map(|(l, f, k)| (*l, f.as_slice(), *k))
-            .collect();
-        self.send_layers(kind, &layers, 3000, frames, now)
-    }
-
-    /// Seals and sends one encoded frame of `kind` (an Opus packet or a VP8 frame), `step`
-    /// ticks of the media clock (48 kHz audio, 90 kHz video) after the previous one; video
-    /// goes out on the top simulcast layer only. Returns whether it went out (not before the
-    /// link is up and a media key exists: never in the clear).
-    #[allow(clippy::too_many_arguments)]
-    pub fn send_frame(
-        &mut self,
-        kind: MediaKind,
-        frame: &[u8],
-        keyframe: bool,
-        step: u64,
-        frames: &mut FramePath,
-        now: Instant,
-    ) -> bool {
-        let layer = (kind == MediaKind::Video).then_some(LAYERS.len() - 1);
-        self.send_layers(kind, &[(layer, frame, keyframe)], step, frames, now)
-    }
-
-    /// Seals and writes frames that share one capture time: (simulcast layer, frame,
-    /// keyframe) for video, or one audio frame.
-    fn send_layers(
-        &mut self,
-        kind: MediaKind,
-        layers: &[(Option<usize>, &[u8], bool)],
-        step: u64,
-        frames: &mut FramePath,
-        now: Instant,
-    ) -> bool {
-        if !self.connected {
-            return false;
-        }
-        let Some(epoch) = frames.media().sending_epoch() else {
-            return false;
-        };
-        let (mid, time) = if kind == MediaKind::Audio {
-            self.audio_time += step;
-            (
-                self.audio,
-                MediaTime::new(self.audio_time, Frequency::FORTY_EIGHT_KHZ),
-            )
-        } else {
-            self.video_time += step;
-            (
-                self.video,
-                MediaTime::new(self.video_time, Frequency::NINETY_KHZ),
-            )
-        };
-        let mut any = false;
-        for (layer, frame, keyframe) in layers {
-            let mut wire = Vec::with_capacity(frame.len() + 32);
-            if let Err(e) = frames.seal(frame_kind(kind), frame, &mut wire) {
-                debug!(error = %e, "not sending: no media key");
-                return false;
-            }
-            let Some(mut writer) = self.rtc.writer(mid) else {
-                return false;
-            };
-            let Some(pt) = writer.payload_params().next().map(|p| p.pt()) else {
-                return false;
-            };
-            if let Some(l) = layer {
-                writer = writer.rid(LAYERS[*l].into());
-            }
-            if kind == MediaKind::Audio {
-                if let Some(level) = self.audio_level {
-                    writer = writer.audio_level(level, speech::is_loud(Some(level)));
-                }
-            }
-            if let Err(e) = writer.write(pt, now, time, wire) {
-                warn!(error = %e, "media write");
-                continue;
-            }
-            any = true;
-            self.sent += 1;
-            if let (Some(l), true) = (layer, *keyframe) {
-                self.keyframe_wanted[*l] = false;
-                if *l == LAYERS.len() - 1 {
-                    self.keyframes_sent += 1;
-                }
-            }
-        }
-        if any {
-            if kind == MediaKind::Video {
-                self.last_video_epoch = Some(epoch);
-                self.video_ticks += 1;
-            } else {
-                self.audio_sent += 1;
-            }
-        }
-        self.drain(frames, now);
-        any
     }
 
     /// Retries frames held for a future epoch now (after a new epoch's keys were installed

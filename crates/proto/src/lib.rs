@@ -13,6 +13,9 @@
 
 use core::fmt;
 
+mod tree;
+pub use tree::{split_tree, TreeParts, TreeTooLarge};
+
 use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// `conclave serve` flags. Every flag is optional; unset ones come from the file or defaults.
+// The field docs are clap's `--help` text, where `[default: …]` and `<listen>` are text.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Clone, Debug, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeArgs {
@@ -137,6 +139,8 @@ impl ServeArgs {
                  (media stays end-to-end encrypted); use --tls-cert and --tls-key"
             );
         }
+        // Each default lives once, in the core it belongs to.
+        let ds = conclave_ds::DsConfig::default();
         let defaults = conclave_sfu::SfuConfig::default();
         let sfu = conclave_sfu::SfuConfig {
             last_n: pick(&self.last_n, &file.last_n).unwrap_or(defaults.last_n),
@@ -150,10 +154,10 @@ impl ServeArgs {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8481))),
             data_dir: pick(&self.data_dir, &file.data_dir).unwrap_or_else(default_data_dir),
             public_url: pick(&self.public_url, &file.public_url),
-            max_room_size: pick(&self.max_room_size, &file.max_room_size).unwrap_or(1000),
-            remove_after: Duration::from_secs(
-                pick(&self.remove_after_secs, &file.remove_after_secs).unwrap_or(10),
-            ),
+            max_room_size: pick(&self.max_room_size, &file.max_room_size)
+                .unwrap_or(ds.max_room_size),
+            remove_after: pick(&self.remove_after_secs, &file.remove_after_secs)
+                .map_or(ds.remove_after, Duration::from_secs),
             connections_per_ip_per_minute: pick(
                 &self.connections_per_ip_per_minute,
                 &file.connections_per_ip_per_minute,
@@ -194,5 +198,15 @@ mod tests {
         assert!(err.to_string().contains("unknown field"), "{err}");
         let d = ServeArgs::default().resolve().unwrap();
         assert_eq!(d.listen, SocketAddr::from(([127, 0, 0, 1], 8480)));
+        // The defaults `--help` names are the cores' own.
+        let ds = conclave_ds::DsConfig::default();
+        assert_eq!(
+            (d.max_room_size, d.remove_after),
+            (1000, Duration::from_secs(10))
+        );
+        assert_eq!(
+            (ds.max_room_size, ds.remove_after),
+            (d.max_room_size, d.remove_after)
+        );
     }
 }
