@@ -12,6 +12,16 @@ use crate::trust::hosts_of;
 use crate::{Error, Event, NewRoomPolicy, Participant};
 
 impl Participant {
+    /// Keeps a part of the ratchet tree of the Welcome to come (bounded).
+    fn tree_part(&mut self, part: &[u8]) {
+        if self.tree.add(part).is_err() {
+            self.alarm(format!(
+                "the server sent ratchet tree parts beyond {} bytes; dropped",
+                conclave_proto::MAX_TREE_LEN
+            ));
+        }
+    }
+
     /// Leaves cleanly: proposes our own removal, which the next committer commits.
     pub fn leave(&mut self) -> Result<(), Error> {
         if let Some(s) = self.session.as_mut() {
@@ -217,14 +227,7 @@ impl Participant {
                     self.alarm(format!("refused an application message: {e}"));
                 }
             }
-            ServerMsg::TreePart { part } => {
-                if self.tree.add(&part.0).is_err() {
-                    self.alarm(format!(
-                        "the server sent ratchet tree parts beyond {} bytes; dropped",
-                        conclave_proto::MAX_TREE_LEN
-                    ));
-                }
-            }
+            ServerMsg::TreePart { part } => self.tree_part(&part.0),
             ServerMsg::Welcome {
                 welcome,
                 ratchet_tree,
