@@ -27,6 +27,7 @@ fn main() {
         "e2ee/src",
         "mls/src",
         "proto/src",
+        "media-meta/src",
     ] {
         println!(
             "cargo:rerun-if-changed={}",

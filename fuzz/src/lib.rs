@@ -5,59 +5,11 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use conclave_client::{AdmitMode, NewRoomPolicy, Participant};
-use conclave_ds::{generate_server_identity, Ds, DsConfig, Output};
-use conclave_e2ee::{
-    CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
-};
+use conclave_ds::{generate_server_identity, Ds, DsConfig};
+use conclave_e2ee::Timestamp;
+pub use conclave_sim::membership::{pump, pump_recording};
 
-/// A fixed point in time for everything the targets do.
-pub const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
-/// The suite of every room here.
-pub const SUITE: RoomCipherSuite = RoomCipherSuite::Curve25519Aes128;
-
-/// A fresh device for `name`.
-pub fn device(name: &str) -> Device {
-    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new(name, name).expect("name"))
-        .expect("identity");
-    Device::new(id, GroupStore::memory()).expect("device")
-}
-
-/// Delivers every DS output to the participants (by connection id) and their replies back,
-/// until quiet.
-pub fn pump(ds: &mut Ds, parts: &mut [(u64, Participant)]) {
-    pump_recording(ds, parts, &mut Vec::new());
-}
-
-/// [`pump`], keeping every message: (connection, from the server?, JSON).
-pub fn pump_recording(
-    ds: &mut Ds,
-    parts: &mut [(u64, Participant)],
-    log: &mut Vec<(u64, bool, String)>,
-) {
-    loop {
-        let mut progressed = false;
-        while let Some(o) = ds.poll_output() {
-            progressed = true;
-            if let Output::Send { conn, msg } = o {
-                log.push((conn, true, msg.encode()));
-                if let Some((_, p)) = parts.iter_mut().find(|(c, _)| *c == conn) {
-                    let _ = p.handle(msg, T0);
-                }
-            }
-        }
-        for (c, p) in parts.iter_mut() {
-            while let Some(m) = p.poll_transmit() {
-                progressed = true;
-                log.push((*c, false, m.encode()));
-                ds.handle(*c, m, T0);
-            }
-            while p.poll_event().is_some() {}
-        }
-        if !progressed {
-            break;
-        }
-    }
-}
+pub use conclave_sim::{device, SUITE, T0};
 
 /// A DS with room "room": connection 1 (alice) and 2 (bob) are members, 3 (carol) is
 /// connected and waiting. Returns the DS and the participants.

@@ -1,9 +1,7 @@
 //! The delivery service with real participants (the client core and the E2EE core) on an
 //! in-memory network, driven by simulated time.
 
-mod common;
-
-use common::*;
+use conclave_sim::membership::*;
 use std::time::Duration;
 
 #[test]

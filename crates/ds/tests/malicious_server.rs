@@ -3,9 +3,7 @@
 //! native client and, through WebAssembly, the browser) must not let it steer who gets in.
 //! Each test is named after what it proves.
 
-mod common;
-
-use common::*;
+use conclave_sim::membership::*;
 use std::time::Duration;
 
 fn knock_of(net: &Net, host: ConnId, user: &str) -> (u64, conclave_e2ee::Fingerprint) {

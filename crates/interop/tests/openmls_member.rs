@@ -42,8 +42,7 @@
 //! party reads a real clock, so this only means an openmls member needs a clock within the
 //! KeyPackage back-dating (1 h) of the others'.
 
-#[path = "../../ds/tests/common/mod.rs"]
-mod common;
+use conclave_sim::membership as common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

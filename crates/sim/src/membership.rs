@@ -1,35 +1,28 @@
-//! The shared harness of the delivery-service tests: the real DS core with real participants
-//! (the client core and the E2EE core) on an in-memory network, driven by simulated time. The
-//! network is the server's: a test can rewrite, withhold, reorder, replay or invent anything
-//! the server sends a connection (a malicious server around an honest DS core), and every
-//! participant is the real, unmodified core.
-#![allow(dead_code, unreachable_pub)]
+//! The real DS core with real participants (the client core and the E2EE core) on an
+//! in-memory network, driven by simulated time. The network is the server's: a test can
+//! rewrite, withhold, reorder, replay or invent anything the server sends a connection (a
+//! malicious server around an honest DS core), and every participant is the real, unmodified
+//! core.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[allow(unused_imports)]
 pub use conclave_client::{AdmitMode, Event, NewRoomPolicy, Participant};
 pub use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
-#[allow(unused_imports)]
 pub use conclave_e2ee::{
     ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
 };
-#[allow(unused_imports)]
 pub use conclave_proto::{Bytes, ClientMsg, ErrorCode, KnockInfo, ServerMsg};
+
+pub use crate::{device, T0};
 
 /// What a malicious server does to the messages for one connection: each message the DS core
 /// sends there becomes whatever this returns (nothing, the same, another, several).
 pub type Rewrite = Box<dyn FnMut(ServerMsg) -> Vec<ServerMsg>>;
 
-pub const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
-pub const SUITE: RoomCipherSuite = RoomCipherSuite::Curve25519Aes128;
+pub use crate::SUITE;
 
-pub fn device(name: &str) -> Device {
-    let id = DeviceIdentity::generate(SUITE, CredentialInfo::new(name, name).unwrap()).unwrap();
-    Device::new(id, GroupStore::memory()).unwrap()
-}
-
+/// The DS core, its participants by connection, and what a malicious server does between them.
 pub struct Net {
     pub ds: Ds,
     pub parts: BTreeMap<ConnId, Participant>,
@@ -46,13 +39,21 @@ pub struct Net {
     pub members: Vec<ConnId>,
 }
 
+impl Default for Net {
+    fn default() -> Net {
+        Net::new()
+    }
+}
+
 impl Net {
+    /// A DS with the default configuration and nobody connected, at [`T0`].
     pub fn new() -> Net {
         Self::with_config(DsConfig::default())
     }
 
+    /// A DS with `config` and nobody connected, at [`T0`].
     pub fn with_config(config: DsConfig) -> Net {
-        let (secret, identity) = generate_server_identity(SUITE).unwrap();
+        let (secret, identity) = generate_server_identity(SUITE).expect("server identity");
         Net {
             ds: Ds::new(config, secret, identity),
             parts: BTreeMap::new(),
@@ -236,4 +237,41 @@ pub fn open_room(n: u64) -> Net {
         net.join(i, &format!("user{i}"), NewRoomPolicy::Open, AdmitMode::Auto);
     }
     net
+}
+
+/// Delivers every DS output to the participants (by connection id) and their replies back,
+/// until quiet.
+pub fn pump(ds: &mut Ds, parts: &mut [(u64, Participant)]) {
+    pump_recording(ds, parts, &mut Vec::new());
+}
+
+/// [`pump`], keeping every message: (connection, from the server?, JSON).
+pub fn pump_recording(
+    ds: &mut Ds,
+    parts: &mut [(u64, Participant)],
+    log: &mut Vec<(u64, bool, String)>,
+) {
+    loop {
+        let mut progressed = false;
+        while let Some(o) = ds.poll_output() {
+            progressed = true;
+            if let Output::Send { conn, msg } = o {
+                log.push((conn, true, msg.encode()));
+                if let Some((_, p)) = parts.iter_mut().find(|(c, _)| *c == conn) {
+                    let _ = p.handle(msg, T0);
+                }
+            }
+        }
+        for (c, p) in parts.iter_mut() {
+            while let Some(m) = p.poll_transmit() {
+                progressed = true;
+                log.push((*c, false, m.encode()));
+                ds.handle(*c, m, T0);
+            }
+            while p.poll_event().is_some() {}
+        }
+        if !progressed {
+            break;
+        }
+    }
 }
