@@ -11,25 +11,25 @@
 //! (round trip + server share + one member's cost).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, IsTerminal, Write as _};
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use conclave_client::{AdmitMode, Event, NewRoomPolicy};
-use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
-use conclave_native::{Control, JoinOptions, MediaFiles, Summary};
-use conclave_server::{Claims, ServerKeys, TokenKey};
-use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use conclave_native::{Control, Summary};
+use conclave_server::ServerKeys;
 
 mod baseline;
+mod members;
 mod plots;
+mod progress;
 mod report;
 mod server;
+
+use members::{Member, Shared, Spawner};
+use progress::{bar, Progress};
 
 use report::{dist, Report, ServerFigures};
 use server::{metric, metrics, proc_cpu_s, rss_kib, ServerProc};
@@ -84,27 +84,6 @@ pub(crate) struct LoadtestArgs {
     rtt_ms: f64,
 }
 
-/// Percentiles of a sample, in milliseconds.
-/// Everyone's view of every epoch: epoch → (first seen, last seen, security codes seen and
-/// by how many members).
-type Epochs = BTreeMap<u64, (Instant, Instant, BTreeMap<String, usize>)>;
-
-/// What the participants' callbacks record.
-#[derive(Default)]
-struct Shared {
-    epochs: Mutex<Epochs>,
-    /// Per participant admitted: ms from its start to its first epoch.
-    joined: Mutex<Vec<f64>>,
-    admitted: AtomicUsize,
-    media_members: AtomicUsize,
-}
-
-struct Member {
-    control: tokio::sync::mpsc::Sender<Control>,
-    task: tokio::task::JoinHandle<Result<Summary, conclave_native::NetError>>,
-    sender: bool,
-}
-
 pub(crate) fn run(args: LoadtestArgs) -> Result<()> {
     if args.participants == 0 {
         bail!("--participants must be at least 1");
@@ -137,139 +116,6 @@ pub(crate) fn run(args: LoadtestArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-struct Spawner {
-    url: String,
-    token_key: TokenKey,
-    shared: Arc<Shared>,
-    exp: u64,
-    video_senders: usize,
-    audio_senders: usize,
-    heavy_receivers: usize,
-    /// Every k-th participant has a media session (`None`: all).
-    media_every: Option<usize>,
-    loss: f64,
-}
-
-impl Spawner {
-    fn spawn(&self, i: usize) -> Result<Member> {
-        let user = format!("p{i:05}");
-        let token = self.token_key.issue(&Claims {
-            room: "load".into(),
-            sub: user.clone(),
-            name: user.clone(),
-            exp: self.exp,
-        });
-        let id = DeviceIdentity::generate(
-            RoomCipherSuite::Curve25519Aes128,
-            CredentialInfo::new(&user, &user)?,
-        )?;
-        let device = Device::new(id, GroupStore::memory())?;
-        let video = i < self.video_senders;
-        let audio = i < self.audio_senders;
-        let media = video || audio || self.media_every.is_none_or(|k| i.is_multiple_of(k));
-        if media {
-            self.shared.media_members.fetch_add(1, Ordering::Relaxed);
-        }
-        let opts = JoinOptions {
-            url: self.url.clone(),
-            room: "load".into(),
-            token,
-            policy: NewRoomPolicy::Open,
-            admit: AdmitMode::Auto,
-            duration: None,
-            self_update_every: Duration::from_secs(3600),
-            media,
-            send_audio: audio,
-            send_video: video,
-            audio_level: audio.then_some(-30),
-            // Small tiles (the low layer) for most; the heavy receivers take the top layer.
-            tile_width: (i >= self.heavy_receivers).then_some(320),
-            files: MediaFiles::default(),
-            ca_file: None,
-            media_loss: self.loss,
-            charter: None,
-            pins_file: None,
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let shared = self.shared.clone();
-        let started = Instant::now();
-        let mut first = true;
-        let task = tokio::spawn(conclave_native::run(
-            device,
-            opts,
-            rx,
-            move |_, e: &Event| {
-                let (epoch, code) = match e {
-                    Event::Joined {
-                        epoch,
-                        security_code,
-                    } => {
-                        if first {
-                            first = false;
-                            shared.admitted.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut j) = shared.joined.lock() {
-                                j.push(started.elapsed().as_secs_f64() * 1000.0);
-                            }
-                        }
-                        (*epoch, security_code.to_string())
-                    }
-                    Event::EpochChanged {
-                        change,
-                        security_code,
-                    } => (change.epoch, security_code.to_string()),
-                    _ => return,
-                };
-                let now = Instant::now();
-                if let Ok(mut m) = shared.epochs.lock() {
-                    let entry = m.entry(epoch).or_insert((now, now, BTreeMap::new()));
-                    entry.1 = now;
-                    *entry.2.entry(code).or_default() += 1;
-                }
-            },
-        ));
-        Ok(Member {
-            control: tx,
-            task,
-            sender: video || audio,
-        })
-    }
-}
-
-/// One progress line on stderr: rewritten in place on a terminal, every 5 s otherwise.
-struct Progress {
-    tty: bool,
-    last: Instant,
-}
-
-impl Progress {
-    fn show(&mut self, line: &str) {
-        if self.tty {
-            eprint!("\r\x1b[2K{line}");
-            let _ = std::io::stderr().flush();
-        } else if self.last.elapsed() >= Duration::from_secs(5) {
-            eprintln!("{line}");
-            self.last = Instant::now();
-        }
-    }
-
-    fn done(&mut self, line: &str) {
-        if self.tty {
-            eprintln!("\r\x1b[2K{line}");
-        } else {
-            eprintln!("{line}");
-        }
-    }
-}
-
-fn bar(done: usize, total: usize) -> String {
-    let width = 30;
-    let filled = (done * width)
-        .checked_div(total)
-        .unwrap_or(width)
-        .min(width);
-    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
 async fn drive(args: &LoadtestArgs, duration: Duration, join_timeout: Duration) -> Result<Report> {

@@ -23,10 +23,18 @@ use std::fmt;
 use core::time::Duration;
 use zeroize::Zeroizing;
 
+mod epoch;
+mod error;
 mod hold;
+mod replay;
+#[doc(hidden)]
+pub mod test_support;
 mod wire;
 
+pub use epoch::{kid, sframe_suite, split_kid, EpochSecrets};
+pub use error::FrameError;
 pub use hold::{HoldQueue, Released, DEFAULT_HOLD_BYTES};
+use replay::ReplayWindow;
 use wire::{open_frame, seal_frame};
 pub use wire::{parse_header, ParsedHeader};
 
@@ -58,116 +66,6 @@ const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 /// every frame it seals, audio and each simulcast layer alike (about 150 a second with three
 /// layers), so this covers several seconds of reordering and retransmission.
 pub const REPLAY_WINDOW: u64 = 1024;
-
-/// Why a frame was not sealed or opened. Every variant is counted in [`MediaStats`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FrameError {
-    /// The frame is shorter than its clear prefix plus an SFrame header and tag, or its header
-    /// does not parse.
-    #[error("malformed frame: {0}")]
-    Malformed(&'static str),
-    /// The frame is larger than [`MAX_FRAME_LEN`].
-    #[error("frame of {0} bytes is too large")]
-    TooLarge(usize),
-    /// The KID's context bits are not zero (Conclave senders always use context 0).
-    #[error("KID {0:#x} has a non-zero context")]
-    ForeignContext(u64),
-    /// The KID names an epoch whose keys this member does not hold (never had, or erased after
-    /// the grace window).
-    #[error("no keys for epoch bits {epoch_bits} (sender {sender})")]
-    UnknownEpoch {
-        /// Low bits of the epoch named by the KID.
-        epoch_bits: u8,
-        /// Leaf index named by the KID.
-        sender: u32,
-    },
-    /// The KID names an epoch from before this member joined: unreadable by design (a joiner
-    /// cannot read what came before it). Not a failure: a sender that has not applied the
-    /// commit that added us yet is still sealing under the old epoch.
-    #[error("frame from sender {sender} is for epoch {epoch}, before we joined")]
-    BeforeJoin {
-        /// The epoch (reconstructed from the KID's low bits).
-        epoch: u64,
-        /// Leaf index named by the KID.
-        sender: u32,
-    },
-    /// The KID names an epoch this member was in, whose keys the grace window already
-    /// erased: its sender applied the commits since then more than the grace window late.
-    #[error("frame from sender {sender} is for epoch {epoch}, whose keys are erased")]
-    Expired {
-        /// The epoch (reconstructed from the KID's low bits).
-        epoch: u64,
-        /// Leaf index named by the KID.
-        sender: u32,
-    },
-    /// The KID names an epoch just ahead of ours: hold the frame until the commit is applied.
-    #[error("frame from sender {sender} is for a future epoch (bits {epoch_bits})")]
-    FutureEpoch {
-        /// Low bits of the epoch named by the KID.
-        epoch_bits: u8,
-        /// Leaf index named by the KID.
-        sender: u32,
-    },
-    /// The KID names a leaf that is not a member in that epoch.
-    #[error("sender {sender} is not a member in epoch {epoch}")]
-    UnknownSender {
-        /// Leaf index named by the KID.
-        sender: u32,
-        /// The epoch.
-        epoch: u64,
-    },
-    /// The counter was already accepted from this sender in this epoch.
-    #[error("replayed frame (sender {sender}, counter {counter})")]
-    Replayed {
-        /// Leaf index.
-        sender: u32,
-        /// SFrame counter.
-        counter: u64,
-    },
-    /// The counter is older than the replay window.
-    #[error("frame too old for the replay window (sender {sender}, counter {counter})")]
-    TooOld {
-        /// Leaf index.
-        sender: u32,
-        /// SFrame counter.
-        counter: u64,
-    },
-    /// The AEAD tag did not verify: the frame (payload, header or clear prefix) was altered, or
-    /// was sealed under another key.
-    #[error("authentication failed (sender {sender})")]
-    Authentication {
-        /// Leaf index named by the KID.
-        sender: u32,
-    },
-    /// No epoch has been installed yet: nothing can be sealed (media is held back, never sent
-    /// in the clear).
-    #[error("no media key yet")]
-    NotReady,
-    /// The sender's counter is exhausted for this epoch (a self-update gives a new epoch).
-    #[error("frame counter exhausted")]
-    CounterExhausted,
-    /// The backend failed while sealing.
-    #[error("encryption failed")]
-    Encryption,
-}
-
-impl FrameError {
-    /// The sender this error is about, where the KID could be read.
-    pub fn sender(&self) -> Option<u32> {
-        match self {
-            FrameError::UnknownEpoch { sender, .. }
-            | FrameError::BeforeJoin { sender, .. }
-            | FrameError::Expired { sender, .. }
-            | FrameError::FutureEpoch { sender, .. }
-            | FrameError::UnknownSender { sender, .. }
-            | FrameError::Replayed { sender, .. }
-            | FrameError::TooOld { sender, .. }
-            | FrameError::Authentication { sender } => Some(*sender),
-            _ => None,
-        }
-    }
-}
 
 /// How many leading bytes of a frame stay clear (authenticated, not encrypted), so that the RTP
 /// packetizer can read them.
@@ -251,135 +149,6 @@ impl Default for MediaConfig {
         MediaConfig {
             grace: Duration::from_secs(2),
         }
-    }
-}
-
-/// The secrets one MLS epoch gives the media layer. Produced by
-/// [`Session::epoch_secrets`](crate::Session::epoch_secrets); consumed by
-/// [`MediaCrypto::install_epoch`]. The base key is zeroized on drop.
-pub struct EpochSecrets {
-    pub(crate) epoch: u64,
-    pub(crate) suite: RoomCipherSuite,
-    pub(crate) base_key: Zeroizing<Vec<u8>>,
-    pub(crate) own_leaf: u32,
-    pub(crate) members: Vec<u32>,
-}
-
-impl fmt::Debug for EpochSecrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EpochSecrets")
-            .field("epoch", &self.epoch)
-            .field("own_leaf", &self.own_leaf)
-            .field("members", &self.members.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl EpochSecrets {
-    /// The epoch these secrets belong to.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Our own leaf index in that epoch.
-    pub fn own_leaf(&self) -> u32 {
-        self.own_leaf
-    }
-
-    /// Test-and-tool constructor: the secrets of an epoch from a base key known by other means
-    /// (RFC test vectors, an attacker model in adversarial tests).
-    pub fn from_base_key(
-        suite: RoomCipherSuite,
-        epoch: u64,
-        base_key: &[u8],
-        own_leaf: u32,
-        members: Vec<u32>,
-    ) -> Self {
-        EpochSecrets {
-            epoch,
-            suite,
-            base_key: Zeroizing::new(base_key.to_vec()),
-            own_leaf,
-            members,
-        }
-    }
-}
-
-/// The SFrame suite whose AEAD matches the room's MLS suite (both Conclave suites use
-/// AES-128-GCM with SHA-256).
-pub fn sframe_suite(suite: RoomCipherSuite) -> sframe::CipherSuite {
-    match suite {
-        RoomCipherSuite::Curve25519Aes128 | RoomCipherSuite::MlKem768X25519 => {
-            sframe::CipherSuite::AesGcm128Sha256
-        }
-        // A suite added later must choose its SFrame suite here.
-        #[allow(unreachable_patterns)]
-        _ => sframe::CipherSuite::AesGcm128Sha256,
-    }
-}
-
-/// The KID of `leaf` in `epoch`: context 0, 16 bits of leaf index, 8 bits of epoch.
-pub fn kid(leaf: u32, epoch: u64) -> u64 {
-    ((u64::from(leaf) & INDEX_MASK) << EPOCH_BITS) | (epoch & EPOCH_MASK)
-}
-
-/// Splits a KID into (context, leaf, epoch bits).
-pub fn split_kid(kid: u64) -> (u64, u32, u8) {
-    let context = kid >> (EPOCH_BITS + INDEX_BITS);
-    let leaf = ((kid >> EPOCH_BITS) & INDEX_MASK) as u32;
-    let epoch_bits = (kid & EPOCH_MASK) as u8;
-    (context, leaf, epoch_bits)
-}
-
-/// Which of a sender's last [`REPLAY_WINDOW`] counters were seen: a ring of bits indexed by
-/// counter modulo the window.
-#[derive(Clone, Debug, Default)]
-struct ReplayWindow {
-    top: Option<u64>,
-    seen: [u64; (REPLAY_WINDOW / 64) as usize],
-}
-
-impl ReplayWindow {
-    fn bit(counter: u64) -> (usize, u64) {
-        let i = counter % REPLAY_WINDOW;
-        ((i / 64) as usize, 1u64 << (i % 64))
-    }
-
-    fn check(&self, sender: u32, counter: u64) -> Result<(), FrameError> {
-        let Some(top) = self.top else { return Ok(()) };
-        if counter > top {
-            return Ok(());
-        }
-        if top - counter >= REPLAY_WINDOW {
-            return Err(FrameError::TooOld { sender, counter });
-        }
-        let (w, b) = Self::bit(counter);
-        if self.seen[w] & b != 0 {
-            return Err(FrameError::Replayed { sender, counter });
-        }
-        Ok(())
-    }
-
-    fn accept(&mut self, counter: u64) {
-        match self.top {
-            Some(top) if counter <= top => {}
-            Some(top) if counter - top < REPLAY_WINDOW => {
-                // Forget the counters the window slides past.
-                for c in top + 1..counter {
-                    let (w, b) = Self::bit(c);
-                    self.seen[w] &= !b;
-                }
-                let (w, b) = Self::bit(counter);
-                self.seen[w] &= !b;
-                self.top = Some(counter);
-            }
-            _ => {
-                self.seen = Default::default();
-                self.top = Some(counter);
-            }
-        }
-        let (w, b) = Self::bit(counter);
-        self.seen[w] |= b;
     }
 }
 
@@ -732,45 +501,5 @@ impl MediaCrypto {
             epoch,
             counter,
         })
-    }
-}
-
-/// Key constructors for test vectors and benchmarks: keys for an explicit KID and base key,
-/// through the same backend the ring uses. Not for production use.
-#[doc(hidden)]
-pub mod test_support {
-    pub use crate::sframe_backend::{DecryptionKey, EncryptionKey};
-
-    /// An encryption key for `kid` from `base_key`.
-    pub fn encryption_key(suite: sframe::CipherSuite, kid: u64, base_key: &[u8]) -> EncryptionKey {
-        match EncryptionKey::derive_from(suite, kid, base_key) {
-            Ok(k) => k,
-            Err(e) => panic!("test key derivation failed: {e}"),
-        }
-    }
-
-    /// Seals one frame with an explicit key and counter (the ring's framing).
-    pub fn seal_frame(key: &EncryptionKey, counter: u64, meta: &[u8], payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        match super::wire::seal_frame(key, counter, meta, payload, &mut Vec::new(), &mut out) {
-            Ok(()) => out,
-            Err(e) => panic!("test seal failed: {e}"),
-        }
-    }
-
-    /// Opens one frame (`meta` clear, then header, ciphertext and tag) with an explicit key.
-    pub fn open_frame(key: &DecryptionKey, meta: &[u8], rest: &[u8]) -> Option<Vec<u8>> {
-        let header = super::wire::parse_header(rest)?;
-        let mut out = Vec::new();
-        super::wire::open_frame(key, &header, meta, rest, &mut Vec::new(), &mut out).ok()?;
-        Some(out[meta.len()..].to_vec())
-    }
-
-    /// A decryption key for `kid` from `base_key`.
-    pub fn decryption_key(suite: sframe::CipherSuite, kid: u64, base_key: &[u8]) -> DecryptionKey {
-        match DecryptionKey::derive_from(suite, kid, base_key) {
-            Ok(k) => k,
-            Err(e) => panic!("test key derivation failed: {e}"),
-        }
     }
 }

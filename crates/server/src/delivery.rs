@@ -1,7 +1,21 @@
 //! The task that owns the delivery-service core: connections, messages and time in, what to
 //! send out (with each commit's fan-out timed).
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use conclave_ds::{ConnId, Ds, Output};
+use conclave_mls::Timestamp;
+use conclave_proto::{ClientMsg, ServerMsg};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::media::SfuCmd;
+use crate::metrics::Metrics;
+use crate::now_ts;
+use crate::signaling::{FanOut, Outbound};
 
 pub(crate) enum DsCmd {
     Connect {

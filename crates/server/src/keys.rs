@@ -1,7 +1,12 @@
 //! The server's long-lived keys: the join-token key and the MLS external-sender key, kept
 //! in the data directory (mode 0600).
 
-use super::*;
+use std::path::Path;
+
+use conclave_mls::RoomCipherSuite;
+use mls_rs_core::crypto::SignatureSecretKey;
+
+use crate::token::TokenKey;
 
 /// The server's long-lived keys, kept in its data directory.
 pub struct ServerKeys {

@@ -21,24 +21,18 @@ mod signaling;
 pub mod token;
 pub mod web;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path as UrlPath, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use conclave_ds::{ConnId, Ds, DsConfig, Output};
-use conclave_mls::{RoomCipherSuite, Timestamp};
-use conclave_proto::{ClientMsg, ErrorCode, ServerMsg, MAX_MESSAGE_LEN};
-use futures_util::{SinkExt, StreamExt};
-use mls_rs_core::crypto::SignatureSecretKey;
+use conclave_ds::{Ds, DsConfig};
+use conclave_mls::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -47,7 +41,7 @@ use delivery::{ds_task, DsCmd};
 pub use keys::ServerKeys;
 use media::{sfu_task, SfuCmd};
 use metrics::Metrics;
-use signaling::{ws_handler, FanOut, Outbound};
+use signaling::ws_handler;
 pub use token::{Claims, TokenError, TokenKey};
 
 /// Time a new connection has to send its Hello.

@@ -1,6 +1,15 @@
 //! The task that owns the SFU core and the media socket.
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use conclave_ds::ConnId;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::metrics::Metrics;
 
 pub(crate) enum SfuCmd {
     Add {

@@ -1,7 +1,25 @@
 //! One signaling connection: the WebSocket, its hello (the join token), its rate limit and
 //! outbound queue, and the routing of its messages to the delivery service or the SFU.
 
-use super::*;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use conclave_proto::{ClientMsg, ErrorCode, ServerMsg, MAX_MESSAGE_LEN};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::delivery::DsCmd;
+use crate::media::SfuCmd;
+use crate::metrics::Metrics;
+use crate::token::TokenError;
+use crate::{now_ts, web, AppState, HELLO_TIMEOUT, MSG_BURST, MSG_RATE};
 
 pub(crate) enum Outbound {
     /// A message; with a commit's fan-out, the tracker that times it (dropped once written).

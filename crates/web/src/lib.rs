@@ -24,18 +24,16 @@
 
 use std::collections::BTreeMap;
 
-use conclave_client::{
-    AdmitMode, Event, FrameKind, Intake, NewRoomPolicy, Participant, SenderHealth,
-};
-use conclave_e2ee::{
-    CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
-};
-use conclave_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
-use serde::Serialize;
+use conclave_client::{AdmitMode, Event, FrameKind, Intake, NewRoomPolicy, Participant};
+use conclave_e2ee::{Device, DeviceIdentity, GroupStore, Timestamp};
+use conclave_proto::{ClientMsg, ServerMsg};
 use wasm_bindgen::prelude::*;
 
-/// How long a sender counts as "decrypting" or "failing" after its last frame of that kind.
-const HEALTH_WINDOW_MS: u64 = 2_000;
+mod identity;
+mod view;
+
+pub use identity::{hello_message, identity_info, new_identity, token_claims};
+use view::{describe_change, LastChange};
 /// Periodic self-update (post-compromise security), as the native client: every 10 minutes
 /// with 20% jitter.
 const SELF_UPDATE_EVERY: core::time::Duration = core::time::Duration::from_secs(600);
@@ -69,73 +67,6 @@ fn ts(now_ms: f64) -> Timestamp {
     })
 }
 
-/// A new device identity for `user_id` (the token's subject) named `name`: an Ed25519 key
-/// generated here from the browser's CSPRNG. Returns its serialized form, which the worker
-/// keeps in IndexedDB (and nowhere else).
-#[wasm_bindgen(js_name = newIdentity)]
-pub fn new_identity(user_id: &str, name: &str) -> Result<Vec<u8>, WebError> {
-    let info = CredentialInfo::new(user_id, name).map_err(js)?;
-    let id = DeviceIdentity::generate(RoomCipherSuite::Curve25519Aes128, info).map_err(js)?;
-    Ok(id.to_bytes().map_err(js)?.to_vec())
-}
-
-/// The user id, display name and fingerprint (short code) of a stored identity, as JSON.
-#[wasm_bindgen(js_name = identityInfo)]
-pub fn identity_info(identity: &[u8]) -> Result<String, WebError> {
-    let id = DeviceIdentity::from_bytes(identity).map_err(js)?;
-    let fp = id.fingerprint().map_err(js)?;
-    Ok(serde_json::json!({
-        "user_id": id.info().user_id,
-        "name": id.info().display_name,
-        "fingerprint": fp.to_string(),
-    })
-    .to_string())
-}
-
-/// The claims a join token carries (`sub`, `name`, `room`, `exp`), as JSON, without checking
-/// its signature (the server does); `undefined` if it is not a token.
-#[wasm_bindgen(js_name = tokenClaims)]
-pub fn token_claims(token: &str) -> Option<String> {
-    conclave_client::token_claims(token).map(|v| v.to_string())
-}
-
-/// The first message on the signaling socket.
-#[wasm_bindgen(js_name = helloMessage)]
-pub fn hello_message(token: &str) -> String {
-    ClientMsg::Hello {
-        version: PROTOCOL_VERSION,
-        token: token.to_owned(),
-    }
-    .encode()
-}
-
-/// decrypting / waiting for key / failing / no media, from a sender's counts.
-fn status(h: &SenderHealth, now_ms: u64) -> &'static str {
-    let recent = |t: Option<u64>| t.is_some_and(|t| now_ms.saturating_sub(t) < HEALTH_WINDOW_MS);
-    let newer = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => a > b,
-        (Some(_), None) => true,
-        _ => false,
-    };
-    if recent(h.last_failed_ms) && newer(h.last_failed_ms, h.last_opened_ms) {
-        "failing"
-    } else if recent(h.last_opened_ms) {
-        "decrypting"
-    } else if recent(h.last_held_ms) {
-        "waiting for key"
-    } else {
-        "no media"
-    }
-}
-
-/// Why the epoch last changed, for the encryption details panel.
-#[derive(Clone, Debug, Serialize)]
-struct LastChange {
-    epoch: u64,
-    at_ms: u64,
-    reason: String,
-}
-
 /// One browser participant in one room.
 #[wasm_bindgen]
 #[derive(Debug)]
@@ -163,25 +94,6 @@ fn kind(video: bool) -> FrameKind {
         FrameKind::Video
     } else {
         FrameKind::Audio
-    }
-}
-
-fn describe_change(change: &conclave_e2ee::EpochChange) -> String {
-    let names = |v: &[conclave_e2ee::RosterEntry]| {
-        v.iter()
-            .map(|r| r.display_name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match (change.added.is_empty(), change.removed.is_empty()) {
-        (false, true) => format!("{} joined", names(&change.added)),
-        (true, false) => format!("{} left", names(&change.removed)),
-        (false, false) => format!(
-            "{} joined; {} left",
-            names(&change.added),
-            names(&change.removed)
-        ),
-        (true, true) => "a member refreshed its keys (self-update)".to_owned(),
     }
 }
 
@@ -530,78 +442,5 @@ impl Call {
     /// Leaves: proposes our removal and erases the media keys.
     pub fn leave(&mut self) -> Result<(), WebError> {
         self.p.leave().map_err(js)
-    }
-
-    /// Everything the page shows, as JSON: epoch, security code, roster with fingerprints,
-    /// per-sender health, pending knocks, the room's policy and ciphersuite, why the epoch
-    /// last changed, and frame counters.
-    pub fn state(&self, now_ms: f64) -> String {
-        let t = ts(now_ms).as_millis();
-        let me = self.p.session().map(|s| s.own_leaf());
-        let roster: Vec<_> = self
-            .p
-            .roster()
-            .into_iter()
-            .map(|r| {
-                let h = self.p.intake().senders().get(&r.leaf);
-                serde_json::json!({
-                    "leaf": r.leaf,
-                    "user_id": r.user_id,
-                    "name": r.display_name,
-                    "fingerprint": r.fingerprint.to_string(),
-                    "me": Some(r.leaf) == me,
-                    "status": if Some(r.leaf) == me { "this device" } else { h.map_or("no media", |h| status(h, t)) },
-                    "health": h,
-                })
-            })
-            .collect();
-        let knocks: Vec<_> = self
-            .p
-            .pending_knocks()
-            .into_iter()
-            .map(|k| serde_json::json!({"knock": k.knock, "user_id": k.user_id, "name": k.name, "fingerprint": k.fingerprint.to_string()}))
-            .collect();
-        let session = self.p.session();
-        let media = self.p.media_ref();
-        let stats = media.stats();
-        serde_json::json!({
-            "epoch": self.p.epoch(),
-            "security_code": self.p.security_code().map(|c| c.as_str().to_owned()),
-            "me": me,
-            "roster": roster,
-            "knocks": knocks,
-            "policy": session.map(|s| s.policy().kind()),
-            "charter": self.p.charter(),
-            "held_to_charter": self.p.expected_charter().is_some(),
-            "is_host": self.p.is_host(),
-            "suite": session.map(|s| suite_name(s.suite())),
-            "last_change": self.last_change,
-            "live_epochs": media.live_epochs(),
-            "sending_epoch": media.sending_epoch(),
-            "frames": {
-                "sealed": self.sealed,
-                "unsealed_dropped": self.unsealed,
-                "opened": stats.opened,
-                "failed": self.p.intake().senders().values().map(|h| h.failed).sum::<u64>(),
-                "duplicates": self.p.intake().senders().values().map(|h| h.duplicates).sum::<u64>(),
-                "held_now": self.p.intake().held(),
-                "held_dropped": self.p.intake().held_dropped(),
-                "before_join": stats.before_join,
-            },
-        })
-        .to_string()
-    }
-}
-
-fn suite_name(s: RoomCipherSuite) -> &'static str {
-    match s {
-        RoomCipherSuite::Curve25519Aes128 => {
-            "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (MLS suite 1); SFrame AES_128_GCM_SHA256_128"
-        }
-        RoomCipherSuite::MlKem768X25519 => {
-            "X25519 + ML-KEM-768 hybrid KEM, AES-128-GCM, SHA-256, Ed25519; SFrame AES_128_GCM_SHA256_128"
-        }
-        #[allow(unreachable_patterns)]
-        _ => "unknown",
     }
 }

@@ -1,6 +1,10 @@
 //! The load test's report: every figure as a distribution, written as JSON.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::baseline;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct Dist {

@@ -1,7 +1,14 @@
 //! The server under test: a `conclave serve` child process, its CPU time, memory and
 //! `/metrics`.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The child `conclave serve`; killed and its data directory removed on drop.
 pub(crate) struct ServerProc {
