@@ -5,9 +5,10 @@
 
 use std::path::Path;
 
+use conclave_client::FramePath;
+use conclave_e2ee::ClearPrefix;
+use conclave_fuzz::{addrs, room_recording, sfu_with_answer};
 use conclave_native::media_file::{Ivf, OggOpus, VideoFrame};
-use conclave_e2ee::{ClearPrefix, MediaCrypto};
-use conclave_fuzz::{addrs, room_recording, sfu_with_answer, T0};
 use conclave_proto::ClientMsg;
 
 fn put(target: &str, name: &str, bytes: &[u8]) {
@@ -129,13 +130,13 @@ fn main() {
     // what the SFU answers.
     let (mut s, mut link, now, answer) = sfu_with_answer();
     let (server, client) = addrs();
-    let mut media = MediaCrypto::default();
-    link.accept_answer(&answer, &mut media, now, T0)
+    let mut media = FramePath::default();
+    link.accept_answer(&answer, &mut media, now)
         .expect("answer");
     let mut k = 0;
     for round in 0..30 {
         let t = now + std::time::Duration::from_millis(50 * round);
-        link.handle_timeout(&mut media, t, T0);
+        link.handle_timeout(&mut media, t);
         while let Some((_, _, bytes)) = link.poll_transmit() {
             let mut b = vec![0u8];
             b.extend_from_slice(&bytes);
@@ -144,10 +145,10 @@ fn main() {
             s.handle_receive(t, client, server, &bytes);
         }
         s.handle_timeout(t);
-        while let Some((_, _, bytes)) = s.poll_transmit() {
-            put("media_link_datagram", &format!("d{k}"), &bytes);
+        while let Some(tx) = s.poll_transmit() {
+            put("media_link_datagram", &format!("d{k}"), &tx.contents);
             k += 1;
-            link.handle_receive(server, client, &bytes, &mut media, t, T0);
+            link.handle_receive(server, client, &tx.contents, &mut media, t);
         }
     }
     println!("seeds written: {n} messages, {k} datagrams");

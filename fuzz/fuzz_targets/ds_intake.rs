@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    let Ok(msg) = ClientMsg::decode(text) else {
+    let Ok(ClientMsg::Membership(msg)) = ClientMsg::decode(text) else {
         return;
     };
     DS.with(|cell| {

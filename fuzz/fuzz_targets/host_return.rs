@@ -6,7 +6,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(ticket) = HostReturn::from_psk_id(data) {
-        assert_eq!(ticket.psk_id().to_vec(), data, "a decoded id encodes back the same");
+        assert_eq!(
+            ticket.psk_id().to_vec(),
+            data,
+            "a decoded id encodes back the same"
+        );
     }
     // The same bytes as a knock's KeyPackage.
     let _ = return_ticket_of(data);

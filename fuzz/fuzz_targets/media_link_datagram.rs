@@ -3,9 +3,9 @@
 #![no_main]
 use std::cell::RefCell;
 
-use conclave_native::media_link::MediaLink;
 use conclave_client::FramePath;
 use conclave_fuzz::{addrs, sfu};
+use conclave_native::media_link::MediaLink;
 use libfuzzer_sys::fuzz_target;
 
 thread_local! {

@@ -3,7 +3,7 @@
 //! back into its own group.
 
 use conclave_e2ee::{Admission, Fingerprint, KeyPackageCard, Timestamp};
-use conclave_proto::{Bytes, ClientMsg, KnockId, KnockInfo};
+use conclave_proto::{Bytes, KnockId, KnockInfo, MembershipMsg};
 use tracing::{debug, info};
 
 use crate::trust::key_changed;
@@ -112,7 +112,7 @@ impl Participant {
             self.retired.insert(knock);
             self.approved.retain(|(d, _)| *d != k.card.digest);
         }
-        self.out.push_back(ClientMsg::Deny { knock });
+        self.out.push_back(MembershipMsg::Deny { knock });
     }
 
     /// Records a knock the first time its number is seen (later messages cannot change what
@@ -219,7 +219,7 @@ impl Participant {
             // device that proves this is its group (one per commit); otherwise it commits the
             // proposals alone.
             if let Some(bundle) = self.commit_returning_host(&knocks, now) {
-                self.out.push_back(ClientMsg::Commit {
+                self.out.push_back(MembershipMsg::Commit {
                     epoch,
                     commit: Bytes(bundle.commit),
                     welcome: bundle.welcome.map(Bytes),
@@ -268,7 +268,7 @@ impl Participant {
             return Ok(());
         }
         match s.commit(&kps, &[], now) {
-            Ok(bundle) => self.out.push_back(ClientMsg::Commit {
+            Ok(bundle) => self.out.push_back(MembershipMsg::Commit {
                 epoch,
                 commit: Bytes(bundle.commit),
                 welcome: bundle.welcome.map(Bytes),

@@ -1,7 +1,7 @@
 //! # Conclave participant core
 //!
 //! Sans-IO: [`Participant::handle`] takes a [`ServerMsg`](conclave_proto::ServerMsg) and the time; [`Participant::poll_transmit`]
-//! yields the [`ClientMsg`]s to send and [`Participant::poll_event`] what a UI should show
+//! yields the [`MembershipMsg`]s to send and [`Participant::poll_event`] what a UI should show
 //! (epoch changes with the security code, knocks to admit, alarms). The tokio runtime and the
 //! media path sit around it.
 //!
@@ -34,6 +34,7 @@ mod frames;
 pub mod intake;
 mod knocks;
 mod membership;
+pub mod reconnect;
 mod trust;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -42,7 +43,7 @@ use conclave_e2ee::{
     Device, EpochChange, Fingerprint, MediaCrypto, RoomPolicy, RosterEntry, SecurityCode,
     SelfUpdateTimer, Session, TrustStore,
 };
-use conclave_proto::{ClientMsg, KnockId};
+use conclave_proto::{KnockId, MembershipMsg};
 
 pub use intake::{FrameKind, FramePath, FrameTag, Intake, MediaIntake, OpenedFrame, SenderHealth};
 use knocks::{Knock, RetiredKnocks};
@@ -165,7 +166,7 @@ pub struct Participant {
     /// What the person approved: digests of the exact KeyPackages they were shown. Each is
     /// used once: it goes when a commit adds that device.
     approved: Vec<([u8; 32], Fingerprint)>,
-    out: VecDeque<ClientMsg>,
+    out: VecDeque<MembershipMsg>,
     events: VecDeque<Event>,
     left: bool,
     /// The roster of the last epoch, kept once the session is gone (removed or left).
@@ -322,7 +323,7 @@ impl Participant {
     }
 
     /// Next message to send.
-    pub fn poll_transmit(&mut self) -> Option<ClientMsg> {
+    pub fn poll_transmit(&mut self) -> Option<MembershipMsg> {
         self.out.pop_front()
     }
 

@@ -3,7 +3,7 @@
 //! leave; every epoch change installs the new media keys and releases the frames held for it.
 
 use conclave_e2ee::{EpochChange, Incoming, RoomPolicy, Session, Timestamp};
-use conclave_proto::{Bytes, ClientMsg, ServerMsg};
+use conclave_proto::{Bytes, MembershipMsg, ServerMsg};
 use mls_rs::identity::SigningIdentity;
 use mls_rs_codec::MlsDecode;
 use tracing::{debug, info, warn};
@@ -26,7 +26,7 @@ impl Participant {
     pub fn leave(&mut self) -> Result<(), Error> {
         if let Some(s) = self.session.as_mut() {
             let proposal = s.propose_leave()?;
-            self.out.push_back(ClientMsg::Proposal {
+            self.out.push_back(MembershipMsg::Proposal {
                 proposal: Bytes(proposal),
             });
         }
@@ -136,7 +136,7 @@ impl Participant {
                         ),
                     };
                     let session = self.device.create_room(policy, Some(server), now)?;
-                    self.out.push_back(ClientMsg::CreateGroup {
+                    self.out.push_back(MembershipMsg::CreateGroup {
                         group_info: Bytes(session.group_info()?),
                         ratchet_tree: Bytes(session.ratchet_tree()?),
                     });
@@ -154,7 +154,7 @@ impl Participant {
                     // is there.
                     let ticket = self.device.return_ticket(&self.room);
                     let kp = self.device.key_package_with(None, ticket.as_ref(), now)?;
-                    self.out.push_back(ClientMsg::KeyPackage {
+                    self.out.push_back(MembershipMsg::KeyPackage {
                         key_package: Bytes(kp),
                     });
                 }
@@ -313,7 +313,7 @@ impl Participant {
         }
         let epoch = s.epoch();
         let bundle = s.self_update(now)?;
-        self.out.push_back(ClientMsg::Commit {
+        self.out.push_back(MembershipMsg::Commit {
             epoch,
             commit: Bytes(bundle.commit),
             welcome: None,

@@ -17,7 +17,7 @@
 //!   when to call [`Ds::handle_timeout`] next.
 //!
 //! One room's flow: the first connection is asked to create the group and uploads its GroupInfo
-//! and tree ([`ClientMsg::CreateGroup`]); later connections knock with a KeyPackage; after a
+//! and tree ([`MembershipMsg::CreateGroup`]); later connections knock with a KeyPackage; after a
 //! short batching window the designated committer (most blank nodes on its path, hosts only
 //! for adds in lobby rooms) gets a [`ServerMsg::CommitRequest`]; the first valid commit of the
 //! epoch wins and is fanned out, its Welcome and the tree go to the joiners, and any other
@@ -42,7 +42,7 @@ mod schedule;
 use std::collections::HashMap;
 
 use conclave_mls::Timestamp;
-use conclave_proto::{ClientMsg, ErrorCode, ServerMsg};
+use conclave_proto::{ErrorCode, MembershipMsg, ServerMsg};
 use mls_rs::external_client::ExternalClient;
 use mls_rs::identity::SigningIdentity;
 use mls_rs_core::crypto::SignatureSecretKey;
@@ -243,7 +243,7 @@ impl Ds {
     }
 
     /// A message from a connection.
-    pub fn handle(&mut self, conn: ConnId, msg: ClientMsg, now: Timestamp) {
+    pub fn handle(&mut self, conn: ConnId, msg: MembershipMsg, now: Timestamp) {
         let Some(c) = self.conns.0.get(&conn) else {
             return;
         };
@@ -255,46 +255,42 @@ impl Ds {
         let cx = &mut cx;
         match (msg, state) {
             (
-                ClientMsg::CreateGroup {
+                MembershipMsg::CreateGroup {
                     group_info,
                     ratchet_tree,
                 },
                 ConnState::Creating,
             ) => room.create_group(cx, conn, &group_info.0, &ratchet_tree.0, now),
-            (ClientMsg::KeyPackage { key_package }, ConnState::Waiting) => {
+            (MembershipMsg::KeyPackage { key_package }, ConnState::Waiting) => {
                 room.knock(cx, conn, key_package.0, now)
             }
             // Asked to create, it knocks instead: it declines (the meeting's charter lets only
             // its hosts start the group). The next connection is asked.
-            (ClientMsg::KeyPackage { key_package }, ConnState::Creating) => {
+            (MembershipMsg::KeyPackage { key_package }, ConnState::Creating) => {
                 room.decline(cx, conn, now);
                 room.knock(cx, conn, key_package.0, now)
             }
             (
-                ClientMsg::Commit {
+                MembershipMsg::Commit {
                     epoch,
                     commit,
                     welcome,
                 },
                 ConnState::Member(leaf),
             ) => room.commit(cx, conn, leaf, epoch, &commit.0, welcome.map(|w| w.0), now),
-            (ClientMsg::Proposal { proposal }, ConnState::Member(leaf)) => {
+            (MembershipMsg::Proposal { proposal }, ConnState::Member(leaf)) => {
                 room.proposal(cx, conn, leaf, &proposal.0, now)
             }
-            (ClientMsg::Application { message }, ConnState::Member(_)) => {
+            (MembershipMsg::Application { message }, ConnState::Member(_)) => {
                 room.application(cx, conn, message)
             }
-            (ClientMsg::Deny { knock }, ConnState::Member(leaf)) => {
+            (MembershipMsg::Deny { knock }, ConnState::Member(leaf)) => {
                 room.deny(cx, conn, leaf, knock, now)
-            }
-            (ClientMsg::Hello { .. }, _) => {
-                cx.sink
-                    .refuse(conn, ErrorCode::Unexpected, "already said hello")
             }
             (other, state) => cx.sink.refuse(
                 conn,
                 ErrorCode::Unexpected,
-                format!("{} is not expected while {state:?}", kind(&other)),
+                format!("{} is not expected while {state:?}", other.kind()),
             ),
         }
     }
@@ -341,21 +337,6 @@ impl Ds {
             .values()
             .filter_map(|r| r.poll_timeout(&self.config))
             .min()
-    }
-}
-
-fn kind(msg: &ClientMsg) -> &'static str {
-    match msg {
-        ClientMsg::Hello { .. } => "hello",
-        ClientMsg::CreateGroup { .. } => "create_group",
-        ClientMsg::KeyPackage { .. } => "key_package",
-        ClientMsg::Commit { .. } => "commit",
-        ClientMsg::Proposal { .. } => "proposal",
-        ClientMsg::Application { .. } => "application",
-        ClientMsg::Deny { .. } => "deny",
-        ClientMsg::MediaOffer { .. } => "media_offer",
-        ClientMsg::VideoTiles { .. } => "video_tiles",
-        _ => "message",
     }
 }
 

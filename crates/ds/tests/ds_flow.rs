@@ -153,7 +153,7 @@ fn a_clean_leave_is_a_standard_remove_and_the_leaver_is_never_asked_to_commit() 
         } else {
             net.p(3).leave().unwrap();
             match net.p(3).poll_transmit() {
-                Some(ClientMsg::Proposal { proposal }) => proposal.0,
+                Some(MembershipMsg::Proposal { proposal }) => proposal.0,
                 other => panic!("{other:?}"),
             }
         };
@@ -178,7 +178,7 @@ fn a_clean_leave_is_a_standard_remove_and_the_leaver_is_never_asked_to_commit() 
         let before = net.seen.get(&3).map_or(0, Vec::len);
         net.ds.handle(
             3,
-            ClientMsg::Proposal {
+            MembershipMsg::Proposal {
                 proposal: Bytes(proposal),
             },
             now,
@@ -421,7 +421,7 @@ fn commit_breaking_the_policy_is_refused_by_the_ds_and_the_room_goes_on() {
         .unwrap();
     net.ds.handle(
         2,
-        ClientMsg::Commit {
+        MembershipMsg::Commit {
             epoch,
             commit: Bytes(bundle.commit),
             welcome: bundle.welcome.map(Bytes),
@@ -445,34 +445,30 @@ fn malformed_and_unexpected_messages_are_refused_with_a_reason() {
     let mut net = open_room(2);
     let epoch = net.ds.epoch("room").unwrap();
     let cases = vec![
-        ClientMsg::Commit {
+        MembershipMsg::Commit {
             epoch,
             commit: Bytes(vec![1, 2, 3]),
             welcome: None,
         },
-        ClientMsg::Commit {
+        MembershipMsg::Commit {
             epoch: epoch + 5,
             commit: Bytes(vec![]),
             welcome: None,
         },
-        ClientMsg::Proposal {
+        MembershipMsg::Proposal {
             proposal: Bytes(vec![0xff; 100]),
         },
-        ClientMsg::Application {
+        MembershipMsg::Application {
             message: Bytes(vec![7; 10]),
         },
-        ClientMsg::KeyPackage {
+        MembershipMsg::KeyPackage {
             key_package: Bytes(vec![1]),
         },
-        ClientMsg::CreateGroup {
+        MembershipMsg::CreateGroup {
             group_info: Bytes(vec![]),
             ratchet_tree: Bytes(vec![]),
         },
-        ClientMsg::Deny { knock: 99 },
-        ClientMsg::Hello {
-            version: 1,
-            token: "x".into(),
-        },
+        MembershipMsg::Deny { knock: 99 },
     ];
     for m in cases {
         let before = net.seen.get(&1).map_or(0, Vec::len);
@@ -653,7 +649,7 @@ mod adversarial {
         net.ds.connect(3, "room", "carol", net.now);
         net.ds.handle(
             3,
-            ClientMsg::KeyPackage {
+            MembershipMsg::KeyPackage {
                 key_package: Bytes(kp),
             },
             net.now,
@@ -752,14 +748,14 @@ mod adversarial {
             let junk = i.to_be_bytes().repeat(1 + (i as usize % 50));
             net.ds.handle(
                 2,
-                ClientMsg::Proposal {
+                MembershipMsg::Proposal {
                     proposal: Bytes(junk.clone()),
                 },
                 net.now,
             );
             net.ds.handle(
                 2,
-                ClientMsg::Commit {
+                MembershipMsg::Commit {
                     epoch: u64::from(i),
                     commit: Bytes(junk),
                     welcome: None,

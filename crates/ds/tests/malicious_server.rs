@@ -87,9 +87,11 @@ fn server_cannot_swap_the_keypackage_of_an_approved_knock() {
             }],
         },
     );
-    let sent: Vec<ClientMsg> = std::iter::from_fn(|| net.p(1).poll_transmit()).collect();
+    let sent: Vec<MembershipMsg> = std::iter::from_fn(|| net.p(1).poll_transmit()).collect();
     assert!(
-        !sent.iter().any(|m| matches!(m, ClientMsg::Commit { .. })),
+        !sent
+            .iter()
+            .any(|m| matches!(m, MembershipMsg::Commit { .. })),
         "the host committed a KeyPackage nobody approved: {sent:?}"
     );
     assert_eq!(net.p(1).member_count(), 2);
@@ -155,9 +157,9 @@ fn a_non_host_asked_to_commit_in_a_lobby_adds_nobody() {
             knocks: vec![carol],
         },
     );
-    let sent: Vec<ClientMsg> = std::iter::from_fn(|| net.p(2).poll_transmit()).collect();
+    let sent: Vec<MembershipMsg> = std::iter::from_fn(|| net.p(2).poll_transmit()).collect();
     for m in &sent {
-        if let ClientMsg::Commit { welcome, .. } = m {
+        if let MembershipMsg::Commit { welcome, .. } = m {
             assert!(welcome.is_none(), "a non-host admitted carol");
         }
     }
@@ -176,7 +178,7 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
     net.ds.connect(5, "room", "eve", net.now);
     net.ds.handle(
         5,
-        ClientMsg::KeyPackage {
+        MembershipMsg::KeyPackage {
             key_package: Bytes(forged),
         },
         net.now,
@@ -188,7 +190,7 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
     net.ds.connect(6, "room", "fred", net.now);
     net.ds.handle(
         6,
-        ClientMsg::KeyPackage {
+        MembershipMsg::KeyPackage {
             key_package: Bytes(expired),
         },
         net.now,
@@ -197,7 +199,7 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
     net.ds.connect(7, "room", "gus", net.now);
     net.ds.handle(
         7,
-        ClientMsg::KeyPackage {
+        MembershipMsg::KeyPackage {
             key_package: Bytes(vec![0; conclave_e2ee::MAX_KEY_PACKAGE_LEN + 1]),
         },
         net.now,
@@ -273,7 +275,7 @@ fn early_knocks_are_one_per_connection_and_a_silent_creator_is_replaced() {
     let kp = bob.key_package(None, net.now).unwrap();
     net.ds.handle(
         2,
-        ClientMsg::KeyPackage {
+        MembershipMsg::KeyPackage {
             key_package: Bytes(kp),
         },
         net.now,
@@ -342,7 +344,7 @@ fn a_connection_cannot_carry_another_members_commit() {
         .unwrap();
     net.ds.handle(
         2,
-        ClientMsg::Commit {
+        MembershipMsg::Commit {
             epoch,
             commit: Bytes(bundle.commit),
             welcome: None,
@@ -372,7 +374,7 @@ fn a_member_cannot_freeze_the_room_with_an_add_proposal_by_reference() {
     let now = net.now;
     net.ds.handle(
         2,
-        ClientMsg::Proposal {
+        MembershipMsg::Proposal {
             proposal: Bytes(proposal),
         },
         now,
@@ -413,7 +415,7 @@ fn a_commit_may_add_only_the_exact_keypackage_that_knocked() {
     let kp = eve.key_package(None, net.now).unwrap();
     net.ds.handle(
         5,
-        ClientMsg::KeyPackage {
+        MembershipMsg::KeyPackage {
             key_package: Bytes(kp),
         },
         net.now,
@@ -845,7 +847,7 @@ fn a_server_device_that_skips_the_policy_cannot_take_a_guest_into_its_copy_of_a_
             T0,
         )
         .unwrap();
-    let Some(ClientMsg::KeyPackage { key_package }) = guest.poll_transmit() else {
+    let Some(MembershipMsg::KeyPackage { key_package }) = guest.poll_transmit() else {
         panic!("the guest knocks");
     };
     let bundle = copy.commit(&[key_package.0], &[], T0).unwrap();
@@ -1053,7 +1055,7 @@ fn the_ds_refuses_a_return_naming_an_epoch_before_the_last_add() {
     net.ds.connect(4, "room", "host", net.now);
     net.ds.handle(
         4,
-        ClientMsg::KeyPackage {
+        MembershipMsg::KeyPackage {
             key_package: Bytes(kp.clone()),
         },
         net.now,

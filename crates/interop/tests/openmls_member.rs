@@ -47,7 +47,7 @@ use conclave_sim::membership as common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    AdmitMode, Bytes, ClientMsg, ConnId, KnockInfo, Net, NewRoomPolicy, ServerMsg, Timestamp,
+    AdmitMode, Bytes, ConnId, KnockInfo, MembershipMsg, Net, NewRoomPolicy, ServerMsg, Timestamp,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
@@ -313,7 +313,7 @@ impl Olaf {
                 assert!(!create_group, "olaf is never the room's first connection");
                 assert_eq!(user_id, self.user_id);
                 let key_package = Bytes(self.key_package(net.now));
-                send(net, ClientMsg::KeyPackage { key_package });
+                send(net, MembershipMsg::KeyPackage { key_package });
             }
             ServerMsg::TreePart { part } => self.tree_parts.extend_from_slice(&part.0),
             ServerMsg::Welcome {
@@ -541,7 +541,7 @@ impl Olaf {
         );
         send(
             net,
-            ClientMsg::Commit {
+            MembershipMsg::Commit {
                 epoch,
                 commit: Bytes(commit),
                 welcome: welcome.map(Bytes),
@@ -582,7 +582,7 @@ impl Olaf {
         self.left = true;
         send(
             net,
-            ClientMsg::Proposal {
+            MembershipMsg::Proposal {
                 proposal: Bytes(proposal),
             },
         );
@@ -612,7 +612,7 @@ fn public_message(bytes: &[u8]) -> ProtocolMessage {
     message
 }
 
-fn send(net: &mut Net, msg: ClientMsg) {
+fn send(net: &mut Net, msg: MembershipMsg) {
     let now = net.now;
     net.ds.handle(OLAF, msg, now);
 }

@@ -25,10 +25,11 @@ mod options;
 mod run;
 mod summary;
 
-pub use options::{load_pins, token_identity, Control, JoinOptions, MediaFiles};
-pub use run::{
-    reconnect_delay, run, RECONNECT_ATTEMPTS, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
+pub use conclave_client::reconnect::{
+    reconnect_delay, RECONNECT_ATTEMPTS, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
 };
+pub use options::{load_pins, token_identity, Control, JoinOptions, MediaFiles};
+pub use run::run;
 pub use summary::{EpochLine, RosterLine, SenderLine, Summary};
 
 /// Errors of the runtime.

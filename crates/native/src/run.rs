@@ -4,9 +4,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use conclave_client::reconnect::{reconnect_delay, RECONNECT_ATTEMPTS};
 use conclave_client::{Event, Participant};
 use conclave_e2ee::{Device, Timestamp};
-use conclave_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
+use conclave_proto::{ClientMsg, MediaMsg, ServerMsg, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{info, warn};
@@ -23,25 +24,6 @@ pub(crate) fn now() -> Timestamp {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     )
-}
-
-/// Reconnection after a lost connection: the first wait, doubled per failed attempt up to
-/// [`RECONNECT_MAX_DELAY`], with 20% jitter; [`RECONNECT_ATTEMPTS`] failures in a row end
-/// the call.
-pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
-/// The longest wait between reconnection attempts.
-pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(8);
-/// Failed reconnection attempts in a row before the call is given up.
-pub const RECONNECT_ATTEMPTS: u32 = 8;
-
-/// The wait before reconnection attempt `attempt` (0-based), jittered by `random`.
-pub fn reconnect_delay(attempt: u32, random: u64) -> Duration {
-    let base = RECONNECT_FIRST_DELAY
-        .saturating_mul(1 << attempt.min(16))
-        .min(RECONNECT_MAX_DELAY);
-    // 80% to 120% of the base.
-    let permille = 800 + (random % 401);
-    base * permille as u32 / 1000
 }
 
 /// How one connection ended.
@@ -261,9 +243,9 @@ async fn run_once(
                         if hello_answered {
                             if let Some(offer) = media.offer()? {
                                 media.set_audio_level(opts.audio_level);
-                                let mut msgs = vec![ClientMsg::MediaOffer { sdp: offer }];
+                                let mut msgs = vec![MediaMsg::MediaOffer { sdp: offer }];
                                 if let Some(max_width) = opts.tile_width {
-                                    msgs.push(ClientMsg::VideoTiles { max_width });
+                                    msgs.push(MediaMsg::VideoTiles { max_width });
                                 }
                                 for msg in msgs {
                                     if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
@@ -311,7 +293,7 @@ async fn run_once(
             _ = sleep_until_opt(restart_at), if restart_at.is_some() => {
                 restart_at = None;
                 if let Some(offer) = media.restart()? {
-                    let msg = ClientMsg::MediaOffer { sdp: offer };
+                    let msg = MediaMsg::MediaOffer { sdp: offer };
                     if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
                         warn!(error = %e, "send failed");
                     }
@@ -352,27 +334,4 @@ pub(crate) fn rand_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now().as_millis());
     h.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_delay_doubles_within_jitter_and_is_capped() {
-        for attempt in 0..12 {
-            let base = RECONNECT_FIRST_DELAY
-                .saturating_mul(1 << attempt)
-                .min(RECONNECT_MAX_DELAY);
-            for r in [0u64, 200, 400, u64::MAX] {
-                let d = reconnect_delay(attempt, r);
-                assert!(
-                    d >= base * 8 / 10 && d <= base * 12 / 10,
-                    "{attempt} {r} {d:?}"
-                );
-            }
-        }
-        assert_eq!(reconnect_delay(0, 200), RECONNECT_FIRST_DELAY);
-        assert_eq!(reconnect_delay(30, 200), RECONNECT_MAX_DELAY);
-    }
 }

@@ -13,7 +13,9 @@
 
 use core::fmt;
 
+mod client;
 mod tree;
+pub use client::{ClientMsg, MediaMsg, MembershipMsg};
 pub use tree::{split_tree, TreeParts, TreeTooLarge};
 
 use base64::Engine;
@@ -103,70 +105,6 @@ pub struct KnockInfo {
     pub name: String,
     /// The KeyPackage to add.
     pub key_package: Bytes,
-}
-
-/// Client to server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-#[non_exhaustive]
-pub enum ClientMsg {
-    /// First message: protocol version and the join token.
-    Hello {
-        /// [`PROTOCOL_VERSION`].
-        version: u16,
-        /// A join token from `conclave token`.
-        token: String,
-    },
-    /// The first member created the room's MLS group: its signed GroupInfo and ratchet tree,
-    /// so the delivery service can follow the group's public state.
-    CreateGroup {
-        /// MLS GroupInfo message.
-        group_info: Bytes,
-        /// MLS ratchet tree.
-        ratchet_tree: Bytes,
-    },
-    /// Knock: a KeyPackage to be added with.
-    KeyPackage {
-        /// MLS KeyPackage message.
-        key_package: Bytes,
-    },
-    /// A commit for `epoch`, with the Welcome for its joiners if it adds anyone.
-    Commit {
-        /// The epoch the commit was built on.
-        epoch: u64,
-        /// MLS commit message.
-        commit: Bytes,
-        /// MLS Welcome message, when the commit adds members.
-        welcome: Option<Bytes>,
-    },
-    /// An MLS proposal by a member (a self-removal when leaving).
-    Proposal {
-        /// MLS proposal message.
-        proposal: Bytes,
-    },
-    /// An MLS application message for the other members.
-    Application {
-        /// MLS private message.
-        message: Bytes,
-    },
-    /// A host turns a knock away (lobby rooms).
-    Deny {
-        /// The knock.
-        knock: KnockId,
-    },
-    /// Opens the media session with the SFU: an SDP offer (our send-only audio and video,
-    /// and receive-only slots).
-    MediaOffer {
-        /// SDP.
-        sdp: String,
-    },
-    /// How large this participant shows other people's video: the SFU forwards no simulcast
-    /// layer larger than the tiles need. May be sent any time after `media_offer`.
-    VideoTiles {
-        /// Width of the largest tile, in pixels: up to 320 gets the low layer, up to 640
-        /// the middle one, above that the high one.
-        max_width: u32,
-    },
 }
 
 /// Machine-readable reason codes for [`ServerMsg::Error`].
@@ -289,30 +227,11 @@ pub enum ServerMsg {
     },
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ProtoError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ProtoError> {
     if text.len() > MAX_MESSAGE_LEN {
         return Err(ProtoError::TooLarge(text.len()));
     }
     serde_json::from_str(text).map_err(|e| ProtoError::Malformed(e.to_string()))
-}
-
-impl ClientMsg {
-    /// Parses one message.
-    pub fn decode(text: &str) -> Result<Self, ProtoError> {
-        let msg: ClientMsg = decode(text)?;
-        if let ClientMsg::Hello { version, .. } = &msg {
-            if *version != PROTOCOL_VERSION {
-                return Err(ProtoError::Version { got: *version });
-            }
-        }
-        Ok(msg)
-    }
-
-    /// Serializes one message.
-    pub fn encode(&self) -> String {
-        // Serializing these types cannot fail: no maps with non-string keys, no floats.
-        serde_json::to_string(self).unwrap_or_default()
-    }
 }
 
 impl ServerMsg {
@@ -332,25 +251,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_round_trip() {
-        let msgs = vec![
-            ClientMsg::Hello {
-                version: PROTOCOL_VERSION,
-                token: "t".into(),
-            },
-            ClientMsg::KeyPackage {
-                key_package: Bytes(vec![1, 2, 3]),
-            },
-            ClientMsg::Commit {
-                epoch: 7,
-                commit: Bytes(vec![0; 40]),
-                welcome: None,
-            },
-            ClientMsg::Deny { knock: 3 },
-        ];
-        for m in msgs {
-            assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);
-        }
+    fn server_messages_round_trip() {
         let s = ServerMsg::CommitRequest {
             epoch: 1,
             knocks: vec![KnockInfo {
@@ -361,35 +262,5 @@ mod tests {
             }],
         };
         assert_eq!(ServerMsg::decode(&s.encode()).unwrap(), s);
-    }
-
-    #[test]
-    fn malformed_messages_are_refused_with_a_reason() {
-        for bad in [
-            "",
-            "{",
-            "[]",
-            r#"{"type":"nope"}"#,
-            r#"{"type":"key_package"}"#,
-            r#"{"type":"key_package","key_package":"!!!"}"#,
-            r#"{"type":"key_package","key_package":"AAAA","extra":1}"#,
-            r#"{"type":"commit","epoch":-1,"commit":"AA=="}"#,
-        ] {
-            let err = ClientMsg::decode(bad).unwrap_err();
-            assert!(matches!(err, ProtoError::Malformed(_)), "{bad}: {err}");
-        }
-        let v = r#"{"type":"hello","version":99,"token":"x"}"#;
-        assert!(matches!(
-            ClientMsg::decode(v),
-            Err(ProtoError::Version { got: 99 })
-        ));
-        let big = format!(
-            r#"{{"type":"hello","version":1,"token":"{}"}}"#,
-            "a".repeat(MAX_MESSAGE_LEN)
-        );
-        assert!(matches!(
-            ClientMsg::decode(&big),
-            Err(ProtoError::TooLarge(_))
-        ));
     }
 }

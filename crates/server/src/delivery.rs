@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use conclave_ds::{ConnId, Ds, Output};
 use conclave_mls::Timestamp;
-use conclave_proto::{ClientMsg, ServerMsg};
+use conclave_proto::{MembershipMsg, ServerMsg};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -26,7 +26,7 @@ pub(crate) enum DsCmd {
     },
     Msg {
         conn: ConnId,
-        msg: ClientMsg,
+        msg: MembershipMsg,
         /// When its frame was read from the socket.
         arrived: Instant,
     },
@@ -59,7 +59,7 @@ pub(crate) async fn ds_task(
                         ds.connect(conn, &room, &user, now_ts());
                     }
                     DsCmd::Msg { conn, msg, arrived } => {
-                        let commit = matches!(msg, ClientMsg::Commit { .. });
+                        let commit = matches!(msg, MembershipMsg::Commit { .. });
                         let started = Instant::now();
                         ds.handle(conn, msg, now_ts());
                         if commit {

@@ -10,7 +10,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use conclave_proto::{ClientMsg, ErrorCode, ServerMsg, MAX_MESSAGE_LEN};
+use conclave_proto::{ClientMsg, ErrorCode, MediaMsg, ServerMsg, MAX_MESSAGE_LEN};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -215,7 +215,7 @@ pub(crate) async fn connection(
         tokens -= 1.0;
         match msg {
             Message::Text(t) => match ClientMsg::decode(&t) {
-                Ok(ClientMsg::MediaOffer { sdp }) => {
+                Ok(ClientMsg::Media(MediaMsg::MediaOffer { sdp })) => {
                     let (rtx, rrx) = oneshot::channel();
                     let _ = state
                         .sfu_tx
@@ -242,10 +242,13 @@ pub(crate) async fn connection(
                         let _ = tx.try_send(Outbound::Msg(answer, None));
                     });
                 }
-                Ok(ClientMsg::VideoTiles { max_width }) => {
+                Ok(ClientMsg::Media(MediaMsg::VideoTiles { max_width })) => {
                     let _ = state.sfu_tx.send(SfuCmd::Tiles { conn, max_width }).await;
                 }
-                Ok(m) => {
+                Ok(ClientMsg::Hello { .. }) => {
+                    let _ = tx.try_send(reply(ErrorCode::Unexpected, "already said hello".into()));
+                }
+                Ok(ClientMsg::Membership(m)) => {
                     let arrived = Instant::now();
                     if state
                         .ds_tx
@@ -259,6 +262,10 @@ pub(crate) async fn connection(
                     {
                         break;
                     }
+                }
+                // A kind of message added to the protocol after this server was written.
+                Ok(_) => {
+                    let _ = tx.try_send(reply(ErrorCode::Unexpected, "not understood here".into()));
                 }
                 Err(e) => {
                     state.metrics.refused.fetch_add(1, Ordering::Relaxed);

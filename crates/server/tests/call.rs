@@ -8,7 +8,7 @@ use conclave_client::{AdmitMode, Event, NewRoomPolicy};
 use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
 use conclave_native::media_file::{Ivf, OggOpus, VideoFrame};
 use conclave_native::{self as net, Control, JoinOptions, MediaFiles, Summary};
-use conclave_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
+use conclave_proto::{ClientMsg, MediaMsg, MembershipMsg, ServerMsg, PROTOCOL_VERSION};
 use conclave_server::{Claims, RunningServer, ServeArgs, ServerKeys};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -848,6 +848,24 @@ mod adversarial {
                 other => panic!("{junk}: {other:?}"),
             }
         }
+        // A second hello is the runtime's to refuse (the DS never sees one).
+        ws.send(Message::Text(
+            ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+                token: s.token("m", "mallory", 3600),
+            }
+            .encode()
+            .into(),
+        ))
+        .await
+        .unwrap();
+        assert!(matches!(
+            next_server_msg(&mut ws).await,
+            Some(ServerMsg::Error {
+                code: conclave_proto::ErrorCode::Unexpected,
+                ..
+            })
+        ));
         ws.send(Message::Binary(vec![0u8; 100].into()))
             .await
             .unwrap();
@@ -966,7 +984,7 @@ mod adversarial {
             Timestamp::from_millis(0),
         )
         .unwrap();
-        let msg = ClientMsg::MediaOffer { sdp: offer };
+        let msg = MediaMsg::MediaOffer { sdp: offer };
         ws.send(Message::Text(msg.encode().into())).await.unwrap();
         let got = server_msgs_within(&mut ws, Duration::from_secs(3)).await;
         assert!(
@@ -1114,7 +1132,7 @@ mod adversarial {
         let session = m.danger_session_mut().unwrap();
         for _ in 0..150 {
             let message = session.encrypt_application(&vec![7u8; 256 * 1024]).unwrap();
-            let msg = ClientMsg::Application {
+            let msg = MembershipMsg::Application {
                 message: conclave_proto::Bytes(message),
             };
             ws.send(Message::Text(msg.encode().into())).await.unwrap();

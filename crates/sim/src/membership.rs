@@ -12,7 +12,7 @@ pub use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
 pub use conclave_e2ee::{
     ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
 };
-pub use conclave_proto::{Bytes, ClientMsg, ErrorCode, KnockInfo, ServerMsg};
+pub use conclave_proto::{Bytes, ClientMsg, ErrorCode, KnockInfo, MembershipMsg, ServerMsg};
 
 pub use crate::{device, T0};
 
@@ -197,7 +197,7 @@ impl Net {
         let bundle = s.commit(adds, &[], now).unwrap();
         self.ds.handle(
             conn,
-            ClientMsg::Commit {
+            MembershipMsg::Commit {
                 epoch,
                 commit: Bytes(bundle.commit),
                 welcome: bundle.welcome.map(Bytes),

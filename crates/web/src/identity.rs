@@ -1,4 +1,5 @@
-//! What the worker needs before a call: a device identity, a token's claims, the hello.
+//! What the worker needs around a call: a device identity, a token's claims, the hello, and
+//! when to try again after a lost connection.
 
 use conclave_e2ee::{CredentialInfo, DeviceIdentity, RoomCipherSuite};
 use conclave_proto::{ClientMsg, PROTOCOL_VERSION};
@@ -44,4 +45,14 @@ pub fn hello_message(token: &str) -> String {
         token: token.to_owned(),
     }
     .encode()
+}
+
+/// The wait in milliseconds before reconnection attempt `attempt` (0-based), jittered by
+/// `random`: the native client's schedule (`conclave_client::reconnect`, 250 ms doubling to
+/// 8 s, 20% jitter); `undefined` once the attempts are used up.
+#[wasm_bindgen(js_name = reconnectDelayMs)]
+pub fn reconnect_delay_ms(attempt: u32, random: u32) -> Option<f64> {
+    use conclave_client::reconnect::{reconnect_delay, RECONNECT_ATTEMPTS};
+    (attempt < RECONNECT_ATTEMPTS)
+        .then(|| reconnect_delay(attempt, u64::from(random)).as_secs_f64() * 1000.0)
 }

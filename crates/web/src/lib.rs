@@ -26,13 +26,13 @@ use std::collections::BTreeMap;
 
 use conclave_client::{AdmitMode, Event, FrameKind, Intake, NewRoomPolicy, Participant};
 use conclave_e2ee::{Device, DeviceIdentity, GroupStore, Timestamp};
-use conclave_proto::{ClientMsg, ServerMsg};
+use conclave_proto::{MediaMsg, ServerMsg};
 use wasm_bindgen::prelude::*;
 
 mod identity;
 mod view;
 
-pub use identity::{hello_message, identity_info, new_identity, token_claims};
+pub use identity::{hello_message, identity_info, new_identity, reconnect_delay_ms, token_claims};
 use view::{describe_change, LastChange};
 /// Periodic self-update (post-compromise security), as the native client: every 10 minutes
 /// with 20% jitter.
@@ -303,7 +303,7 @@ impl Call {
     /// The SDP offer to send (wrapped as a signaling message).
     #[wasm_bindgen(js_name = mediaOffer)]
     pub fn media_offer(sdp: &str) -> String {
-        ClientMsg::MediaOffer {
+        MediaMsg::MediaOffer {
             sdp: sdp.to_owned(),
         }
         .encode()
@@ -312,7 +312,7 @@ impl Call {
     /// How wide the largest remote tile is shown (the SFU sends no larger layer).
     #[wasm_bindgen(js_name = videoTiles)]
     pub fn video_tiles(max_width: u32) -> String {
-        ClientMsg::VideoTiles { max_width }.encode()
+        MediaMsg::VideoTiles { max_width }.encode()
     }
 
     /// Milliseconds since the Unix epoch at which [`Call::handle_timeout`] has work (key

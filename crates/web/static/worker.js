@@ -408,6 +408,11 @@ self.onmessage = async (m) => {
 
 ready = init();
 ready.then(
-  () => post({ type: "ready" }),
+  () => {
+    // When the page tries again after a lost connection: the participant core's schedule.
+    const reconnect = [];
+    for (let i = 0, ms; (ms = wasm.reconnectDelayMs(i, rand())) !== undefined; i++) reconnect.push(ms);
+    post({ type: "ready", reconnect });
+  },
   (e) => post({ type: "fatal", text: `the encryption module did not load: ${e}` }),
 );

@@ -9,7 +9,7 @@ use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
 use conclave_e2ee::{
     ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
 };
-use conclave_proto::{Bytes, ClientMsg, ServerMsg};
+use conclave_proto::{Bytes, MembershipMsg, ServerMsg};
 use conclave_web::{new_identity, Call};
 
 const T0: u64 = 1_700_000_000_000;
@@ -141,7 +141,7 @@ impl Room {
             while let Some(text) = self.browser.poll_transmit() {
                 out.push((
                     BROWSER,
-                    ClientMsg::decode(&text).expect("the browser speaks the protocol"),
+                    MembershipMsg::decode(&text).expect("the browser speaks the protocol"),
                 ));
             }
             for (c, m) in out {
