@@ -239,6 +239,64 @@ pub fn open_room(n: u64) -> Net {
     net
 }
 
+/// One party on a connection to the DS: the native participant core, or a test's wrapper of
+/// another (the browser's `Call`, which speaks JSON text).
+pub trait Party {
+    /// A message the server sends it.
+    fn deliver(&mut self, msg: ServerMsg, now: Timestamp);
+    /// Everything it has to send now; its events are drained.
+    fn transmit(&mut self) -> Vec<MembershipMsg>;
+}
+
+impl Party for Participant {
+    fn deliver(&mut self, msg: ServerMsg, now: Timestamp) {
+        // A refusal is the participant's own business (an alarm event); the call goes on.
+        let _ = self.handle(msg, now);
+    }
+
+    fn transmit(&mut self) -> Vec<MembershipMsg> {
+        let out = std::iter::from_fn(|| self.poll_transmit()).collect();
+        while self.poll_event().is_some() {}
+        out
+    }
+}
+
+/// Runs the DS and `parties` at `now` until quiet: what the DS sends a party's connection
+/// passes through `route` (the server's hands: it returns what to deliver instead, nothing to
+/// withhold), and what each party sends goes to the DS after `sent` has seen it.
+pub fn exchange(
+    ds: &mut Ds,
+    now: Timestamp,
+    parties: &mut [(ConnId, &mut dyn Party)],
+    mut route: impl FnMut(ConnId, ServerMsg) -> Vec<ServerMsg>,
+    mut sent: impl FnMut(ConnId, &MembershipMsg),
+) {
+    loop {
+        let mut progressed = false;
+        while let Some(o) = ds.poll_output() {
+            progressed = true;
+            if let Output::Send { conn, msg } = o {
+                let msgs = route(conn, msg);
+                if let Some((_, p)) = parties.iter_mut().find(|(c, _)| *c == conn) {
+                    for m in msgs {
+                        p.deliver(m, now);
+                    }
+                }
+            }
+        }
+        for (c, p) in parties.iter_mut() {
+            for m in p.transmit() {
+                progressed = true;
+                sent(*c, &m);
+                ds.handle(*c, m, now);
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+}
+
 /// Delivers every DS output to the participants (by connection id) and their replies back,
 /// until quiet.
 pub fn pump(ds: &mut Ds, parts: &mut [(u64, Participant)]) {
@@ -251,27 +309,19 @@ pub fn pump_recording(
     parts: &mut [(u64, Participant)],
     log: &mut Vec<(u64, bool, String)>,
 ) {
-    loop {
-        let mut progressed = false;
-        while let Some(o) = ds.poll_output() {
-            progressed = true;
-            if let Output::Send { conn, msg } = o {
-                log.push((conn, true, msg.encode()));
-                if let Some((_, p)) = parts.iter_mut().find(|(c, _)| *c == conn) {
-                    let _ = p.handle(msg, T0);
-                }
-            }
-        }
-        for (c, p) in parts.iter_mut() {
-            while let Some(m) = p.poll_transmit() {
-                progressed = true;
-                log.push((*c, false, m.encode()));
-                ds.handle(*c, m, T0);
-            }
-            while p.poll_event().is_some() {}
-        }
-        if !progressed {
-            break;
-        }
-    }
+    let log = std::cell::RefCell::new(log);
+    let mut parties: Vec<(ConnId, &mut dyn Party)> = parts
+        .iter_mut()
+        .map(|(c, p)| (*c, p as &mut dyn Party))
+        .collect();
+    exchange(
+        ds,
+        T0,
+        &mut parties,
+        |c, m| {
+            log.borrow_mut().push((c, true, m.encode()));
+            vec![m]
+        },
+        |c, m| log.borrow_mut().push((c, false, m.encode())),
+    );
 }

@@ -5,11 +5,12 @@
 use std::collections::VecDeque;
 
 use conclave_client::{AdmitMode, NewRoomPolicy, Participant};
-use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
+use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig};
 use conclave_e2ee::{
     ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
 };
 use conclave_proto::{Bytes, MembershipMsg, ServerMsg};
+use conclave_sim::membership::{exchange, Party};
 use conclave_web::{new_identity, Call};
 
 const T0: u64 = 1_700_000_000_000;
@@ -33,10 +34,38 @@ fn device(name: &str) -> Device {
     Device::new(id, GroupStore::memory()).unwrap()
 }
 
+/// The browser's `Call` as a party of the simulation: every message crosses as JSON text.
+struct Browser(Call);
+
+impl std::ops::Deref for Browser {
+    type Target = Call;
+    fn deref(&self) -> &Call {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Browser {
+    fn deref_mut(&mut self) -> &mut Call {
+        &mut self.0
+    }
+}
+
+impl Party for Browser {
+    fn deliver(&mut self, msg: ServerMsg, now: Timestamp) {
+        let _ = self.0.handle(&msg.encode(), now.as_millis() as f64, 7);
+    }
+
+    fn transmit(&mut self) -> Vec<MembershipMsg> {
+        std::iter::from_fn(|| self.0.poll_transmit())
+            .map(|text| MembershipMsg::decode(&text).expect("the browser speaks the protocol"))
+            .collect()
+    }
+}
+
 struct Room {
     ds: Ds,
     natives: Vec<(ConnId, Participant)>,
-    browser: Call,
+    browser: Browser,
     now: u64,
     /// Server messages for the browser that the test holds back (to deliver later).
     hold_browser: bool,
@@ -57,7 +86,7 @@ impl Room {
                 NATIVE,
                 Participant::new(device("ada"), "room", NewRoomPolicy::Open, AdmitMode::Auto),
             )],
-            browser: Call::new(&id, "Bea", "room", false).unwrap(),
+            browser: Browser(Call::new(&id, "Bea", "room", false).unwrap()),
             now: T0,
             hold_browser: false,
             held: VecDeque::new(),
@@ -76,7 +105,7 @@ impl Room {
         Room {
             ds: Ds::new(DsConfig::default(), secret, identity),
             natives: Vec::new(),
-            browser: Call::new(&id, "Bea", "room", lobby).unwrap(),
+            browser: Browser(Call::new(&id, "Bea", "room", lobby).unwrap()),
             now: T0,
             hold_browser: false,
             held: VecDeque::new(),
@@ -94,8 +123,9 @@ impl Room {
     }
 
     fn deliver_to_browser(&mut self, msg: ServerMsg) {
+        let now = self.ts();
         for m in (self.to_browser)(msg) {
-            let _ = self.browser.handle(&m.encode(), self.now as f64, 7);
+            self.browser.deliver(m, now);
         }
     }
 
@@ -114,44 +144,30 @@ impl Room {
     }
 
     fn pump(&mut self) {
-        loop {
-            let mut progressed = false;
-            while let Some(o) = self.ds.poll_output() {
-                progressed = true;
-                if let Output::Send { conn, msg } = o {
-                    if conn == BROWSER {
-                        if self.hold_browser {
-                            self.held.push_back(msg);
-                        } else {
-                            self.deliver_to_browser(msg);
-                        }
-                    } else if let Some((_, p)) = self.natives.iter_mut().find(|(c, _)| *c == conn) {
-                        let _ = p.handle(msg, Timestamp::from_millis(self.now));
-                    }
-                }
+        let now = self.ts();
+        let Room {
+            ds,
+            natives,
+            browser,
+            hold_browser,
+            held,
+            to_browser,
+            ..
+        } = self;
+        let mut parties: Vec<(ConnId, &mut dyn Party)> = natives
+            .iter_mut()
+            .map(|(c, p)| (*c, p as &mut dyn Party))
+            .collect();
+        parties.push((BROWSER, browser));
+        let route = |conn, msg| match conn {
+            BROWSER if *hold_browser => {
+                held.push_back(msg);
+                Vec::new()
             }
-            let now = self.ts();
-            let mut out = Vec::new();
-            for (c, p) in self.natives.iter_mut() {
-                while let Some(m) = p.poll_transmit() {
-                    out.push((*c, m));
-                }
-                while p.poll_event().is_some() {}
-            }
-            while let Some(text) = self.browser.poll_transmit() {
-                out.push((
-                    BROWSER,
-                    MembershipMsg::decode(&text).expect("the browser speaks the protocol"),
-                ));
-            }
-            for (c, m) in out {
-                progressed = true;
-                self.ds.handle(c, m, now);
-            }
-            if !progressed {
-                break;
-            }
-        }
+            BROWSER => to_browser(msg),
+            _ => vec![msg],
+        };
+        exchange(ds, now, &mut parties, route, |_, _| {});
     }
 
     fn native(&mut self, conn: ConnId) -> &mut Participant {
@@ -283,9 +299,9 @@ fn a_browser_lobby_host_whose_connection_dropped_is_added_back_by_a_member_who_i
     room.ds.disconnect(BROWSER, room.ts());
     let old = std::mem::replace(
         &mut room.browser,
-        Call::new(&new_identity("x", "x").unwrap(), "x", "room", false).unwrap(),
+        Browser(Call::new(&new_identity("x", "x").unwrap(), "x", "room", false).unwrap()),
     );
-    room.browser = old.rejoin();
+    room.browser = Browser(old.0.rejoin());
     room.now += 1_000;
     room.connect_browser();
     let state = room.state();
