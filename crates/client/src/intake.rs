@@ -19,6 +19,9 @@ use serde::Serialize;
 pub const HOLD_FRAMES: usize = 512;
 /// How long a frame is held for an epoch not reached yet, at most.
 pub const HOLD_TIME: Duration = Duration::from_secs(3);
+/// Tags of dropped held frames kept for a runtime that has not taken them yet (between this
+/// and twice this many; the oldest go first).
+pub const MAX_DROPPED_TAGS: usize = 4 * HOLD_FRAMES;
 
 /// What kind of frame: what SFrame leaves in the clear differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -237,8 +240,19 @@ impl MediaIntake {
                 h.held = h.held.saturating_sub(1);
                 h.held_dropped += 1;
             }
-            self.dropped.push(tag);
+            self.note_dropped(tag);
         }
+    }
+
+    /// Keeps `tag` for [`MediaIntake::take_dropped`], at most [`MAX_DROPPED_TAGS`] of them: a
+    /// server streaming frames for a future epoch pushes one out per frame, and a runtime that
+    /// takes them late must not make this list grow without bound (the oldest go first; a
+    /// runtime that keeps something per tag takes them after every held frame, as both do).
+    fn note_dropped(&mut self, tag: FrameTag) {
+        if self.dropped.len() >= 2 * MAX_DROPPED_TAGS {
+            self.dropped.drain(..MAX_DROPPED_TAGS);
+        }
+        self.dropped.push(tag);
     }
 
     /// Retries the held frames (after a new epoch's keys were installed): those that open
@@ -276,7 +290,7 @@ impl MediaIntake {
                             e => h.fail(&e, now),
                         }
                     }
-                    self.dropped.push(tag);
+                    self.note_dropped(tag);
                 }
             }
         }
@@ -504,6 +518,24 @@ mod tests {
         }
         assert_eq!(rx.intake().held(), HOLD_FRAMES);
         assert_eq!(rx.take_dropped(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_stream_of_frames_for_a_future_epoch_keeps_bounded_state_when_nobody_takes_the_tags() {
+        // A hostile SFU sends frames naming the next epoch, fast enough that none expires,
+        // and the runtime never takes the dropped tags: everything stays bounded.
+        let mut rx = FramePath::default();
+        rx.install_epoch(keys(1, 0), T0).unwrap();
+        let wire = frame(2, b"x");
+        for tag in 0..100_000u64 {
+            rx.open(FrameKind::Audio, &wire, tag, T0);
+        }
+        assert_eq!(rx.intake().held(), HOLD_FRAMES);
+        let dropped = rx.take_dropped();
+        assert!(dropped.len() <= 2 * MAX_DROPPED_TAGS, "{}", dropped.len());
+        // The newest drops are the ones kept, in order.
+        assert_eq!(dropped.last(), Some(&(100_000 - HOLD_FRAMES as u64 - 1)));
+        assert_eq!(rx.intake().held_dropped(), 100_000 - HOLD_FRAMES as u64);
     }
 
     #[test]

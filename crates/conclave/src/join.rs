@@ -261,7 +261,8 @@ pub(crate) fn join(args: JoinArgs) -> Result<()> {
         });
         if admit == AdmitMode::Ask {
             // Admit/deny prompts on the terminal: "y" admits, anything else denies.
-            let (ask_tx, mut ask_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
+            let (ask_tx, mut ask_rx) =
+                tokio::sync::mpsc::unbounded_channel::<(conclave_native::KnockId, String)>();
             let ctrl = tx.clone();
             std::thread::spawn(move || {
                 let stdin = std::io::stdin();

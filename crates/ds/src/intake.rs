@@ -137,7 +137,7 @@ impl Room {
             returning = true;
         }
         let id = self.next_knock;
-        self.next_knock += 1;
+        self.next_knock = self.next_knock.next();
         let knock = KnockInfo {
             knock: id,
             user_id: info.user_id.clone(),

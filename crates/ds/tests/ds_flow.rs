@@ -468,7 +468,7 @@ fn malformed_and_unexpected_messages_are_refused_with_a_reason() {
             group_info: Bytes(vec![]),
             ratchet_tree: Bytes(vec![]),
         },
-        MembershipMsg::Deny { knock: 99 },
+        MembershipMsg::Deny { knock: KnockId(99) },
     ];
     for m in cases {
         let before = net.seen.get(&1).map_or(0, Vec::len);

@@ -6,7 +6,7 @@
 use conclave_sim::membership::*;
 use std::time::Duration;
 
-fn knock_of(net: &Net, host: ConnId, user: &str) -> (u64, conclave_e2ee::Fingerprint) {
+fn knock_of(net: &Net, host: ConnId, user: &str) -> (KnockId, conclave_e2ee::Fingerprint) {
     net.events_of(host)
         .iter()
         .find_map(|e| match e {
@@ -31,7 +31,7 @@ fn alarms(net: &Net, conn: ConnId) -> Vec<String> {
         .collect()
 }
 
-fn lobby_with_knock() -> (Net, u64, conclave_e2ee::Fingerprint) {
+fn lobby_with_knock() -> (Net, KnockId, conclave_e2ee::Fingerprint) {
     let mut net = Net::new();
     net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
     net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);

@@ -28,6 +28,7 @@ mod summary;
 pub use conclave_client::reconnect::{
     reconnect_delay, RECONNECT_ATTEMPTS, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
 };
+pub use conclave_proto::KnockId;
 pub use options::{load_pins, token_identity, Control, JoinOptions, MediaFiles};
 pub use run::run;
 pub use summary::{EpochLine, RosterLine, SenderLine, Summary};

@@ -468,8 +468,15 @@ impl MediaLink {
                             Intake::Opened(f) => {
                                 self.opened(frames, f, d.ext_vals.audio_level, now)
                             }
-                            Intake::Held { .. } if kind == MediaKind::Audio => {
-                                self.held_levels.insert(tag, d.ext_vals.audio_level);
+                            Intake::Held { .. } => {
+                                if kind == MediaKind::Audio {
+                                    self.held_levels.insert(tag, d.ext_vals.audio_level);
+                                }
+                                // Holding this one may have pushed out the oldest: let go of
+                                // what we keep for those now, not at the next timer.
+                                for tag in frames.take_dropped() {
+                                    self.held_levels.remove(&tag);
+                                }
                             }
                             _ => {}
                         }

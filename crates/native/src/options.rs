@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use conclave_client::{AdmitMode, NewRoomPolicy};
+use conclave_proto::KnockId;
 
 use crate::NetError;
 
@@ -71,9 +72,9 @@ pub enum Control {
     /// Leave cleanly now.
     Leave,
     /// Admit a knock (lobby host).
-    Admit(u64),
+    Admit(KnockId),
     /// Deny a knock (lobby host).
-    Deny(u64),
+    Deny(KnockId),
     /// Commit a self-update now.
     SelfUpdate,
 }

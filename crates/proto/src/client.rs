@@ -201,7 +201,7 @@ mod tests {
                 welcome: None,
             }
             .into(),
-            MembershipMsg::Deny { knock: 3 }.into(),
+            MembershipMsg::Deny { knock: KnockId(3) }.into(),
             MediaMsg::MediaOffer { sdp: "v=0".into() }.into(),
             MediaMsg::VideoTiles { max_width: 320 }.into(),
         ];
@@ -211,7 +211,7 @@ mod tests {
         }
         // The wire form is the flat tagged object it always was.
         assert_eq!(
-            MembershipMsg::Deny { knock: 3 }.encode(),
+            MembershipMsg::Deny { knock: KnockId(3) }.encode(),
             r#"{"type":"deny","knock":3}"#
         );
         assert_eq!(

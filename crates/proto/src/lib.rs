@@ -90,8 +90,25 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
-/// Identifies a knock (a pending join) within a room.
-pub type KnockId = u64;
+/// Identifies a knock (a pending join) within a room: a number on the wire.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct KnockId(pub u64);
+
+impl KnockId {
+    /// The knock after this one.
+    pub fn next(self) -> KnockId {
+        KnockId(self.0.wrapping_add(1))
+    }
+}
+
+impl fmt::Display for KnockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A pending join, as the delivery service describes it to members.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,7 +272,7 @@ mod tests {
         let s = ServerMsg::CommitRequest {
             epoch: 1,
             knocks: vec![KnockInfo {
-                knock: 1,
+                knock: KnockId(1),
                 user_id: "u".into(),
                 name: "U".into(),
                 key_package: Bytes(vec![9]),

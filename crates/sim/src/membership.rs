@@ -12,7 +12,9 @@ pub use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig, Output};
 pub use conclave_e2ee::{
     ClearPrefix, CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite, Timestamp,
 };
-pub use conclave_proto::{Bytes, ClientMsg, ErrorCode, KnockInfo, MembershipMsg, ServerMsg};
+pub use conclave_proto::{
+    Bytes, ClientMsg, ErrorCode, KnockId, KnockInfo, MembershipMsg, ServerMsg,
+};
 
 pub use crate::{device, T0};
 

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use conclave_client::{AdmitMode, Event, FrameKind, Intake, NewRoomPolicy, Participant};
 use conclave_e2ee::{Device, DeviceIdentity, GroupStore, Timestamp};
-use conclave_proto::{MediaMsg, ServerMsg};
+use conclave_proto::{KnockId, MediaMsg, ServerMsg};
 use wasm_bindgen::prelude::*;
 
 mod identity;
@@ -429,14 +429,14 @@ impl Call {
     /// The host admits a knock.
     pub fn admit(&mut self, knock: u64, now_ms: f64, random: u32) -> Result<(), WebError> {
         self.p.add_randomness(u64::from(random));
-        self.p.admit(knock, ts(now_ms)).map_err(js)?;
+        self.p.admit(KnockId(knock), ts(now_ms)).map_err(js)?;
         self.drain_events(ts(now_ms));
         Ok(())
     }
 
     /// The host turns a knock away.
     pub fn deny(&mut self, knock: u64) {
-        self.p.deny(knock);
+        self.p.deny(KnockId(knock));
     }
 
     /// Leaves: proposes our removal and erases the media keys.
