@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::{io, ServerError};
+
 /// `conclave serve` flags. Every flag is optional; unset ones come from the file or defaults.
 // The field docs are clap's `--help` text, where `[default: …]` and `<listen>` are text.
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
@@ -113,12 +115,12 @@ fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
 
 impl ServeArgs {
     /// Flags over the file over the defaults.
-    pub fn resolve(&self) -> anyhow::Result<ServerConfig> {
+    pub fn resolve(&self) -> Result<ServerConfig, ServerError> {
         let file: ServeArgs = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path).map_err(io(path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?
             }
             None => ServeArgs::default(),
         };
@@ -128,7 +130,11 @@ impl ServeArgs {
         ) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => anyhow::bail!("tls_cert and tls_key go together"),
+            _ => {
+                return Err(ServerError::Config(
+                    "tls_cert and tls_key go together".into(),
+                ))
+            }
         };
         let listen = pick(&self.listen, &file.listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8480)));

@@ -6,6 +6,7 @@ use std::path::Path;
 use conclave_mls::RoomCipherSuite;
 use mls_rs_core::crypto::SignatureSecretKey;
 
+use crate::error::{io, ServerError};
 use crate::token::TokenKey;
 
 /// The server's long-lived keys, kept in its data directory.
@@ -22,7 +23,7 @@ impl core::fmt::Debug for ServerKeys {
     }
 }
 
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+fn write_private(path: &Path, data: &[u8]) -> Result<(), ServerError> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -30,18 +31,16 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    f.write_all(data)?;
+    let mut f = opts.open(path).map_err(io(path.display()))?;
+    f.write_all(data).map_err(io(path.display()))?;
     Ok(())
 }
 
 impl ServerKeys {
     /// Loads the keys from `dir`, generating (from the OS CSPRNG) and saving any that are
     /// missing.
-    pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    pub fn load_or_create(dir: &Path) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(dir).map_err(io(dir.display()))?;
         let token_path = dir.join("token-key.pk8");
         let token = match std::fs::read(&token_path) {
             Ok(b) => TokenKey::from_pkcs8(&b)?,
@@ -59,12 +58,13 @@ impl ServerKeys {
             (Ok(s), Ok(p)) => (SignatureSecretKey::new(s), p),
             _ => {
                 let (secret, identity) =
-                    conclave_ds::generate_server_identity(RoomCipherSuite::Curve25519Aes128)?;
+                    conclave_ds::generate_server_identity(RoomCipherSuite::Curve25519Aes128)
+                        .map_err(|e| ServerError::Keys(format!("the MLS external sender: {e}")))?;
                 let public = identity.signature_key.as_bytes().to_vec();
                 let _ = std::fs::remove_file(&sk);
                 let _ = std::fs::remove_file(&pk);
                 write_private(&sk, secret.as_bytes())?;
-                std::fs::write(&pk, &public)?;
+                std::fs::write(&pk, &public).map_err(io(pk.display()))?;
                 (secret, public)
             }
         };

@@ -14,6 +14,7 @@
 
 pub mod config;
 mod delivery;
+mod error;
 mod keys;
 mod media;
 mod metrics;
@@ -38,6 +39,8 @@ use tracing::{info, warn};
 
 pub use config::{ServeArgs, ServerConfig};
 use delivery::{ds_task, DsCmd};
+use error::io;
+pub use error::ServerError;
 pub use keys::ServerKeys;
 use media::{sfu_task, SfuCmd};
 use metrics::Metrics;
@@ -126,11 +129,11 @@ impl RunningServer {
 }
 
 /// Starts the server: binds, spawns the delivery-service task and the HTTP server.
-pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<RunningServer> {
+pub async fn start(config: ServerConfig, keys: ServerKeys) -> Result<RunningServer, ServerError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(io(format!("cannot listen on {}", config.listen)))?;
+    let addr = listener.local_addr().map_err(io("the listening socket"))?;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -156,8 +159,11 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
     tokio::spawn(ds_task(ds, ds_rx, sfu_tx.clone(), metrics.clone()));
     let udp = tokio::net::UdpSocket::bind(config.media_listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot bind the media port {}: {e}", config.media_listen))?;
-    let media_addr = udp.local_addr()?;
+        .map_err(io(format!(
+            "cannot bind the media port {}",
+            config.media_listen
+        )))?;
+    let media_addr = udp.local_addr().map_err(io("the media socket"))?;
     let mut sfu = conclave_sfu::Sfu::with_config(media_addr, config.sfu);
     if config.media_tap > 0 {
         sfu.set_tap(config.media_tap);
@@ -198,11 +204,11 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| {
-                    anyhow::anyhow!(
+                    ServerError::Tls(format!(
                         "TLS certificate {} or key {}: {e}",
                         cert.display(),
                         key.display()
-                    )
+                    ))
                 })?;
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
@@ -210,7 +216,7 @@ pub async fn start(config: ServerConfig, keys: ServerKeys) -> anyhow::Result<Run
                 let _ = rx.await;
                 stopper.graceful_shutdown(Some(Duration::from_secs(2)));
             });
-            let std_listener = listener.into_std()?;
+            let std_listener = listener.into_std().map_err(io("the listening socket"))?;
             let server = axum_server::from_tcp_rustls(std_listener, tls).handle(handle);
             tokio::spawn(async move {
                 if let Err(e) = server.serve(make).await {

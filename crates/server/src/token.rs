@@ -10,6 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::error::ServerError;
+
 const PREFIX: &str = "ct1.";
 /// Longest token accepted.
 pub const MAX_TOKEN_LEN: usize = 2048;
@@ -67,16 +69,16 @@ impl core::fmt::Debug for TokenKey {
 
 impl TokenKey {
     /// A fresh key from the OS CSPRNG.
-    pub fn generate() -> anyhow::Result<Self> {
+    pub fn generate() -> Result<Self, ServerError> {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| anyhow::anyhow!("cannot generate the token key"))?;
+            .map_err(|_| ServerError::Keys("cannot generate the token key".into()))?;
         Self::from_pkcs8(doc.as_ref())
     }
 
     /// A key from its PKCS#8 encoding.
-    pub fn from_pkcs8(bytes: &[u8]) -> anyhow::Result<Self> {
-        let pair =
-            Ed25519KeyPair::from_pkcs8(bytes).map_err(|e| anyhow::anyhow!("token key: {e}"))?;
+    pub fn from_pkcs8(bytes: &[u8]) -> Result<Self, ServerError> {
+        let pair = Ed25519KeyPair::from_pkcs8(bytes)
+            .map_err(|e| ServerError::Keys(format!("token key: {e}")))?;
         Ok(TokenKey {
             pair,
             pkcs8: bytes.to_vec(),
