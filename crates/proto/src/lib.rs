@@ -225,7 +225,7 @@ pub enum ServerMsg {
         /// MLS private message.
         message: Bytes,
     },
-    /// The SFU's SDP answer to [`ClientMsg::MediaOffer`].
+    /// The SFU's SDP answer to [`MediaMsg::MediaOffer`].
     MediaAnswer {
         /// SDP.
         sdp: String,
