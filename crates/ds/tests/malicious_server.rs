@@ -281,10 +281,7 @@ fn early_knocks_are_one_per_connection_and_a_silent_creator_is_replaced() {
         net.now,
     );
     net.pump();
-    assert!(net.seen[&2].iter().any(|m| matches!(
-        m,
-        ServerMsg::Error { reason, .. } if reason.contains("already knocked")
-    )));
+    assert!(net.refused(2, "already knocked"), "{:?}", net.seen[&2]);
     // After the creation timeout the silent creator is let go and bob creates the room.
     net.advance(DsConfig::default().create_timeout);
     net.settle();
@@ -316,10 +313,11 @@ fn a_member_cannot_add_a_device_that_never_knocked() {
     let kp = ghost.key_package(None, net.now).unwrap();
     net.danger_commit(2, &[kp]);
     net.pump();
-    assert!(net.seen[&2].iter().any(|m| matches!(
-        m,
-        ServerMsg::CommitRejected { reason, .. } if reason.contains("did not knock")
-    )));
+    assert!(
+        net.commit_rejected(2, "did not knock"),
+        "{:?}",
+        net.seen[&2]
+    );
     assert_eq!(net.ds.epoch("room"), Some(epoch));
     assert_eq!(net.ds.member_count("room"), 2);
     // The room goes on: the next commit (a self-update) is accepted.
@@ -352,10 +350,11 @@ fn a_connection_cannot_carry_another_members_commit() {
         now,
     );
     net.pump();
-    assert!(net.seen[&2].iter().any(|m| matches!(
-        m,
-        ServerMsg::CommitRejected { reason, .. } if reason.contains("sending member")
-    )));
+    assert!(
+        net.commit_rejected(2, "sending member"),
+        "{:?}",
+        net.seen[&2]
+    );
     assert_eq!(net.ds.epoch("room"), Some(epoch));
 }
 
@@ -380,10 +379,11 @@ fn a_member_cannot_freeze_the_room_with_an_add_proposal_by_reference() {
         now,
     );
     net.settle();
-    assert!(net.seen[&2].iter().any(|m| matches!(
-        m,
-        ServerMsg::Error { reason, .. } if reason.contains("only propose its own removal")
-    )));
+    assert!(
+        net.refused(2, "only propose its own removal"),
+        "{:?}",
+        net.seen[&2]
+    );
     // Not cached, not relayed: the room goes on and admits people.
     assert!(!net.seen[&1]
         .iter()
@@ -423,10 +423,11 @@ fn a_commit_may_add_only_the_exact_keypackage_that_knocked() {
     let other = as_alice.key_package(None, net.now).unwrap();
     net.danger_commit(2, &[other]);
     net.pump();
-    assert!(net.seen[&2].iter().any(|m| matches!(
-        m,
-        ServerMsg::CommitRejected { reason, .. } if reason.contains("did not knock")
-    )));
+    assert!(
+        net.commit_rejected(2, "did not knock"),
+        "{:?}",
+        net.seen[&2]
+    );
     assert_eq!(net.ds.epoch("room"), Some(epoch));
 }
 
@@ -544,10 +545,7 @@ fn a_lobby_whose_members_are_gone_is_started_again_only_by_its_host() {
         0,
         "the lobby became carol's open room"
     );
-    assert!(net.seen[&3].iter().any(|m| matches!(
-        m,
-        ServerMsg::Error { reason, .. } if reason.contains("same policy")
-    )));
+    assert!(net.refused(3, "same policy"), "{:?}", net.seen[&3]);
     // The host comes back (same device): it starts the lobby again under its charter.
     let again = Device::new(
         DeviceIdentity::from_bytes(&host_bytes).unwrap(),

@@ -158,23 +158,30 @@ pub fn starts_keyframe(payload: &[u8]) -> bool {
     payload.get(i).is_some_and(|b| b & 0x01 == 0)
 }
 
+/// A VP8 payload with every descriptor field this crate reads (X=1, S=1; I=1, L=1, T=1; a
+/// 15-bit picture ID `pid`, `tl0`, a TID byte) and then the first bytes of a frame (a keyframe
+/// if `key`): for tests and seeds, here and in the SFU.
+#[doc(hidden)]
+pub fn sample_payload(pid: u16, tl0: u8, key: bool) -> Vec<u8> {
+    vec![
+        0x90,
+        0xe0,
+        0x80 | (pid >> 8) as u8,
+        pid as u8,
+        tl0,
+        0x20,
+        if key { 0x10 } else { 0x11 },
+        0x02,
+        0x00,
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// X=1, S=1; I=1, L=1, T=1; 15-bit picture ID; TL0PICIDX; TID byte; then a frame tag.
     fn payload(pid: u16, tl0: u8, key: bool) -> Vec<u8> {
-        vec![
-            0x90,
-            0xe0,
-            0x80 | (pid >> 8) as u8,
-            pid as u8,
-            tl0,
-            0x20,
-            if key { 0x10 } else { 0x11 },
-            0x02,
-            0x00,
-        ]
+        sample_payload(pid, tl0, key)
     }
 
     #[test]

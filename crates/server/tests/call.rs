@@ -821,16 +821,12 @@ mod adversarial {
 
         // A member-to-be that sends junk after a valid hello.
         let mut ws = raw(&s, "m").await;
-        ws.send(Message::Text(
-            ClientMsg::Hello {
-                version: PROTOCOL_VERSION,
-                token: s.token("m", "mallory", 3600),
-            }
-            .encode()
-            .into(),
-        ))
-        .await
-        .unwrap();
+        let hello = ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            token: s.token("m", "mallory", 3600),
+        }
+        .encode();
+        ws.send(Message::Text(hello.clone().into())).await.unwrap();
         assert!(matches!(
             next_server_msg(&mut ws).await,
             Some(ServerMsg::Joined { .. })
@@ -849,16 +845,7 @@ mod adversarial {
             }
         }
         // A second hello is the runtime's to refuse (the DS never sees one).
-        ws.send(Message::Text(
-            ClientMsg::Hello {
-                version: PROTOCOL_VERSION,
-                token: s.token("m", "mallory", 3600),
-            }
-            .encode()
-            .into(),
-        ))
-        .await
-        .unwrap();
+        ws.send(Message::Text(hello.into())).await.unwrap();
         assert!(matches!(
             next_server_msg(&mut ws).await,
             Some(ServerMsg::Error {

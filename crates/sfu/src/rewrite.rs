@@ -185,18 +185,7 @@ mod tests {
     }
 
     fn vp8_pkt(pid: u16, tl0: u8, key: bool) -> Packet {
-        // X=1, S=1; I=1, L=1, T=1; 15-bit picture ID; TL0PICIDX; TID byte; then the frame.
-        let payload = vec![
-            0x90,
-            0xe0,
-            0x80 | (pid >> 8) as u8,
-            pid as u8,
-            tl0,
-            0x20,
-            if key { 0x10 } else { 0x11 },
-            0x02,
-            0x00,
-        ];
+        let payload = conclave_media_meta::vp8::sample_payload(pid, tl0, key);
         let mut p = pkt(0, 0, key);
         p.vp8 = Descriptor::parse(&payload);
         p.payload = Arc::from(payload);

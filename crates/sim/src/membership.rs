@@ -208,6 +208,23 @@ impl Net {
         );
     }
 
+    /// Whether the server refused something of `conn`'s with a reason containing `needle`.
+    pub fn refused(&self, conn: ConnId, needle: &str) -> bool {
+        self.seen.get(&conn).is_some_and(|v| {
+            v.iter()
+                .any(|m| matches!(m, ServerMsg::Error { reason, .. } if reason.contains(needle)))
+        })
+    }
+
+    /// Whether the DS turned down a commit of `conn`'s with a reason containing `needle`.
+    pub fn commit_rejected(&self, conn: ConnId, needle: &str) -> bool {
+        self.seen.get(&conn).is_some_and(|v| {
+            v.iter().any(
+                |m| matches!(m, ServerMsg::CommitRejected { reason, .. } if reason.contains(needle)),
+            )
+        })
+    }
+
     /// Events of `conn` so far.
     pub fn events_of(&self, conn: ConnId) -> &[Event] {
         self.events.get(&conn).map_or(&[], Vec::as_slice)
