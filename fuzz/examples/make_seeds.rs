@@ -33,7 +33,7 @@ fn main() {
         }
     }
     from_clients.push((
-        3,
+        conclave_ds::ConnId(3),
         ClientMsg::Hello {
             version: 1,
             token: "ct1.e30.AA".into(),
@@ -47,7 +47,7 @@ fn main() {
     }
     for (c, m) in &from_clients {
         put("signaling", &format!("c{n}"), m.as_bytes());
-        let mut b = vec![*c as u8];
+        let mut b = vec![c.0 as u8];
         b.extend_from_slice(m.as_bytes());
         put("ds_intake", &format!("c{n}"), &b);
         n += 1;

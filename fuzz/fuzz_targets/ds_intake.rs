@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     DS.with(|cell| {
         let ds = &mut *cell.borrow_mut();
         let epoch = ds.epoch("room");
-        ds.handle(u64::from(who % 4), msg, T0);
+        ds.handle(conclave_ds::ConnId(u64::from(who % 4)), msg, T0);
         ds.handle_timeout(T0);
         while ds.poll_output().is_some() {}
         assert_eq!(ds.epoch("room"), epoch, "the group moved on fuzz input");

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use conclave_client::{AdmitMode, NewRoomPolicy, Participant};
-use conclave_ds::{generate_server_identity, Ds, DsConfig};
+use conclave_ds::{generate_server_identity, ConnId, Ds, DsConfig};
 use conclave_e2ee::Timestamp;
 pub use conclave_sim::membership::{pump, pump_recording};
 
@@ -13,19 +13,19 @@ pub use conclave_sim::{device, SUITE, T0};
 
 /// A DS with room "room": connection 1 (alice) and 2 (bob) are members, 3 (carol) is
 /// connected and waiting. Returns the DS and the participants.
-pub fn room() -> (Ds, Vec<(u64, Participant)>) {
+pub fn room() -> (Ds, Vec<(ConnId, Participant)>) {
     let (ds, parts, _) = room_recording();
     (ds, parts)
 }
 
 /// [`room`], with every message exchanged while it formed.
 #[allow(clippy::type_complexity)]
-pub fn room_recording() -> (Ds, Vec<(u64, Participant)>, Vec<(u64, bool, String)>) {
+pub fn room_recording() -> (Ds, Vec<(ConnId, Participant)>, Vec<(ConnId, bool, String)>) {
     let mut log = Vec::new();
     let (secret, identity) = generate_server_identity(SUITE).expect("server identity");
     let mut ds = Ds::new(DsConfig::default(), secret, identity);
     let mut parts = Vec::new();
-    for (conn, name) in [(1u64, "alice"), (2, "bob")] {
+    for (conn, name) in [(ConnId(1), "alice"), (ConnId(2), "bob")] {
         parts.push((
             conn,
             Participant::new(device(name), "room", NewRoomPolicy::Open, AdmitMode::Auto),
@@ -36,7 +36,7 @@ pub fn room_recording() -> (Ds, Vec<(u64, Participant)>, Vec<(u64, bool, String)
         ds.handle_timeout(later);
         pump_recording(&mut ds, &mut parts, &mut log);
     }
-    ds.connect(3, "room", "carol", T0);
+    ds.connect(ConnId(3), "room", "carol", T0);
     pump_recording(&mut ds, &mut parts, &mut log);
     (ds, parts, log)
 }

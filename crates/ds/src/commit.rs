@@ -86,7 +86,7 @@ impl Room {
             Ok(a) => a,
             Err(reason) => {
                 cx.sink.stats.commits_rejected += 1;
-                debug!(conn, epoch, %reason, "commit rejected");
+                debug!(%conn, epoch, %reason, "commit rejected");
                 return cx
                     .sink
                     .send(conn, ServerMsg::CommitRejected { epoch, reason });

@@ -56,7 +56,14 @@ use identity::ExtConfig;
 use room::{Conn, ConnState, Conns, Ctx, Room, Sink};
 
 /// A connection, as the runtime numbers them.
-pub type ConnId = u64;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl core::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Errors of this crate (setup only: everything a peer sends is answered, never raised).
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +198,7 @@ impl Ds {
                 state,
             },
         );
-        info!(conn, room, user_id, creating, "connected");
+        info!(%conn, room, user_id, creating, "connected");
         let msg = lifecycle::joined(&cx, room, user_id, creating);
         cx.sink.send(conn, msg);
     }
@@ -208,7 +215,7 @@ impl Ds {
         // A knock dies with its connection, early or not.
         room.early.retain(|(x, _)| *x != conn);
         room.declined.retain(|x| *x != conn);
-        info!(conn, room = %c.room, state = ?c.state, "disconnected");
+        info!(%conn, room = %c.room, state = ?c.state, "disconnected");
         match c.state {
             ConnState::Member(leaf) => {
                 room.offline.insert(leaf, now);
@@ -312,7 +319,7 @@ impl Ds {
                     .find(|c| self.conns.state(*c) == Some(ConnState::Creating))
             });
             if let Some(conn) = late {
-                warn!(room = %name, conn, "the creator did not create the group in time");
+                warn!(room = %name, %conn, "the creator did not create the group in time");
                 self.sink.refuse(
                     conn,
                     ErrorCode::Unexpected,

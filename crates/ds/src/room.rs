@@ -91,7 +91,7 @@ impl Sink {
 
     pub(crate) fn refuse(&mut self, conn: ConnId, code: ErrorCode, reason: impl Into<String>) {
         let reason = reason.into();
-        debug!(conn, ?code, %reason, "refused");
+        debug!(%conn, ?code, %reason, "refused");
         self.stats.refused += 1;
         self.send(conn, ServerMsg::Error { code, reason });
     }

@@ -33,9 +33,9 @@ fn alarms(net: &Net, conn: ConnId) -> Vec<String> {
 
 fn lobby_with_knock() -> (Net, KnockId, conclave_e2ee::Fingerprint) {
     let mut net = Net::new();
-    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
-    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
-    let (knock, fp) = knock_of(&net, 1, "bob");
+    net.join(ConnId(1), "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    net.join(ConnId(2), "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    let (knock, fp) = knock_of(&net, ConnId(1), "bob");
     (net, knock, fp)
 }
 
@@ -50,7 +50,7 @@ fn server_cannot_swap_the_keypackage_of_an_approved_knock() {
     // the knock numbers the host was shown.
     let swap = mallory_kp.clone();
     net.rewrite.insert(
-        1,
+        ConnId(1),
         Box::new(move |m| match m {
             ServerMsg::CommitRequest { epoch, knocks } => vec![ServerMsg::CommitRequest {
                 epoch,
@@ -66,17 +66,17 @@ fn server_cannot_swap_the_keypackage_of_an_approved_knock() {
         }),
     );
     let now = net.now;
-    net.p(1).admit(knock, now).unwrap();
+    net.p(ConnId(1)).admit(knock, now).unwrap();
     net.settle();
-    let roster = net.p(1).roster();
+    let roster = net.p(ConnId(1)).roster();
     assert!(roster.iter().any(|e| e.fingerprint == bob_fp), "{roster:?}");
     assert!(roster.iter().all(|e| e.fingerprint != mallory_fp));
 
     // Later, the server asks again under bob's answered knock number, with mallory's
     // KeyPackage: the approval was for bob's KeyPackage, once, and is spent.
-    let epoch = net.p(1).epoch().unwrap();
+    let epoch = net.p(ConnId(1)).epoch().unwrap();
     net.deliver(
-        1,
+        ConnId(1),
         ServerMsg::CommitRequest {
             epoch,
             knocks: vec![KnockInfo {
@@ -87,23 +87,24 @@ fn server_cannot_swap_the_keypackage_of_an_approved_knock() {
             }],
         },
     );
-    let sent: Vec<MembershipMsg> = std::iter::from_fn(|| net.p(1).poll_transmit()).collect();
+    let sent: Vec<MembershipMsg> =
+        std::iter::from_fn(|| net.p(ConnId(1)).poll_transmit()).collect();
     assert!(
         !sent
             .iter()
             .any(|m| matches!(m, MembershipMsg::Commit { .. })),
         "the host committed a KeyPackage nobody approved: {sent:?}"
     );
-    assert_eq!(net.p(1).member_count(), 2);
+    assert_eq!(net.p(ConnId(1)).member_count(), 2);
 }
 
 #[test]
 fn a_knock_shows_who_its_keypackage_names_not_what_the_server_says() {
     let mut net = Net::new();
-    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    net.join(ConnId(1), "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
     // The server tells the host that "Dr. Alice" knocks; the KeyPackage is bob's.
     net.rewrite.insert(
-        1,
+        ConnId(1),
         Box::new(|m| match m {
             ServerMsg::Knock { knock } => vec![ServerMsg::Knock {
                 knock: KnockInfo {
@@ -115,9 +116,9 @@ fn a_knock_shows_who_its_keypackage_names_not_what_the_server_says() {
             m => vec![m],
         }),
     );
-    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    net.join(ConnId(2), "bob", NewRoomPolicy::Open, AdmitMode::Ask);
     let shown: Vec<_> = net
-        .events_of(1)
+        .events_of(ConnId(1))
         .iter()
         .filter_map(|e| match e {
             Event::Knock { user_id, name, .. } => Some((user_id.clone(), name.clone())),
@@ -125,11 +126,13 @@ fn a_knock_shows_who_its_keypackage_names_not_what_the_server_says() {
         })
         .collect();
     assert_eq!(shown, vec![("bob".to_owned(), "bob".to_owned())]);
-    assert_eq!(net.p(1).pending_knocks()[0].name, "bob");
+    assert_eq!(net.p(ConnId(1)).pending_knocks()[0].name, "bob");
     assert!(
-        alarms(&net, 1).iter().any(|a| a.contains("Dr. Alice")),
+        alarms(&net, ConnId(1))
+            .iter()
+            .any(|a| a.contains("Dr. Alice")),
         "{:?}",
-        alarms(&net, 1)
+        alarms(&net, ConnId(1))
     );
 }
 
@@ -137,27 +140,28 @@ fn a_knock_shows_who_its_keypackage_names_not_what_the_server_says() {
 fn a_non_host_asked_to_commit_in_a_lobby_adds_nobody() {
     let (mut net, knock, _) = lobby_with_knock();
     let now = net.now;
-    net.p(1).admit(knock, now).unwrap();
+    net.p(ConnId(1)).admit(knock, now).unwrap();
     net.settle();
     assert_eq!(net.ds.member_count("room"), 2);
     // Carol knocks; the server asks bob (no host) to commit her add.
-    net.join(3, "carol", NewRoomPolicy::Open, AdmitMode::Ask);
-    let carol = net.seen[&1]
+    net.join(ConnId(3), "carol", NewRoomPolicy::Open, AdmitMode::Ask);
+    let carol = net.seen[&ConnId(1)]
         .iter()
         .find_map(|m| match m {
             ServerMsg::Knock { knock } if knock.user_id == "carol" => Some(knock.clone()),
             _ => None,
         })
         .unwrap();
-    let epoch = net.p(2).epoch().unwrap();
+    let epoch = net.p(ConnId(2)).epoch().unwrap();
     net.deliver(
-        2,
+        ConnId(2),
         ServerMsg::CommitRequest {
             epoch,
             knocks: vec![carol],
         },
     );
-    let sent: Vec<MembershipMsg> = std::iter::from_fn(|| net.p(2).poll_transmit()).collect();
+    let sent: Vec<MembershipMsg> =
+        std::iter::from_fn(|| net.p(ConnId(2)).poll_transmit()).collect();
     for m in &sent {
         if let MembershipMsg::Commit { welcome, .. } = m {
             assert!(welcome.is_none(), "a non-host admitted carol");
@@ -165,7 +169,11 @@ fn a_non_host_asked_to_commit_in_a_lobby_adds_nobody() {
     }
     // Not an error on its part: no alarm.
     net.pump();
-    assert!(alarms(&net, 2).is_empty(), "{:?}", alarms(&net, 2));
+    assert!(
+        alarms(&net, ConnId(2)).is_empty(),
+        "{:?}",
+        alarms(&net, ConnId(2))
+    );
 }
 
 #[test]
@@ -175,9 +183,9 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
     let eve = device("eve");
     let mut forged = eve.key_package(None, net.now).unwrap();
     *forged.last_mut().unwrap() ^= 1;
-    net.ds.connect(5, "room", "eve", net.now);
+    net.ds.connect(ConnId(5), "room", "eve", net.now);
     net.ds.handle(
-        5,
+        ConnId(5),
         MembershipMsg::KeyPackage {
             key_package: Bytes(forged),
         },
@@ -187,30 +195,30 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
     let fred = device("fred");
     let old = Timestamp::from_millis(net.now.as_millis() - 2 * 24 * 3600 * 1000);
     let expired = fred.key_package(None, old).unwrap();
-    net.ds.connect(6, "room", "fred", net.now);
+    net.ds.connect(ConnId(6), "room", "fred", net.now);
     net.ds.handle(
-        6,
+        ConnId(6),
         MembershipMsg::KeyPackage {
             key_package: Bytes(expired),
         },
         net.now,
     );
     // And one far over the size limit.
-    net.ds.connect(7, "room", "gus", net.now);
+    net.ds.connect(ConnId(7), "room", "gus", net.now);
     net.ds.handle(
-        7,
+        ConnId(7),
         MembershipMsg::KeyPackage {
             key_package: Bytes(vec![0; conclave_e2ee::MAX_KEY_PACKAGE_LEN + 1]),
         },
         net.now,
     );
-    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(ConnId(2), "bob", NewRoomPolicy::Open, AdmitMode::Auto);
     net.settle();
     assert_eq!(net.ds.member_count("room"), 2, "bob got in");
     for (conn, why) in [
-        (5, "invalid KeyPackage"),
-        (6, "invalid KeyPackage"),
-        (7, "limit"),
+        (ConnId(5), "invalid KeyPackage"),
+        (ConnId(6), "invalid KeyPackage"),
+        (ConnId(7), "limit"),
     ] {
         assert!(
             net.seen[&conn].iter().any(|m| matches!(
@@ -222,7 +230,7 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
         );
     }
     // Only bob's knock ever reached the committer.
-    let requested: usize = net.seen[&1]
+    let requested: usize = net.seen[&ConnId(1)]
         .iter()
         .map(|m| match m {
             ServerMsg::CommitRequest { knocks, .. } => knocks.len(),
@@ -230,7 +238,11 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
         })
         .sum();
     assert_eq!(requested, 1);
-    assert!(alarms(&net, 1).is_empty(), "{:?}", alarms(&net, 1));
+    assert!(
+        alarms(&net, ConnId(1)).is_empty(),
+        "{:?}",
+        alarms(&net, ConnId(1))
+    );
 }
 
 #[test]
@@ -240,9 +252,9 @@ fn commit_requests_are_bounded_in_bytes_and_everyone_still_gets_in() {
         max_request_bytes: budget,
         ..DsConfig::default()
     });
-    net.join(1, "user1", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(ConnId(1), "user1", NewRoomPolicy::Open, AdmitMode::Auto);
     for i in 2..=6 {
-        net.connect_quietly(i, &format!("user{i}"));
+        net.connect_quietly(ConnId(i), &format!("user{i}"));
     }
     for _ in 0..10 {
         net.advance(Duration::from_secs(1));
@@ -267,41 +279,48 @@ fn commit_requests_are_bounded_in_bytes_and_everyone_still_gets_in() {
 fn early_knocks_are_one_per_connection_and_a_silent_creator_is_replaced() {
     let mut net = Net::new();
     // Conn 1 is asked to create the group and never does.
-    net.ds.connect(1, "room", "lazy", net.now);
+    net.ds.connect(ConnId(1), "room", "lazy", net.now);
     net.pump();
     // Bob knocks before the group exists, twice.
-    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(ConnId(2), "bob", NewRoomPolicy::Open, AdmitMode::Auto);
     let bob = device("bob");
     let kp = bob.key_package(None, net.now).unwrap();
     net.ds.handle(
-        2,
+        ConnId(2),
         MembershipMsg::KeyPackage {
             key_package: Bytes(kp),
         },
         net.now,
     );
     net.pump();
-    assert!(net.refused(2, "already knocked"), "{:?}", net.seen[&2]);
+    assert!(
+        net.refused(ConnId(2), "already knocked"),
+        "{:?}",
+        net.seen[&ConnId(2)]
+    );
     // After the creation timeout the silent creator is let go and bob creates the room.
     net.advance(DsConfig::default().create_timeout);
     net.settle();
-    assert!(net.closed.contains(&1), "the silent creator was not let go");
+    assert!(
+        net.closed.contains(&ConnId(1)),
+        "the silent creator was not let go"
+    );
     assert_eq!(net.ds.member_count("room"), 1);
-    assert!(net.p(2).epoch().is_some(), "bob never got the room");
+    assert!(net.p(ConnId(2)).epoch().is_some(), "bob never got the room");
 }
 
 #[test]
 fn the_ds_says_a_connection_is_a_member_only_while_it_is_one() {
     let mut net = open_room(2);
-    assert_eq!(net.members, vec![1, 2]);
+    assert_eq!(net.members, vec![ConnId(1), ConnId(2)]);
     // A token holder that never knocks is no member (the SFU serves it nothing).
-    net.ds.connect(9, "room", "lurker", net.now);
+    net.ds.connect(ConnId(9), "room", "lurker", net.now);
     net.settle();
-    assert!(!net.members.contains(&9));
+    assert!(!net.members.contains(&ConnId(9)));
     // A member that leaves stops being one when its removal is committed.
-    net.p(2).leave().unwrap();
+    net.p(ConnId(2)).leave().unwrap();
     net.settle();
-    assert_eq!(net.members, vec![1]);
+    assert_eq!(net.members, vec![ConnId(1)]);
 }
 
 #[test]
@@ -311,19 +330,22 @@ fn a_member_cannot_add_a_device_that_never_knocked() {
     // Member 2 (modified software) commits the add of a device no token named.
     let ghost = device("ghost");
     let kp = ghost.key_package(None, net.now).unwrap();
-    net.danger_commit(2, &[kp]);
+    net.danger_commit(ConnId(2), &[kp]);
     net.pump();
     assert!(
-        net.commit_rejected(2, "did not knock"),
+        net.commit_rejected(ConnId(2), "did not knock"),
         "{:?}",
-        net.seen[&2]
+        net.seen[&ConnId(2)]
     );
     assert_eq!(net.ds.epoch("room"), Some(epoch));
     assert_eq!(net.ds.member_count("room"), 2);
     // The room goes on: the next commit (a self-update) is accepted.
-    net.p(2).danger_session_mut().unwrap().discard_commit();
+    net.p(ConnId(2))
+        .danger_session_mut()
+        .unwrap()
+        .discard_commit();
     let now = net.now;
-    net.p(1).self_update(now).unwrap();
+    net.p(ConnId(1)).self_update(now).unwrap();
     net.settle();
     assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
 }
@@ -335,13 +357,13 @@ fn a_connection_cannot_carry_another_members_commit() {
     // Member 1's commit, sent on member 2's connection.
     let now = net.now;
     let bundle = net
-        .p(1)
+        .p(ConnId(1))
         .danger_session_mut()
         .unwrap()
         .self_update(now)
         .unwrap();
     net.ds.handle(
-        2,
+        ConnId(2),
         MembershipMsg::Commit {
             epoch,
             commit: Bytes(bundle.commit),
@@ -351,9 +373,9 @@ fn a_connection_cannot_carry_another_members_commit() {
     );
     net.pump();
     assert!(
-        net.commit_rejected(2, "sending member"),
+        net.commit_rejected(ConnId(2), "sending member"),
         "{:?}",
-        net.seen[&2]
+        net.seen[&ConnId(2)]
     );
     assert_eq!(net.ds.epoch("room"), Some(epoch));
 }
@@ -365,14 +387,14 @@ fn a_member_cannot_freeze_the_room_with_an_add_proposal_by_reference() {
     let ghost = device("ghost");
     let kp = ghost.key_package(None, net.now).unwrap();
     let proposal = net
-        .p(2)
+        .p(ConnId(2))
         .danger_session_mut()
         .unwrap()
         .danger_propose_add(&kp)
         .unwrap();
     let now = net.now;
     net.ds.handle(
-        2,
+        ConnId(2),
         MembershipMsg::Proposal {
             proposal: Bytes(proposal),
         },
@@ -380,15 +402,15 @@ fn a_member_cannot_freeze_the_room_with_an_add_proposal_by_reference() {
     );
     net.settle();
     assert!(
-        net.refused(2, "only propose its own removal"),
+        net.refused(ConnId(2), "only propose its own removal"),
         "{:?}",
-        net.seen[&2]
+        net.seen[&ConnId(2)]
     );
     // Not cached, not relayed: the room goes on and admits people.
-    assert!(!net.seen[&1]
+    assert!(!net.seen[&ConnId(1)]
         .iter()
         .any(|m| matches!(m, ServerMsg::Proposal { .. })));
-    net.join(3, "user3", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(ConnId(3), "user3", NewRoomPolicy::Open, AdmitMode::Auto);
     assert_eq!(net.ds.epoch("room"), Some(epoch + 1));
     assert_eq!(net.ds.member_count("room"), 3);
 }
@@ -411,22 +433,22 @@ fn a_commit_may_add_only_the_exact_keypackage_that_knocked() {
         GroupStore::memory(),
     )
     .unwrap();
-    net.ds.connect(5, "room", "eve", net.now);
+    net.ds.connect(ConnId(5), "room", "eve", net.now);
     let kp = eve.key_package(None, net.now).unwrap();
     net.ds.handle(
-        5,
+        ConnId(5),
         MembershipMsg::KeyPackage {
             key_package: Bytes(kp),
         },
         net.now,
     );
     let other = as_alice.key_package(None, net.now).unwrap();
-    net.danger_commit(2, &[other]);
+    net.danger_commit(ConnId(2), &[other]);
     net.pump();
     assert!(
-        net.commit_rejected(2, "did not knock"),
+        net.commit_rejected(ConnId(2), "did not knock"),
         "{:?}",
-        net.seen[&2]
+        net.seen[&ConnId(2)]
     );
     assert_eq!(net.ds.epoch("room"), Some(epoch));
 }
@@ -434,11 +456,11 @@ fn a_commit_may_add_only_the_exact_keypackage_that_knocked() {
 #[test]
 fn a_member_cut_off_by_the_ds_loses_its_media_at_once() {
     let mut net = open_room(2);
-    assert!(net.members.contains(&2));
+    assert!(net.members.contains(&ConnId(2)));
     // The DS drops the connection (a slow reader, say) while its socket may stay open.
-    net.ds.disconnect(2, net.now);
+    net.ds.disconnect(ConnId(2), net.now);
     net.pump();
-    assert!(!net.members.contains(&2));
+    assert!(!net.members.contains(&ConnId(2)));
 }
 
 /// A lobby charter hosted by `host`'s device, for room "room".
@@ -457,19 +479,24 @@ fn ended(net: &Net, conn: ConnId) -> Option<String> {
 fn server_cannot_move_a_lobby_host_into_an_open_group_it_made() {
     let mut net = Net::new();
     // The server's own device makes "room" an open group before the host arrives.
-    net.join(9, "server-device", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(
+        ConnId(9),
+        "server-device",
+        NewRoomPolicy::Open,
+        AdmitMode::Auto,
+    );
     // The host made the meeting: its charter says lobby, hosted by its own device.
     let host = device("host");
     let charter = lobby_charter(&host);
     let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
         .with_charter(charter)
         .unwrap();
-    net.join_as(1, "host", p);
+    net.join_as(ConnId(1), "host", p);
     assert!(
-        net.p(1).session().is_none(),
+        net.p(ConnId(1)).session().is_none(),
         "the host joined the server's group"
     );
-    let why = ended(&net, 1).expect("the host says why it is not in");
+    let why = ended(&net, ConnId(1)).expect("the host says why it is not in");
     assert!(why.contains("charter"), "{why}");
 }
 
@@ -479,13 +506,18 @@ fn a_joiner_with_the_charter_refuses_a_group_with_other_hosts() {
     let host = device("host");
     let charter = lobby_charter(&host);
     // The server's device makes a lobby of its own for the room and admits everyone.
-    net.join(9, "server-device", NewRoomPolicy::Lobby, AdmitMode::Auto);
+    net.join(
+        ConnId(9),
+        "server-device",
+        NewRoomPolicy::Lobby,
+        AdmitMode::Auto,
+    );
     let p = Participant::new(device("bob"), "room", NewRoomPolicy::Open, AdmitMode::Ask)
         .with_charter(charter)
         .unwrap();
-    net.join_as(2, "bob", p);
-    assert!(net.p(2).session().is_none());
-    assert!(ended(&net, 2).is_some_and(|w| w.contains("charter")));
+    net.join_as(ConnId(2), "bob", p);
+    assert!(net.p(ConnId(2)).session().is_none());
+    assert!(ended(&net, ConnId(2)).is_some_and(|w| w.contains("charter")));
 }
 
 #[test]
@@ -497,25 +529,25 @@ fn a_knocking_client_whose_charter_names_other_hosts_never_creates_the_group() {
     let p = Participant::new(device("bob"), "room", NewRoomPolicy::Open, AdmitMode::Ask)
         .with_charter(charter.clone())
         .unwrap();
-    net.join_as(2, "bob", p);
-    assert!(net.p(2).session().is_none());
+    net.join_as(ConnId(2), "bob", p);
+    assert!(net.p(ConnId(2)).session().is_none());
     assert_eq!(net.ds.member_count("room"), 0, "bob made a group");
     // The host arrives, creates the charter's group, sees bob's knock and admits him.
     let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
         .with_charter(charter.clone())
         .unwrap();
-    net.join_as(1, "host", p);
+    net.join_as(ConnId(1), "host", p);
     assert_eq!(
-        net.p(1).session().map(|s| s.policy().clone()),
+        net.p(ConnId(1)).session().map(|s| s.policy().clone()),
         Some(charter.clone())
     );
-    let (knock, _) = knock_of(&net, 1, "bob");
+    let (knock, _) = knock_of(&net, ConnId(1), "bob");
     let now = net.now;
-    net.p(1).admit(knock, now).unwrap();
+    net.p(ConnId(1)).admit(knock, now).unwrap();
     net.settle();
     assert_eq!(net.ds.member_count("room"), 2);
     assert_eq!(
-        net.p(2).session().map(|s| s.policy().clone()),
+        net.p(ConnId(2)).session().map(|s| s.policy().clone()),
         Some(charter)
     );
     assert_eq!(net.codes()[0], net.codes()[1]);
@@ -532,20 +564,24 @@ fn a_lobby_whose_members_are_gone_is_started_again_only_by_its_host() {
     let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
         .with_charter(charter.clone())
         .unwrap();
-    net.join_as(1, "host", p);
-    net.p(1).leave().unwrap();
+    net.join_as(ConnId(1), "host", p);
+    net.p(ConnId(1)).leave().unwrap();
     net.settle();
-    net.parts.remove(&1);
-    net.ds.disconnect(1, net.now);
+    net.parts.remove(&ConnId(1));
+    net.ds.disconnect(ConnId(1), net.now);
     net.settle();
     // Someone without the charter is asked first; the group it makes (open) is refused.
-    net.join(3, "carol", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(ConnId(3), "carol", NewRoomPolicy::Open, AdmitMode::Auto);
     assert_eq!(
         net.ds.member_count("room"),
         0,
         "the lobby became carol's open room"
     );
-    assert!(net.refused(3, "same policy"), "{:?}", net.seen[&3]);
+    assert!(
+        net.refused(ConnId(3), "same policy"),
+        "{:?}",
+        net.seen[&ConnId(3)]
+    );
     // The host comes back (same device): it starts the lobby again under its charter.
     let again = Device::new(
         DeviceIdentity::from_bytes(&host_bytes).unwrap(),
@@ -555,9 +591,9 @@ fn a_lobby_whose_members_are_gone_is_started_again_only_by_its_host() {
     let p = Participant::new(again, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
         .with_charter(charter.clone())
         .unwrap();
-    net.join_as(4, "host", p);
+    net.join_as(ConnId(4), "host", p);
     assert_eq!(
-        net.p(4).session().map(|s| s.policy().clone()),
+        net.p(ConnId(4)).session().map(|s| s.policy().clone()),
         Some(charter)
     );
 }
@@ -565,40 +601,45 @@ fn a_lobby_whose_members_are_gone_is_started_again_only_by_its_host() {
 #[test]
 fn a_known_user_id_with_a_new_device_key_raises_an_alarm() {
     let mut net = open_room(1);
-    net.p(1)
+    net.p(ConnId(1))
         .set_trust_store(conclave_e2ee::TrustStore::default());
     // Bob is seen for the first time: pinned, and the runtime is given the pins to keep.
-    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Auto);
-    let pins = net.p(1).take_trust_update().expect("bob was pinned");
+    net.join(ConnId(2), "bob", NewRoomPolicy::Open, AdmitMode::Auto);
+    let pins = net
+        .p(ConnId(1))
+        .take_trust_update()
+        .expect("bob was pinned");
     let bob_fp = net
-        .p(2)
+        .p(ConnId(2))
         .roster()
         .iter()
         .find(|e| e.user_id == "bob")
         .unwrap()
         .fingerprint;
     assert!(pins.contains(&bob_fp.to_hex()), "{pins}");
-    assert!(alarms(&net, 1).is_empty());
+    assert!(alarms(&net, ConnId(1)).is_empty());
     // Bob leaves; a "bob" with another device key (one the server made, say) comes in.
-    net.p(2).leave().unwrap();
+    net.p(ConnId(2)).leave().unwrap();
     net.settle();
-    net.join(3, "bob", NewRoomPolicy::Open, AdmitMode::Auto);
-    let a = alarms(&net, 1);
+    net.join(ConnId(3), "bob", NewRoomPolicy::Open, AdmitMode::Auto);
+    let a = alarms(&net, ConnId(1));
     assert!(
         a.iter()
             .any(|a| a.contains("bob") && a.contains("new device key")),
         "{a:?}"
     );
     // The pin stays the first key: the person decides.
-    assert!(net.p(1).take_trust_update().is_none());
+    assert!(net.p(ConnId(1)).take_trust_update().is_none());
 
     // A joiner that knew bob (its pins came from its last call) sees it as it joins.
     let mut known = conclave_e2ee::TrustStore::default();
     known.check("bob", bob_fp);
     let mut p = Participant::new(device("dan"), "room", NewRoomPolicy::Open, AdmitMode::Auto);
     p.set_trust_store(known);
-    net.join_as(4, "dan", p);
-    assert!(alarms(&net, 4).iter().any(|a| a.contains("new device key")));
+    net.join_as(ConnId(4), "dan", p);
+    assert!(alarms(&net, ConnId(4))
+        .iter()
+        .any(|a| a.contains("new device key")));
 }
 
 #[test]
@@ -608,11 +649,13 @@ fn a_lobby_host_is_warned_of_a_changed_key_before_it_admits() {
     let mut pins = conclave_e2ee::TrustStore::default();
     pins.check("bob", device("bob").identity().fingerprint().unwrap());
     host.set_trust_store(pins);
-    net.join_as(1, "host", host);
+    net.join_as(ConnId(1), "host", host);
     // A "bob" with another key knocks.
-    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
-    let _ = knock_of(&net, 1, "bob");
-    assert!(alarms(&net, 1).iter().any(|a| a.contains("new device key")));
+    net.join(ConnId(2), "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    let _ = knock_of(&net, ConnId(1), "bob");
+    assert!(alarms(&net, ConnId(1))
+        .iter()
+        .any(|a| a.contains("new device key")));
     assert_eq!(net.ds.member_count("room"), 1, "nobody was admitted");
 }
 
@@ -657,21 +700,21 @@ fn an_invite_list_room_admits_listed_devices_and_the_ds_refuses_others_at_the_kn
         NewRoomPolicy::InviteList(vec![bob_fp]),
         AdmitMode::Ask,
     );
-    net.join_as(1, "host", p);
+    net.join_as(ConnId(1), "host", p);
     assert_eq!(
-        net.p(1).session().map(|s| s.policy().kind()),
+        net.p(ConnId(1)).session().map(|s| s.policy().kind()),
         Some("invite-list")
     );
-    net.join_with(2, "bob", bob, NewRoomPolicy::Open, AdmitMode::Ask);
+    net.join_with(ConnId(2), "bob", bob, NewRoomPolicy::Open, AdmitMode::Ask);
     assert_eq!(net.ds.member_count("room"), 2, "bob is listed");
-    net.join(3, "eve", NewRoomPolicy::Open, AdmitMode::Ask);
+    net.join(ConnId(3), "eve", NewRoomPolicy::Open, AdmitMode::Ask);
     assert_eq!(net.ds.member_count("room"), 2);
-    assert!(net.seen[&3].iter().any(|m| matches!(
+    assert!(net.seen[&ConnId(3)].iter().any(|m| matches!(
         m,
         ServerMsg::Error { code: ErrorCode::Rejected, reason } if reason.contains("invite list")
     )));
     // Eve's knock never reached a committer.
-    assert!(!net.seen[&1].iter().any(|m| matches!(
+    assert!(!net.seen[&ConnId(1)].iter().any(|m| matches!(
         m,
         ServerMsg::CommitRequest { knocks, .. } if knocks.iter().any(|k| k.user_id == "eve")
     )));
@@ -680,16 +723,16 @@ fn an_invite_list_room_admits_listed_devices_and_the_ds_refuses_others_at_the_kn
 #[test]
 fn another_device_claiming_ones_own_user_id_raises_an_alarm() {
     let mut net = open_room(1);
-    net.p(1)
+    net.p(ConnId(1))
         .set_trust_store(conclave_e2ee::TrustStore::default());
     // A second device under user1's own user id (a token the server minted for it).
-    net.join(2, "user1", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(ConnId(2), "user1", NewRoomPolicy::Open, AdmitMode::Auto);
     assert!(
-        alarms(&net, 1)
+        alarms(&net, ConnId(1))
             .iter()
             .any(|a| a.contains("user1") && a.contains("new device key")),
         "{:?}",
-        alarms(&net, 1)
+        alarms(&net, ConnId(1))
     );
 }
 
@@ -698,13 +741,20 @@ fn a_would_be_host_without_a_charter_is_warned_when_put_in_another_group() {
     let mut net = Net::new();
     // The server's device made the room an open group; the person who meant to host a
     // lobby has a link without a charter.
-    net.join(9, "server-device", NewRoomPolicy::Open, AdmitMode::Auto);
-    net.join(1, "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
-    assert!(net.p(1).session().is_some());
+    net.join(
+        ConnId(9),
+        "server-device",
+        NewRoomPolicy::Open,
+        AdmitMode::Auto,
+    );
+    net.join(ConnId(1), "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
+    assert!(net.p(ConnId(1)).session().is_some());
     assert!(
-        alarms(&net, 1).iter().any(|a| a.contains("was to host")),
+        alarms(&net, ConnId(1))
+            .iter()
+            .any(|a| a.contains("was to host")),
         "{:?}",
-        alarms(&net, 1)
+        alarms(&net, ConnId(1))
     );
 }
 
@@ -725,15 +775,15 @@ fn lobby_whose_host_dropped_under(
     let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
         .with_charter(charter.clone())
         .unwrap();
-    net.join_as(1, "host", p);
-    net.join(2, "bob", NewRoomPolicy::Open, AdmitMode::Ask);
-    let (knock, _) = knock_of(&net, 1, "bob");
+    net.join_as(ConnId(1), "host", p);
+    net.join(ConnId(2), "bob", NewRoomPolicy::Open, AdmitMode::Ask);
+    let (knock, _) = knock_of(&net, ConnId(1), "bob");
     let now = net.now;
-    net.p(1).admit(knock, now).unwrap();
+    net.p(ConnId(1)).admit(knock, now).unwrap();
     net.settle();
     assert_eq!(net.ds.member_count("room"), 2);
-    let host = net.parts.remove(&1).unwrap();
-    net.ds.disconnect(1, net.now);
+    let host = net.parts.remove(&ConnId(1)).unwrap();
+    net.ds.disconnect(ConnId(1), net.now);
     net.settle();
     (net, host)
 }
@@ -752,20 +802,28 @@ fn host_returns_and_admits_carol(
     )
     .with_charter(charter.clone())
     .unwrap();
-    net.join_as(3, "host", p);
+    net.join_as(ConnId(3), "host", p);
     assert_eq!(
-        net.p(3).session().map(|s| s.policy().clone()),
+        net.p(ConnId(3)).session().map(|s| s.policy().clone()),
         Some(charter),
         "the host is back in its own group: {:?}",
-        net.events_of(3)
+        net.events_of(ConnId(3))
     );
     assert_eq!(net.ds.member_count("room"), 2, "bob and the host");
-    assert!(alarms(net, 2).is_empty(), "{:?}", alarms(net, 2));
-    assert!(alarms(net, 3).is_empty(), "{:?}", alarms(net, 3));
-    net.join(4, "carol", NewRoomPolicy::Open, AdmitMode::Ask);
-    let (knock, _) = knock_of(net, 3, "carol");
+    assert!(
+        alarms(net, ConnId(2)).is_empty(),
+        "{:?}",
+        alarms(net, ConnId(2))
+    );
+    assert!(
+        alarms(net, ConnId(3)).is_empty(),
+        "{:?}",
+        alarms(net, ConnId(3))
+    );
+    net.join(ConnId(4), "carol", NewRoomPolicy::Open, AdmitMode::Ask);
+    let (knock, _) = knock_of(net, ConnId(3), "carol");
     let now = net.now;
-    net.p(3).admit(knock, now).unwrap();
+    net.p(ConnId(3)).admit(knock, now).unwrap();
     net.settle();
     assert_eq!(net.ds.member_count("room"), 3);
     let codes = net.codes();
@@ -808,8 +866,8 @@ fn a_member_who_is_no_host_cannot_add_back_a_host_device_that_was_never_in_the_g
     let p = Participant::new(laptop, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
         .with_charter(charter)
         .unwrap();
-    net.join_as(3, "host", p);
-    assert!(net.p(3).session().is_none());
+    net.join_as(ConnId(3), "host", p);
+    assert!(net.p(ConnId(3)).session().is_none());
     assert_eq!(net.ds.member_count("room"), 1);
 }
 
@@ -975,9 +1033,9 @@ fn server_cannot_reuse_a_knock_number_the_host_saw_for_another_keypackage() {
     let (mut net, knock, _) = lobby_with_knock();
     let mallory = device("bob");
     let mallory_fp = mallory.identity().fingerprint().unwrap();
-    net.deliver(1, ServerMsg::KnockGone { knock });
+    net.deliver(ConnId(1), ServerMsg::KnockGone { knock });
     net.deliver(
-        1,
+        ConnId(1),
         ServerMsg::Knock {
             knock: KnockInfo {
                 knock,
@@ -989,24 +1047,24 @@ fn server_cannot_reuse_a_knock_number_the_host_saw_for_another_keypackage() {
     );
     net.pump();
     assert!(
-        net.p(1).pending_knocks().is_empty(),
+        net.p(ConnId(1)).pending_knocks().is_empty(),
         "the number is not shown again"
     );
     let now = net.now;
-    assert!(net.p(1).admit(knock, now).is_err());
+    assert!(net.p(ConnId(1)).admit(knock, now).is_err());
     net.settle();
     assert_eq!(net.ds.member_count("room"), 1);
     assert!(!net
-        .p(1)
+        .p(ConnId(1))
         .roster()
         .iter()
         .any(|r| r.fingerprint == mallory_fp));
     assert!(
-        alarms(&net, 1)
+        alarms(&net, ConnId(1))
             .iter()
             .any(|a| a.contains("again after it was done")),
         "{:?}",
-        alarms(&net, 1)
+        alarms(&net, ConnId(1))
     );
 }
 
@@ -1021,17 +1079,17 @@ fn the_ds_refuses_a_return_naming_an_epoch_before_the_last_add() {
     let p = Participant::new(host, "room", NewRoomPolicy::Lobby, AdmitMode::Ask)
         .with_charter(charter)
         .unwrap();
-    net.join_as(1, "host", p);
+    net.join_as(ConnId(1), "host", p);
     let mut saved = None;
-    for (conn, user) in [(2, "bob"), (3, "carol")] {
+    for (conn, user) in [(ConnId(2), "bob"), (ConnId(3), "carol")] {
         net.join(conn, user, NewRoomPolicy::Open, AdmitMode::Ask);
-        let (knock, _) = knock_of(&net, 1, user);
+        let (knock, _) = knock_of(&net, ConnId(1), user);
         let now = net.now;
-        net.p(1).admit(knock, now).unwrap();
+        net.p(ConnId(1)).admit(knock, now).unwrap();
         net.settle();
-        if conn == 2 {
+        if conn == ConnId(2) {
             // Bob saves the secret of the epoch before carol's add.
-            let s = net.p(2).session().unwrap();
+            let s = net.p(ConnId(2)).session().unwrap();
             let old = conclave_e2ee::HostReturn {
                 group_id: s.group_id().to_vec(),
                 epoch: s.epoch(),
@@ -1041,18 +1099,18 @@ fn the_ds_refuses_a_return_naming_an_epoch_before_the_last_add() {
     }
     assert_eq!(net.ds.member_count("room"), 3);
     let (old, secret) = saved.unwrap();
-    net.p(2)
+    net.p(ConnId(2))
         .danger_session_mut()
         .unwrap()
         .danger_keep_return_secret(&old, secret);
     // The host drops and knocks again naming the old epoch (its device, modified).
-    let host = net.parts.remove(&1).unwrap().into_device();
-    net.ds.disconnect(1, net.now);
+    let host = net.parts.remove(&ConnId(1)).unwrap().into_device();
+    net.ds.disconnect(ConnId(1), net.now);
     net.settle();
     let kp = host.key_package_with(None, Some(&old), net.now).unwrap();
-    net.ds.connect(4, "room", "host", net.now);
+    net.ds.connect(ConnId(4), "room", "host", net.now);
     net.ds.handle(
-        4,
+        ConnId(4),
         MembershipMsg::KeyPackage {
             key_package: Bytes(kp.clone()),
         },
@@ -1061,7 +1119,7 @@ fn the_ds_refuses_a_return_naming_an_epoch_before_the_last_add() {
     net.settle();
     // Asked to commit (no host is online), bob builds the return under the secret he kept;
     // the DS refuses it.
-    let rejected: Vec<&ServerMsg> = net.seen[&2]
+    let rejected: Vec<&ServerMsg> = net.seen[&ConnId(2)]
         .iter()
         .filter(|m| matches!(m, ServerMsg::CommitRejected { .. }))
         .collect();
@@ -1074,12 +1132,12 @@ fn the_ds_refuses_a_return_naming_an_epoch_before_the_last_add() {
     );
     let welcomed = net
         .seen
-        .get(&4)
+        .get(&ConnId(4))
         .is_some_and(|v| v.iter().any(|m| matches!(m, ServerMsg::Welcome { .. })));
     assert!(!welcomed, "the host was not let in under that epoch");
-    let bob = net.p(2).session().unwrap().epoch();
+    let bob = net.p(ConnId(2)).session().unwrap().epoch();
     assert_eq!(
-        net.p(3).session().unwrap().epoch(),
+        net.p(ConnId(3)).session().unwrap().epoch(),
         bob,
         "carol is not left behind"
     );

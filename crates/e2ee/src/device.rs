@@ -24,6 +24,13 @@ use crate::identity::DeviceIdentity;
 use crate::session::{map_mls, parse_message, to_bytes, Config, Session, MAX_TREE_LEN};
 use crate::storage::GroupStore;
 
+/// How far back a KeyPackage's lifetime starts: devices' clocks differ, and a KeyPackage whose
+/// lifetime starts even a second after another member's clock is refused there as "not valid
+/// yet" (mls-rs and openmls both check it against the checker's clock). One hour, as openmls
+/// back-dates its own.
+pub const KEY_PACKAGE_BACKDATE: core::time::Duration = core::time::Duration::from_secs(3600);
+/// How long a KeyPackage stays valid after it was made.
+pub const KEY_PACKAGE_VALIDITY: core::time::Duration = core::time::Duration::from_secs(24 * 3600);
 /// A device: its identity and its MLS client.
 pub struct Device {
     identity: DeviceIdentity,
@@ -69,7 +76,7 @@ impl Device {
             .extension_type(ROOM_POLICY_EXTENSION)
             .extension_type(INVITE_EXTENSION)
             .extension_type(HOST_RETURN_EXTENSION)
-            .key_package_lifetime(std::time::Duration::from_secs(24 * 3600))
+            .key_package_lifetime(KEY_PACKAGE_BACKDATE + KEY_PACKAGE_VALIDITY)
             .signing_identity(
                 signing_identity,
                 identity.secret_key().clone(),
@@ -114,7 +121,11 @@ impl Device {
         }
         let msg = self
             .client
-            .generate_key_package_message(kp_ext, leaf_ext, Some(now.into()))
+            .generate_key_package_message(
+                kp_ext,
+                leaf_ext,
+                Some(now.saturating_back(KEY_PACKAGE_BACKDATE).into()),
+            )
             .map_err(map_mls)?;
         to_bytes(&msg)
     }

@@ -68,7 +68,7 @@ pub use conclave_mls::{
     INVITE_EXTENSION, MAX_CHARTER_LEN, MAX_DISPLAY_NAME_LEN, MAX_KEY_PACKAGE_LEN,
     MAX_POLICY_ENTRIES, MAX_USER_ID_LEN, ROOM_POLICY_EXTENSION,
 };
-pub use device::Device;
+pub use device::{Device, KEY_PACKAGE_BACKDATE, KEY_PACKAGE_VALIDITY};
 pub use error::{Error, Result};
 pub use identity::{DeviceIdentity, PinCheck, TrustStore};
 pub use media::{

@@ -106,3 +106,30 @@ fn self_update_timer_fires_within_its_jittered_period() {
     seen.dedup();
     assert!(seen.len() > 3, "jitter spreads the due times");
 }
+
+#[test]
+fn a_joiner_whose_clock_runs_ahead_is_still_added_and_processed_by_members_behind_it() {
+    // Devices' clocks differ: a KeyPackage made by a device ten minutes ahead must not be
+    // "not valid yet" for the committer or the members (nor for another MLS implementation,
+    // which checks KeyPackage lifetimes against its own clock: see the interop test).
+    let mut room = Room::open(2);
+    let ahead = T0.saturating_add(Duration::from_secs(600));
+    let joiner = device("ahead");
+    let kp = joiner.key_package(None, ahead).unwrap();
+    room.s(0).check_joiner(&kp, T0).unwrap();
+    let bundle = room.s(0).commit(&[kp], &[], T0).unwrap();
+    room.deliver(0, &bundle.commit);
+    let s = joiner
+        .join(
+            "room",
+            bundle.welcome.as_ref().unwrap(),
+            &bundle.ratchet_tree,
+            ahead,
+        )
+        .unwrap();
+    assert_eq!(s.member_count(), 3);
+    assert_eq!(
+        s.security_code().unwrap(),
+        room.s(1).security_code().unwrap()
+    );
+}

@@ -64,7 +64,7 @@ use sha2::{Digest, Sha256};
 
 /// olaf's connection to the delivery service (no `Participant`: the harness only records what
 /// the server sends it in `net.seen[&OLAF]`).
-const OLAF: ConnId = 5;
+const OLAF: ConnId = ConnId(5);
 /// The only suite every Conclave client supports.
 const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 /// Group context extension carrying the room policy (private-use range).
@@ -685,7 +685,7 @@ fn an_openmls_member_follows_a_conclave_group_through_joins_leaves_updates_and_i
     net.now = wall_clock();
 
     // 1. ada (mls-rs) creates the open room's group.
-    net.join(1, "ada", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(ConnId(1), "ada", NewRoomPolicy::Open, AdmitMode::Auto);
     assert_eq!(net.ds.member_count("room"), 1);
 
     // 2-3. olaf connects (the server checked his token naming "olaf"), knocks with his
@@ -703,9 +703,9 @@ fn an_openmls_member_follows_a_conclave_group_through_joins_leaves_updates_and_i
 
     // 4. Same security code; same roster on both sides (so olaf's credential reads on mls-rs
     // as he wrote it, and ada's reads on openmls).
-    assert_codes_agree(&mut net, &olaf, &[1]);
+    assert_codes_agree(&mut net, &olaf, &[ConnId(1)]);
     let roster = olaf.roster();
-    assert_eq!(roster_of(&mut net, 1), roster);
+    assert_eq!(roster_of(&mut net, ConnId(1)), roster);
     assert!(roster.contains(&(
         olaf.group().own_leaf_index().u32(),
         "olaf".to_owned(),
@@ -714,21 +714,21 @@ fn an_openmls_member_follows_a_conclave_group_through_joins_leaves_updates_and_i
     )));
 
     // 5. bea (mls-rs) joins; olaf follows the commit that adds her.
-    net.join(2, "bea", NewRoomPolicy::Open, AdmitMode::Auto);
+    net.join(ConnId(2), "bea", NewRoomPolicy::Open, AdmitMode::Auto);
     run(&mut net, &mut olaf);
     assert_eq!(net.ds.member_count("room"), 3);
-    assert_codes_agree(&mut net, &olaf, &[1, 2]);
-    assert_eq!(roster_of(&mut net, 2), olaf.roster());
+    assert_codes_agree(&mut net, &olaf, &[ConnId(1), ConnId(2)]);
+    assert_eq!(roster_of(&mut net, ConnId(2)), olaf.roster());
     let users: Vec<String> = olaf.roster().into_iter().map(|l| l.1).collect();
     assert_eq!(users, ["ada", "olaf", "bea"]);
 
     // 6. ada refreshes her leaf; olaf follows.
     let epoch = olaf.epoch();
     let now = net.now;
-    net.p(1).self_update(now).unwrap();
+    net.p(ConnId(1)).self_update(now).unwrap();
     run(&mut net, &mut olaf);
     assert_eq!(olaf.epoch(), epoch + 1);
-    assert_codes_agree(&mut net, &olaf, &[1, 2]);
+    assert_codes_agree(&mut net, &olaf, &[ConnId(1), ConnId(2)]);
 
     // 7. olaf refreshes his: an openmls commit with only an update path. The delivery service
     // accepts it and ada and bea (mls-rs) apply it.
@@ -737,32 +737,35 @@ fn an_openmls_member_follows_a_conclave_group_through_joins_leaves_updates_and_i
     run(&mut net, &mut olaf);
     assert_eq!(olaf.accepted_commits, 1);
     assert_eq!(olaf.epoch(), epoch + 1);
-    assert_codes_agree(&mut net, &olaf, &[1, 2]);
+    assert_codes_agree(&mut net, &olaf, &[ConnId(1), ConnId(2)]);
 
     // 8. bea leaves cleanly (a Remove of her own leaf). ada is slow this time: the server's
     // requests to her go unanswered (withheld here), so after the commit timeout (5 s) the
     // delivery service asks olaf, who commits bea's proposal with an update path.
     net.rewrite.insert(
-        1,
+        ConnId(1),
         Box::new(|m| match m {
             ServerMsg::CommitRequest { .. } => vec![],
             m => vec![m],
         }),
     );
-    net.p(2).leave().unwrap();
+    net.p(ConnId(2)).leave().unwrap();
     run(&mut net, &mut olaf);
     if net.ds.member_count("room") == 3 {
         net.advance(Duration::from_secs(6));
         run(&mut net, &mut olaf);
     }
-    net.rewrite.remove(&1);
+    net.rewrite.remove(&ConnId(1));
     assert_eq!(net.ds.member_count("room"), 2);
     assert_eq!(olaf.accepted_commits, 2);
     assert_eq!(olaf.removals_committed, 1, "olaf committed bea's removal");
-    assert!(net.closed.contains(&2), "bea is disconnected once removed");
-    assert_codes_agree(&mut net, &olaf, &[1]);
+    assert!(
+        net.closed.contains(&ConnId(2)),
+        "bea is disconnected once removed"
+    );
+    assert_codes_agree(&mut net, &olaf, &[ConnId(1)]);
     let roster = olaf.roster();
-    assert_eq!(roster_of(&mut net, 1), roster);
+    assert_eq!(roster_of(&mut net, ConnId(1)), roster);
     assert!(roster.iter().all(|l| l.1 != "bea"));
 
     // 9. olaf leaves cleanly: openmls's leave_group, a Remove of his own leaf, committed by
@@ -775,9 +778,9 @@ fn an_openmls_member_follows_a_conclave_group_through_joins_leaves_updates_and_i
         "olaf's group knows he was removed"
     );
     assert_eq!(net.ds.member_count("room"), 1);
-    assert_eq!(net.p(1).epoch(), Some(epoch + 1));
-    assert_eq!(net.alarms(1), 0, "{:?}", net.events_of(1));
-    let ada_roster = roster_of(&mut net, 1);
+    assert_eq!(net.p(ConnId(1)).epoch(), Some(epoch + 1));
+    assert_eq!(net.alarms(ConnId(1)), 0, "{:?}", net.events_of(ConnId(1)));
+    let ada_roster = roster_of(&mut net, ConnId(1));
     assert_eq!(ada_roster.len(), 1);
     assert_eq!(ada_roster[0].1, "ada");
     assert!(

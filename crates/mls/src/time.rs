@@ -27,6 +27,14 @@ impl Timestamp {
         )
     }
 
+    /// `self - d`, saturating at the origin.
+    pub fn saturating_back(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_sub(d.as_millis().min(u128::from(u64::MAX)) as u64),
+        )
+    }
+
     /// Time from `earlier` to `self`; zero if `earlier` is later (never panics).
     pub fn saturating_since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))

@@ -123,7 +123,7 @@ pub(crate) async fn ds_task(
             routes.remove(&conn);
         }
         for conn in slow {
-            warn!(conn, "client too slow; disconnecting it");
+            warn!(%conn, "client too slow; disconnecting it");
             metrics.too_slow.fetch_add(1, Ordering::Relaxed);
             if let Some(r) = routes.remove(&conn) {
                 drop(r);

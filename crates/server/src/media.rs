@@ -56,12 +56,12 @@ pub(crate) async fn sfu_task(
     let add = |sfu: &mut conclave_sfu::Sfu, conn: ConnId, offer: HeldOffer| {
         // A new offer from a connection that has a session replaces it (the client restarts
         // media after ICE or DTLS failed).
-        sfu.remove_participant(conn, Instant::now());
+        sfu.remove_participant(conn.0, Instant::now());
         let r = sfu
-            .add_participant(conn, &offer.room, &offer.sdp, Instant::now())
+            .add_participant(conn.0, &offer.room, &offer.sdp, Instant::now())
             .map_err(|e| e.to_string());
         if let Err(e) = &r {
-            warn!(conn, error = %e, "media offer refused");
+            warn!(%conn, error = %e, "media offer refused");
         }
         let _ = offer.reply.send(r);
     };
@@ -92,10 +92,10 @@ pub(crate) async fn sfu_task(
                 Some(SfuCmd::Member { conn, member: false } | SfuCmd::Remove { conn }) => {
                     members.remove(&conn);
                     held.remove(&conn);
-                    sfu.remove_participant(conn, Instant::now());
+                    sfu.remove_participant(conn.0, Instant::now());
                 }
                 Some(SfuCmd::Tiles { conn, max_width }) => {
-                    sfu.set_max_video_width(conn, max_width, Instant::now())
+                    sfu.set_max_video_width(conn.0, max_width, Instant::now())
                 }
             },
             r = socket.recv_from(&mut buf) => match r {

@@ -20,6 +20,7 @@ use crate::media::SfuCmd;
 use crate::metrics::Metrics;
 use crate::token::TokenError;
 use crate::{now_ts, web, AppState, HELLO_TIMEOUT, MSG_BURST, MSG_RATE};
+use conclave_ds::ConnId;
 
 pub(crate) enum Outbound {
     /// A message; with a commit's fan-out, the tracker that times it (dropped once written).
@@ -152,7 +153,7 @@ pub(crate) async fn connection(
             return;
         }
     };
-    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
     let (tx, mut rx) = mpsc::channel::<Outbound>(state.outbound_queue.max(1));
     if state
         .ds_tx
@@ -168,7 +169,7 @@ pub(crate) async fn connection(
         return;
     }
     state.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    info!(conn, %peer, %room, user = %claims.sub, "authenticated");
+    info!(%conn, %peer, %room, user = %claims.sub, "authenticated");
     let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
@@ -269,7 +270,7 @@ pub(crate) async fn connection(
                 }
                 Err(e) => {
                     state.metrics.refused.fetch_add(1, Ordering::Relaxed);
-                    warn!(conn, reason = %e, "malformed message");
+                    warn!(%conn, reason = %e, "malformed message");
                     let _ = tx.try_send(reply(ErrorCode::Malformed, e.to_string()));
                 }
             },
@@ -289,5 +290,5 @@ pub(crate) async fn connection(
     state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     drop(tx);
     let _ = writer.await;
-    info!(conn, "closed");
+    info!(%conn, "closed");
 }

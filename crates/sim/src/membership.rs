@@ -253,7 +253,12 @@ impl Net {
 pub fn open_room(n: u64) -> Net {
     let mut net = Net::new();
     for i in 1..=n {
-        net.join(i, &format!("user{i}"), NewRoomPolicy::Open, AdmitMode::Auto);
+        net.join(
+            ConnId(i),
+            &format!("user{i}"),
+            NewRoomPolicy::Open,
+            AdmitMode::Auto,
+        );
     }
     net
 }
@@ -318,15 +323,15 @@ pub fn exchange(
 
 /// Delivers every DS output to the participants (by connection id) and their replies back,
 /// until quiet.
-pub fn pump(ds: &mut Ds, parts: &mut [(u64, Participant)]) {
+pub fn pump(ds: &mut Ds, parts: &mut [(ConnId, Participant)]) {
     pump_recording(ds, parts, &mut Vec::new());
 }
 
 /// [`pump`], keeping every message: (connection, from the server?, JSON).
 pub fn pump_recording(
     ds: &mut Ds,
-    parts: &mut [(u64, Participant)],
-    log: &mut Vec<(u64, bool, String)>,
+    parts: &mut [(ConnId, Participant)],
+    log: &mut Vec<(ConnId, bool, String)>,
 ) {
     let log = std::cell::RefCell::new(log);
     let mut parties: Vec<(ConnId, &mut dyn Party)> = parts

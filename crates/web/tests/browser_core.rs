@@ -14,9 +14,9 @@ use conclave_sim::membership::{exchange, Party};
 use conclave_web::{new_identity, Call};
 
 const T0: u64 = 1_700_000_000_000;
-const NATIVE: ConnId = 1;
-const BROWSER: ConnId = 2;
-const THIRD: ConnId = 3;
+const NATIVE: ConnId = ConnId(1);
+const BROWSER: ConnId = ConnId(2);
+const THIRD: ConnId = ConnId(3);
 
 /// A VP8 keyframe's first bytes (frame tag, start code, size) and a body.
 fn vp8_keyframe(tag: u8) -> Vec<u8> {
