@@ -21,6 +21,16 @@ fn knock_of(net: &Net, host: ConnId, user: &str) -> (KnockId, conclave_e2ee::Fin
         .unwrap_or_else(|| panic!("no knock from {user}: {:?}", net.events_of(host)))
 }
 
+/// Panics unless `conn` raised an alarm containing `needle` (and shows the ones it raised).
+#[track_caller]
+fn expect_alarm(net: &Net, conn: ConnId, needle: &str) {
+    let raised = alarms(net, conn);
+    assert!(
+        raised.iter().any(|a| a.contains(needle)),
+        "{needle:?} not in {raised:?}"
+    );
+}
+
 fn alarms(net: &Net, conn: ConnId) -> Vec<String> {
     net.events_of(conn)
         .iter()
@@ -127,13 +137,7 @@ fn a_knock_shows_who_its_keypackage_names_not_what_the_server_says() {
         .collect();
     assert_eq!(shown, vec![("bob".to_owned(), "bob".to_owned())]);
     assert_eq!(net.p(ConnId(1)).pending_knocks()[0].name, "bob");
-    assert!(
-        alarms(&net, ConnId(1))
-            .iter()
-            .any(|a| a.contains("Dr. Alice")),
-        "{:?}",
-        alarms(&net, ConnId(1))
-    );
+    expect_alarm(&net, ConnId(1), "Dr. Alice");
 }
 
 #[test]
@@ -293,11 +297,7 @@ fn early_knocks_are_one_per_connection_and_a_silent_creator_is_replaced() {
         net.now,
     );
     net.pump();
-    assert!(
-        net.refused(ConnId(2), "already knocked"),
-        "{:?}",
-        net.seen[&ConnId(2)]
-    );
+    net.expect_refused(ConnId(2), "already knocked");
     // After the creation timeout the silent creator is let go and bob creates the room.
     net.advance(DsConfig::default().create_timeout);
     net.settle();
@@ -332,11 +332,7 @@ fn a_member_cannot_add_a_device_that_never_knocked() {
     let kp = ghost.key_package(None, net.now).unwrap();
     net.danger_commit(ConnId(2), &[kp]);
     net.pump();
-    assert!(
-        net.commit_rejected(ConnId(2), "did not knock"),
-        "{:?}",
-        net.seen[&ConnId(2)]
-    );
+    net.expect_commit_rejected(ConnId(2), "did not knock");
     assert_eq!(net.ds.epoch("room"), Some(epoch));
     assert_eq!(net.ds.member_count("room"), 2);
     // The room goes on: the next commit (a self-update) is accepted.
@@ -372,11 +368,7 @@ fn a_connection_cannot_carry_another_members_commit() {
         now,
     );
     net.pump();
-    assert!(
-        net.commit_rejected(ConnId(2), "sending member"),
-        "{:?}",
-        net.seen[&ConnId(2)]
-    );
+    net.expect_commit_rejected(ConnId(2), "sending member");
     assert_eq!(net.ds.epoch("room"), Some(epoch));
 }
 
@@ -401,11 +393,7 @@ fn a_member_cannot_freeze_the_room_with_an_add_proposal_by_reference() {
         now,
     );
     net.settle();
-    assert!(
-        net.refused(ConnId(2), "only propose its own removal"),
-        "{:?}",
-        net.seen[&ConnId(2)]
-    );
+    net.expect_refused(ConnId(2), "only propose its own removal");
     // Not cached, not relayed: the room goes on and admits people.
     assert!(!net.seen[&ConnId(1)]
         .iter()
@@ -445,11 +433,7 @@ fn a_commit_may_add_only_the_exact_keypackage_that_knocked() {
     let other = as_alice.key_package(None, net.now).unwrap();
     net.danger_commit(ConnId(2), &[other]);
     net.pump();
-    assert!(
-        net.commit_rejected(ConnId(2), "did not knock"),
-        "{:?}",
-        net.seen[&ConnId(2)]
-    );
+    net.expect_commit_rejected(ConnId(2), "did not knock");
     assert_eq!(net.ds.epoch("room"), Some(epoch));
 }
 
@@ -577,11 +561,7 @@ fn a_lobby_whose_members_are_gone_is_started_again_only_by_its_host() {
         0,
         "the lobby became carol's open room"
     );
-    assert!(
-        net.refused(ConnId(3), "same policy"),
-        "{:?}",
-        net.seen[&ConnId(3)]
-    );
+    net.expect_refused(ConnId(3), "same policy");
     // The host comes back (same device): it starts the lobby again under its charter.
     let again = Device::new(
         DeviceIdentity::from_bytes(&host_bytes).unwrap(),
@@ -749,13 +729,7 @@ fn a_would_be_host_without_a_charter_is_warned_when_put_in_another_group() {
     );
     net.join(ConnId(1), "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
     assert!(net.p(ConnId(1)).session().is_some());
-    assert!(
-        alarms(&net, ConnId(1))
-            .iter()
-            .any(|a| a.contains("was to host")),
-        "{:?}",
-        alarms(&net, ConnId(1))
-    );
+    expect_alarm(&net, ConnId(1), "was to host");
 }
 
 /// A lobby hosted by a device of its own (conn 1) with bob (conn 2) admitted; the host's
@@ -1059,13 +1033,7 @@ fn server_cannot_reuse_a_knock_number_the_host_saw_for_another_keypackage() {
         .roster()
         .iter()
         .any(|r| r.fingerprint == mallory_fp));
-    assert!(
-        alarms(&net, ConnId(1))
-            .iter()
-            .any(|a| a.contains("again after it was done")),
-        "{:?}",
-        alarms(&net, ConnId(1))
-    );
+    expect_alarm(&net, ConnId(1), "again after it was done");
 }
 
 #[test]

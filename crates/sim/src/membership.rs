@@ -208,21 +208,33 @@ impl Net {
         );
     }
 
-    /// Whether the server refused something of `conn`'s with a reason containing `needle`.
-    pub fn refused(&self, conn: ConnId, needle: &str) -> bool {
-        self.seen.get(&conn).is_some_and(|v| {
-            v.iter()
-                .any(|m| matches!(m, ServerMsg::Error { reason, .. } if reason.contains(needle)))
-        })
+    /// Panics unless the server refused something of `conn`'s with a reason containing
+    /// `needle` (and shows what it did send).
+    #[track_caller]
+    pub fn expect_refused(&self, conn: ConnId, needle: &str) {
+        self.expect_seen(conn, needle, |m| match m {
+            ServerMsg::Error { reason, .. } => Some(reason),
+            _ => None,
+        });
     }
 
-    /// Whether the DS turned down a commit of `conn`'s with a reason containing `needle`.
-    pub fn commit_rejected(&self, conn: ConnId, needle: &str) -> bool {
-        self.seen.get(&conn).is_some_and(|v| {
-            v.iter().any(
-                |m| matches!(m, ServerMsg::CommitRejected { reason, .. } if reason.contains(needle)),
-            )
-        })
+    /// Panics unless the DS turned down a commit of `conn`'s with a reason containing
+    /// `needle` (and shows what it did send).
+    #[track_caller]
+    pub fn expect_commit_rejected(&self, conn: ConnId, needle: &str) {
+        self.expect_seen(conn, needle, |m| match m {
+            ServerMsg::CommitRejected { reason, .. } => Some(reason),
+            _ => None,
+        });
+    }
+
+    #[track_caller]
+    fn expect_seen(&self, conn: ConnId, needle: &str, reason: fn(&ServerMsg) -> Option<&String>) {
+        let seen = self.seen.get(&conn).map_or(&[][..], Vec::as_slice);
+        assert!(
+            seen.iter().filter_map(reason).any(|r| r.contains(needle)),
+            "connection {conn} was not told {needle:?}; it got {seen:?}"
+        );
     }
 
     /// Events of `conn` so far.
