@@ -113,7 +113,8 @@ impl Room {
         }
         let encoded = kp.mls_encode_to_vec().unwrap_or_default();
         let expires = kp.expiration().map_or(now, |t| {
-            Timestamp::from_millis(t.seconds_since_epoch() * 1000)
+            // A KeyPackage may name any not_after (mls-rs sets no upper limit): saturate.
+            Timestamp::from_millis(t.seconds_since_epoch().saturating_mul(1000))
         });
         // The same device knocking again (it lost its connection and came back with a fresh
         // KeyPackage): its old leaf is stale, so propose its removal now rather than after
