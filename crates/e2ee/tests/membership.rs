@@ -133,3 +133,25 @@ fn a_joiner_whose_clock_runs_ahead_is_still_added_and_processed_by_members_behin
         room.s(1).security_code().unwrap()
     );
 }
+
+#[test]
+fn a_keypackage_is_valid_from_an_hour_before_it_was_made_until_a_day_after() {
+    let mut room = Room::open(1);
+    let made = T0.saturating_add(Duration::from_secs(2 * 3600));
+    let kp = device("kp").key_package(None, made).unwrap();
+    let expires = mls_rs::MlsMessage::from_bytes(&kp)
+        .unwrap()
+        .into_key_package()
+        .unwrap()
+        .expiration()
+        .unwrap();
+    assert_eq!(
+        expires.seconds_since_epoch(),
+        made.as_millis() / 1000 + 24 * 3600
+    );
+    // A committer whose clock is 59 minutes behind adds it; 61 minutes behind, not yet.
+    let behind = |m: u64| Timestamp::from_millis(made.as_millis() - m * 60_000);
+    let late = room.s(0).commit(std::slice::from_ref(&kp), &[], behind(61));
+    assert!(late.is_err(), "{late:?}");
+    room.s(0).commit(&[kp], &[], behind(59)).unwrap();
+}
