@@ -3,6 +3,7 @@
 // passes through the worker's transforms before it is sent or played. The page only asks the
 // worker to do things and shows the roster, security code and health it reports.
 import { detailsItems } from "./details.js";
+import { installTestHook } from "./testhook.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));
@@ -606,63 +607,19 @@ setInterval(async () => {
   if (changed) render();
 }, 500);
 
-// For tests and diagnostics: what this page shows, and the decoder's counts per slot.
-window.conclave = {
-  async snapshot() {
-    const decoded = {};
-    const rtp = {};
-    if (pc && pc.connectionState !== "closed") {
-      const stats = await pc.getStats();
-      stats.forEach((s) => {
-        if (s.type === "inbound-rtp" && s.kind === "video") {
-          const r = recv.find((x) => x.transceiver.mid === s.mid);
-          if (r) {
-            decoded[r.slot] = s.framesDecoded || 0;
-            rtp[r.slot] = {
-              framesDecoded: s.framesDecoded,
-              keyFramesDecoded: s.keyFramesDecoded,
-              framesDropped: s.framesDropped,
-              pliCount: s.pliCount,
-              firCount: s.firCount,
-              nackCount: s.nackCount,
-              freezeCount: s.freezeCount,
-              packetsLost: s.packetsLost,
-              frameWidth: s.frameWidth,
-            };
-          }
-        }
-      });
-    }
-    return {
-      support,
-      badge: $("e2ee").textContent,
-      securityCode: state ? state.security_code : null,
-      epoch: state ? state.epoch : null,
-      me: state ? state.me : null,
-      roster: state
-        ? state.roster.map((m) => ({ leaf: m.leaf, name: m.name, status: m.status, health: m.health, speaking: speaking.has(m.leaf) }))
-        : [],
-      slots: state
-        ? state.slots
-            .filter((s) => s.kind === "video")
-            .map((s) => ({ slot: s.slot, leaf: s.leaf, name: nameOf(s.leaf), framesDecoded: decoded[s.slot] || 0, rtp: rtp[s.slot] }))
-        : [],
-      frames: state ? state.frames : null,
-      charter: state ? state.charter : null,
-      heldToCharter: state ? state.held_to_charter : false,
-      connection: pc ? pc.connectionState : null,
-      alarms: alarms.slice(),
-    };
+installTestHook({
+  pc: () => pc,
+  state: () => state,
+  worker: () => worker,
+  recv,
+  speaking,
+  alarms,
+  support,
+  nameOf,
+  onProbe: (resolve) => {
+    probeWaiter = resolve;
   },
-  probe() {
-    return new Promise((resolve) => {
-      probeWaiter = resolve;
-      worker.postMessage({ type: "probe" });
-    });
-  },
-  leave() {
-    leave("You left the call.");
-  },
-};
+  leave: () => leave("You left the call."),
+});
 
 main().catch((e) => fatal(`Could not start: ${e.message}`));
