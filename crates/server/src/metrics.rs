@@ -246,6 +246,14 @@ impl Metrics {
             "counter",
             m.no_slot,
         );
+        if let Some(kib) = resident_kib() {
+            counter(
+                "process_resident_memory_bytes",
+                "Resident memory of the server process.",
+                "gauge",
+                kib * 1024,
+            );
+        }
         if let Ok(h) = self.commit.lock() {
             h.render(
                 &mut out,
@@ -262,4 +270,11 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The process's resident set (`VmRSS` of `/proc/self/status`), where the system has it.
+fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
 }
