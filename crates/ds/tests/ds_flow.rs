@@ -61,9 +61,7 @@ fn vanished_member_is_removed_by_a_server_proposal_within_bounded_time() {
     let epoch = net.ds.epoch("room").unwrap();
     // Member 3's connection drops (killed process).
     let victim_leaf = net.p(ConnId(3)).session().unwrap().own_leaf();
-    let mut victim = net.parts.remove(&ConnId(3)).unwrap();
-    net.ds.disconnect(ConnId(3), net.now);
-    net.settle();
+    let mut victim = net.drop_connection(ConnId(3)).unwrap();
     assert_eq!(net.ds.epoch("room"), Some(epoch), "not before the timeout");
 
     // After the timeout the server proposes the removal and the designated committer commits.
@@ -200,11 +198,7 @@ fn a_clean_leave_is_a_standard_remove_and_the_leaver_is_never_asked_to_commit() 
 fn an_open_room_whose_members_all_left_can_be_started_again() {
     let mut net = open_room(1);
     // The only member leaves: nobody is left to commit, and its connection closes.
-    net.p(ConnId(1)).leave().unwrap();
-    net.settle();
-    net.parts.remove(&ConnId(1));
-    net.ds.disconnect(ConnId(1), net.now);
-    net.settle();
+    net.leave_and_close(ConnId(1));
     // The next person opens the same link: a new group, and the one after gets in.
     net.join(ConnId(2), "user2", NewRoomPolicy::Open, AdmitMode::Auto);
     assert_eq!(
@@ -232,9 +226,7 @@ fn an_open_room_whose_members_all_left_can_be_started_again() {
     net.ds.connect(ConnId(5), "room", "user5", net.now);
     net.pump();
     assert_eq!(net.ds.member_count("room"), 1, "the knock is still waiting");
-    net.parts.remove(&ConnId(1));
-    net.ds.disconnect(ConnId(1), net.now);
-    net.settle();
+    net.drop_connection(ConnId(1));
     // Not at once: the member may be back within `remove_after` (a blink must not hand the
     // room to whoever connects first).
     assert_eq!(net.p(ConnId(5)).epoch(), None);
@@ -314,9 +306,7 @@ fn a_knock_whose_knocker_left_leaves_the_hosts_list() {
     net.join(ConnId(3), "other", NewRoomPolicy::Open, AdmitMode::Auto);
     assert_eq!(net.p(ConnId(1)).pending_knocks().len(), 2);
     // The guest gives up before the host decides.
-    net.parts.remove(&ConnId(2));
-    net.ds.disconnect(ConnId(2), net.now);
-    net.settle();
+    net.drop_connection(ConnId(2));
     let left: Vec<String> = net
         .p(ConnId(1))
         .pending_knocks()
@@ -594,9 +584,7 @@ fn knocks_before_the_group_exists_are_kept_until_it_does() {
 fn a_device_that_lost_its_connection_rejoins_and_its_stale_leaf_goes_at_once() {
     let mut net = open_room(3);
     let epoch = net.ds.epoch("room").unwrap();
-    let lost = net.parts.remove(&ConnId(3)).unwrap();
-    net.ds.disconnect(ConnId(3), net.now);
-    net.settle();
+    let lost = net.drop_connection(ConnId(3)).unwrap();
     let start = net.now;
     net.advance(Duration::from_millis(700));
     // The same device comes back on a new connection, well before `remove_after`.

@@ -41,6 +41,20 @@ fn alarms(net: &Net, conn: ConnId) -> Vec<String> {
         .collect()
 }
 
+fn assert_no_alarms(net: &Net, conn: ConnId) {
+    let alarms = alarms(net, conn);
+    assert!(alarms.is_empty(), "conn {conn}: {alarms:?}");
+}
+
+/// `user` connects on `conn` and knocks with `key_package`, whatever its bytes.
+fn knock_raw(net: &mut Net, conn: ConnId, user: &str, key_package: Vec<u8>) {
+    net.ds.connect(conn, "room", user, net.now);
+    let msg = MembershipMsg::KeyPackage {
+        key_package: Bytes(key_package),
+    };
+    net.ds.handle(conn, msg, net.now);
+}
+
 fn lobby_with_knock() -> (Net, KnockId, conclave_e2ee::Fingerprint) {
     let mut net = Net::new();
     net.join(ConnId(1), "host", NewRoomPolicy::Lobby, AdmitMode::Ask);
@@ -173,11 +187,7 @@ fn a_non_host_asked_to_commit_in_a_lobby_adds_nobody() {
     }
     // Not an error on its part: no alarm.
     net.pump();
-    assert!(
-        alarms(&net, ConnId(2)).is_empty(),
-        "{:?}",
-        alarms(&net, ConnId(2))
-    );
+    assert_no_alarms(&net, ConnId(2));
 }
 
 #[test]
@@ -187,34 +197,18 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
     let eve = device("eve");
     let mut forged = eve.key_package(None, net.now).unwrap();
     *forged.last_mut().unwrap() ^= 1;
-    net.ds.connect(ConnId(5), "room", "eve", net.now);
-    net.ds.handle(
-        ConnId(5),
-        MembershipMsg::KeyPackage {
-            key_package: Bytes(forged),
-        },
-        net.now,
-    );
+    knock_raw(&mut net, ConnId(5), "eve", forged);
     // Fred's expired one (made two days ago, valid for one).
     let fred = device("fred");
     let old = Timestamp::from_millis(net.now.as_millis() - 2 * 24 * 3600 * 1000);
     let expired = fred.key_package(None, old).unwrap();
-    net.ds.connect(ConnId(6), "room", "fred", net.now);
-    net.ds.handle(
-        ConnId(6),
-        MembershipMsg::KeyPackage {
-            key_package: Bytes(expired),
-        },
-        net.now,
-    );
+    knock_raw(&mut net, ConnId(6), "fred", expired);
     // And one far over the size limit.
-    net.ds.connect(ConnId(7), "room", "gus", net.now);
-    net.ds.handle(
+    knock_raw(
+        &mut net,
         ConnId(7),
-        MembershipMsg::KeyPackage {
-            key_package: Bytes(vec![0; conclave_e2ee::MAX_KEY_PACKAGE_LEN + 1]),
-        },
-        net.now,
+        "gus",
+        vec![0; conclave_e2ee::MAX_KEY_PACKAGE_LEN + 1],
     );
     net.join(ConnId(2), "bob", NewRoomPolicy::Open, AdmitMode::Auto);
     net.settle();
@@ -242,11 +236,7 @@ fn a_forged_or_expired_keypackage_is_refused_at_the_knock_and_blocks_no_one() {
         })
         .sum();
     assert_eq!(requested, 1);
-    assert!(
-        alarms(&net, ConnId(1)).is_empty(),
-        "{:?}",
-        alarms(&net, ConnId(1))
-    );
+    assert_no_alarms(&net, ConnId(1));
 }
 
 #[test]
@@ -549,11 +539,7 @@ fn a_lobby_whose_members_are_gone_is_started_again_only_by_its_host() {
         .with_charter(charter.clone())
         .unwrap();
     net.join_as(ConnId(1), "host", p);
-    net.p(ConnId(1)).leave().unwrap();
-    net.settle();
-    net.parts.remove(&ConnId(1));
-    net.ds.disconnect(ConnId(1), net.now);
-    net.settle();
+    net.leave_and_close(ConnId(1));
     // Someone without the charter is asked first; the group it makes (open) is refused.
     net.join(ConnId(3), "carol", NewRoomPolicy::Open, AdmitMode::Auto);
     assert_eq!(
@@ -756,9 +742,7 @@ fn lobby_whose_host_dropped_under(
     net.p(ConnId(1)).admit(knock, now).unwrap();
     net.settle();
     assert_eq!(net.ds.member_count("room"), 2);
-    let host = net.parts.remove(&ConnId(1)).unwrap();
-    net.ds.disconnect(ConnId(1), net.now);
-    net.settle();
+    let host = net.drop_connection(ConnId(1)).unwrap();
     (net, host)
 }
 
@@ -1076,14 +1060,7 @@ fn the_ds_refuses_a_return_naming_an_epoch_before_the_last_add() {
     net.ds.disconnect(ConnId(1), net.now);
     net.settle();
     let kp = host.key_package_with(None, Some(&old), net.now).unwrap();
-    net.ds.connect(ConnId(4), "room", "host", net.now);
-    net.ds.handle(
-        ConnId(4),
-        MembershipMsg::KeyPackage {
-            key_package: Bytes(kp.clone()),
-        },
-        net.now,
-    );
+    knock_raw(&mut net, ConnId(4), "host", kp.clone());
     net.settle();
     // Asked to commit (no host is online), bob builds the return under the secret he kept;
     // the DS refuses it.

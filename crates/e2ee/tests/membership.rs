@@ -119,14 +119,7 @@ fn a_joiner_whose_clock_runs_ahead_is_still_added_and_processed_by_members_behin
     room.s(0).check_joiner(&kp, T0).unwrap();
     let bundle = room.s(0).commit(&[kp], &[], T0).unwrap();
     room.deliver(0, &bundle.commit);
-    let s = joiner
-        .join(
-            "room",
-            bundle.welcome.as_ref().unwrap(),
-            &bundle.ratchet_tree,
-            ahead,
-        )
-        .unwrap();
+    let s = join_by(&joiner, &bundle, ahead).unwrap();
     assert_eq!(s.member_count(), 3);
     assert_eq!(
         s.security_code().unwrap(),

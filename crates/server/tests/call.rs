@@ -1,8 +1,10 @@
 //! Real calls on loopback: `conclave serve`'s runtime and participants' runtimes over real
 //! WebSockets.
 
+mod support;
+
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use conclave_client::{AdmitMode, Event, NewRoomPolicy};
 use conclave_e2ee::{CredentialInfo, Device, DeviceIdentity, GroupStore, RoomCipherSuite};
@@ -48,20 +50,10 @@ async fn server_config(
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let dir = std::env::temp_dir().join(format!(
-        "conclave-it-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
+    let (args, dir) = support::loopback_args("conclave-it");
     let mut config = ServeArgs {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        media_listen: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: Some(dir.clone()),
         remove_after_secs: Some(remove_after_secs),
-        ..Default::default()
+        ..args
     }
     .resolve()
     .unwrap();
@@ -76,10 +68,7 @@ async fn server_config(
 impl Server {
     fn token(&self, room: &str, user: &str, ttl: i64) -> String {
         let keys = ServerKeys::load_or_create(&self.keys_dir).unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = support::unix_now() as i64;
         keys.token.issue(&Claims {
             room: room.into(),
             sub: user.into(),
@@ -610,14 +599,7 @@ async fn lost_connection_is_retried_and_the_device_rejoins_as_a_new_member() {
 /// A self-signed certificate for 127.0.0.1 and localhost, as PEM files in a fresh directory:
 /// (certificate, key).
 fn self_signed() -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!(
-        "conclave-tls-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
+    let dir = support::temp_dir("conclave-tls");
     std::fs::create_dir_all(&dir).unwrap();
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
@@ -904,12 +886,7 @@ mod adversarial {
     }
 
     fn now_ts() -> Timestamp {
-        Timestamp::from_millis(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64,
-        )
+        Timestamp::from_millis(support::unix_now() * 1000)
     }
 
     type Ws = tokio_tungstenite::WebSocketStream<
@@ -1022,15 +999,15 @@ mod adversarial {
         s.running.stop().await;
     }
 
-    fn rss_kib() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+    /// The server's own `process_resident_memory_bytes`, in KiB.
+    async fn rss_kib(s: &Server) -> u64 {
+        let metrics = reqwest_metrics(s).await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("the server reports its resident memory")
+            / 1024
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1042,7 +1019,7 @@ mod adversarial {
         let mut b = client(&s, "flood", "bob");
         let (e2, c2) = b.until_members(2).await;
 
-        let rss_before = rss_kib();
+        let rss_before = rss_kib(&s).await;
         let url = format!("{}/ws/flood", s.url().replace("http://", "ws://"));
         let mut refused = 0u32;
         for batch in 0..(10_000 / 50) {
@@ -1080,7 +1057,7 @@ mod adversarial {
                 let _ = tcp.write_all(&junk).await;
             }
         }
-        let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
+        let grown_mib = rss_kib(&s).await.saturating_sub(rss_before) / 1024;
         assert!(
             grown_mib < 64,
             "memory grew by {grown_mib} MiB over 10,000 attempts"

@@ -1,9 +1,9 @@
 //! The web client's files and invitation links, over real HTTP on loopback.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod support;
 
 use conclave_server::web::{WebAsset, INVITE_SUBJECT};
-use conclave_server::{Claims, ServeArgs, ServerKeys};
+use conclave_server::{Claims, ServerKeys};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static ASSETS: &[WebAsset] = &[
@@ -25,22 +25,8 @@ struct Server {
 }
 
 async fn server(web: &'static [WebAsset]) -> Server {
-    let dir = std::env::temp_dir().join(format!(
-        "conclave-web-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let mut config = ServeArgs {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        media_listen: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: Some(dir.clone()),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
+    let (args, dir) = support::loopback_args("conclave-web");
+    let mut config = args.resolve().unwrap();
     config.web = web;
     let keys = ServerKeys::load_or_create(&dir).unwrap();
     Server {
@@ -50,10 +36,7 @@ async fn server(web: &'static [WebAsset]) -> Server {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    support::unix_now()
 }
 
 impl Server {

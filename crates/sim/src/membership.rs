@@ -246,6 +246,22 @@ impl Net {
         self.parts.get_mut(&conn).unwrap()
     }
 
+    /// `conn`'s connection closes (a killed process or a lost network): the participant is
+    /// taken out of the net and handed back, and the DS runs until quiet.
+    pub fn drop_connection(&mut self, conn: ConnId) -> Option<Participant> {
+        let p = self.parts.remove(&conn);
+        self.ds.disconnect(conn, self.now);
+        self.settle();
+        p
+    }
+
+    /// `conn` leaves cleanly, then its connection closes.
+    pub fn leave_and_close(&mut self, conn: ConnId) {
+        self.p(conn).leave().expect("a member can leave");
+        self.settle();
+        self.drop_connection(conn);
+    }
+
     pub fn codes(&self) -> Vec<String> {
         self.parts
             .values()

@@ -14,6 +14,17 @@ fn pair() -> (Room, MediaCrypto, MediaCrypto) {
     (room, a, b)
 }
 
+/// Member 2 updates itself; member 0 (media `a`) applies the commit and sends under the new
+/// epoch, member 1 has not seen it yet. Returns the commit.
+fn sender_ahead(room: &mut Room, a: &mut MediaCrypto) -> CommitBundle {
+    let bundle = room.s(2).self_update(T0).unwrap();
+    room.s(2).confirm_commit().unwrap();
+    room.s(0).process(&bundle.commit, T0).unwrap();
+    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0)
+        .unwrap();
+    bundle
+}
+
 fn seal(m: &mut MediaCrypto, frame: &[u8], clear: ClearPrefix) -> Vec<u8> {
     let mut out = Vec::new();
     m.seal(frame, clear, &mut out).unwrap();
@@ -245,12 +256,8 @@ fn a_sender_many_epochs_behind_is_opened_within_the_grace_window() {
 #[test]
 fn frames_for_the_next_epoch_are_held_and_opened_once_the_commit_is_applied() {
     let (mut room, mut a, mut b) = pair();
-    let bundle = room.s(2).self_update(T0).unwrap();
     // Member 0 applies the commit first and starts sending under the new epoch...
-    room.s(2).confirm_commit().unwrap();
-    room.s(0).process(&bundle.commit, T0).unwrap();
-    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0)
-        .unwrap();
+    let bundle = sender_ahead(&mut room, &mut a);
     let early: Vec<Vec<u8>> = (0..5)
         .map(|i| seal(&mut a, format!("frame {i}").as_bytes(), ClearPrefix::None))
         .collect();
@@ -284,11 +291,7 @@ fn frames_for_the_next_epoch_are_held_and_opened_once_the_commit_is_applied() {
 #[test]
 fn hold_queue_is_bounded_in_count_and_time() {
     let (mut room, mut a, mut b) = pair();
-    let bundle = room.s(2).self_update(T0).unwrap();
-    room.s(2).confirm_commit().unwrap();
-    room.s(0).process(&bundle.commit, T0).unwrap();
-    a.install_epoch(room.s(0).epoch_secrets().unwrap(), T0)
-        .unwrap();
+    let _ = sender_ahead(&mut room, &mut a);
     let mut hold = HoldQueue::new(4, Duration::from_millis(500));
     for i in 0..10 {
         hold.hold(

@@ -19,14 +19,7 @@ fn lobby_room_with_malicious_member() -> (Room, Session) {
     let kp = bad.key_package(None, T0).unwrap();
     let bundle = room.s(0).commit(&[kp], &[], T0).unwrap();
     room.deliver(0, &bundle.commit);
-    let session = bad
-        .join(
-            "room",
-            bundle.welcome.as_ref().unwrap(),
-            &bundle.ratchet_tree,
-            T0,
-        )
-        .unwrap();
+    let session = join_by(&bad, &bundle, T0).unwrap();
     room.devices.push(bad);
     room.sessions.push(None); // held by the test, outside the honest room
     (room, session)
@@ -63,14 +56,7 @@ fn lobby_commit_adding_a_member_by_a_non_host_is_rejected_by_every_member() {
         assert_eq!(room.s(i).member_count(), 3);
     }
     // And the ghost's Welcome is worthless: it names an epoch nobody honest is in.
-    let ghost_session = ghost
-        .join(
-            "room",
-            bundle.welcome.as_ref().unwrap(),
-            &bundle.ratchet_tree,
-            T0,
-        )
-        .map(|s| s.security_code().unwrap());
+    let ghost_session = join_by(&ghost, &bundle, T0).map(|s| s.security_code().unwrap());
     if let Ok(ghost_code) = ghost_session {
         assert_ne!(ghost_code, code);
     }
@@ -112,9 +98,7 @@ fn a_member_cannot_slip_an_add_into_a_lobby_hosts_commit() {
         .commit(&[honest.key_package(None, T0).unwrap()], &[], T0)
         .unwrap();
     bad_host.confirm_commit().unwrap();
-    let mut honest_s = honest
-        .join("room", b.welcome.as_ref().unwrap(), &b.ratchet_tree, T0)
-        .unwrap();
+    let mut honest_s = join_by(&honest, &b, T0).unwrap();
     let ghost = device("ghost2");
     let p = honest_s
         .danger_propose_add(&ghost.key_package(None, T0).unwrap())
@@ -161,14 +145,7 @@ fn invite_room(allowed: Vec<Fingerprint>) -> (Room, Session) {
     let mut room = room;
     let bundle = room.s(0).commit(&[kp], &[], T0).unwrap();
     room.deliver(0, &bundle.commit);
-    let session = bad
-        .join(
-            "room",
-            bundle.welcome.as_ref().unwrap(),
-            &bundle.ratchet_tree,
-            T0,
-        )
-        .unwrap();
+    let session = join_by(&bad, &bundle, T0).unwrap();
     room.devices.push(bad);
     room.sessions.push(None); // held by the test, outside the honest room
     (room, session)
@@ -182,9 +159,7 @@ fn invite_list_admits_listed_and_invited_devices() {
     let kp = listed.key_package(None, T0).unwrap();
     let b = room.s(0).commit(&[kp], &[], T0).unwrap();
     room.deliver(0, &b.commit);
-    let s = listed
-        .join("room", b.welcome.as_ref().unwrap(), &b.ratchet_tree, T0)
-        .unwrap();
+    let s = join_by(&listed, &b, T0).unwrap();
     room.devices.push(listed);
     room.sessions.push(Some(s));
 
@@ -204,9 +179,7 @@ fn invite_list_admits_listed_and_invited_devices() {
     assert_eq!(room.s(0).member_count(), 4);
     // The joiner checks every member of the group: the host, the listed device, and the
     // two invited ones, whose leaves carry their invites.
-    let s = guest
-        .join("room", b.welcome.as_ref().unwrap(), &b.ratchet_tree, T0)
-        .expect("every member of the group belongs there");
+    let s = join_by(&guest, &b, T0).expect("every member of the group belongs there");
     assert_eq!(s.member_count(), 4);
 }
 
@@ -232,54 +205,33 @@ fn invite_list_commit_adding_an_uninvited_device_is_rejected_by_every_member() {
         "{err:?}"
     );
 
-    // An invite bound to another device's key.
-    let other = device("other");
-    let stolen = Invite::sign(
-        room.devices[0].identity(),
-        "room",
-        other.identity().fingerprint().unwrap(),
-    )
-    .unwrap();
     let thief = device("thief");
-    let kp = thief.key_package(Some(&stolen), T0).unwrap();
-    let b = mallory.commit(&[kp], &[], T0).unwrap();
-    let err = room.s(0).process(&b.commit, T0).unwrap_err();
-    assert!(
-        matches!(err, Error::Policy(PolicyViolation::BadInvite { reason, .. }) if reason.contains("another device")),
-        "{err:?}"
-    );
-    mallory.discard_commit();
-
-    // An invite signed by a non-host member (Mallory herself).
-    let forged = Invite::sign(
-        room.devices[1].identity(),
-        "room",
-        thief.identity().fingerprint().unwrap(),
-    )
-    .unwrap();
-    let kp = thief.key_package(Some(&forged), T0).unwrap();
-    let b = mallory.commit(&[kp], &[], T0).unwrap();
-    let err = room.s(0).process(&b.commit, T0).unwrap_err();
-    assert!(
-        matches!(err, Error::Policy(PolicyViolation::BadInvite { reason, .. }) if reason.contains("not signed by a host")),
-        "{err:?}"
-    );
-    mallory.discard_commit();
-
-    // An invite for another room.
-    let elsewhere = Invite::sign(
-        room.devices[0].identity(),
-        "other-room",
-        thief.identity().fingerprint().unwrap(),
-    )
-    .unwrap();
-    let kp = thief.key_package(Some(&elsewhere), T0).unwrap();
-    let b = mallory.commit(&[kp], &[], T0).unwrap();
-    let err = room.s(0).process(&b.commit, T0).unwrap_err();
-    assert!(
-        matches!(err, Error::Policy(PolicyViolation::BadInvite { .. })),
-        "{err:?}"
-    );
+    let sign = |signer: &DeviceIdentity, room: &str, whom: &Device| {
+        Invite::sign(signer, room, whom.identity().fingerprint().unwrap()).unwrap()
+    };
+    let host = room.devices[0].identity();
+    let cases = [
+        // An invite bound to another device's key.
+        (sign(host, "room", &device("other")), "another device"),
+        // An invite signed by a non-host member (Mallory herself).
+        (
+            sign(room.devices[1].identity(), "room", &thief),
+            "not signed by a host",
+        ),
+        // An invite for another room.
+        (sign(host, "other-room", &thief), ""),
+    ];
+    // Mallory commits the thief with each; the host refuses it and says why.
+    for (invite, why) in cases {
+        let kp = thief.key_package(Some(&invite), T0).unwrap();
+        let b = mallory.commit(&[kp], &[], T0).unwrap();
+        let err = room.s(0).process(&b.commit, T0).unwrap_err();
+        assert!(
+            matches!(&err, Error::Policy(PolicyViolation::BadInvite { reason, .. }) if reason.contains(why)),
+            "{why}: {err:?}"
+        );
+        mallory.discard_commit();
+    }
 
     assert_eq!(room.s(0).epoch(), epoch, "nothing was applied");
     assert_eq!(room.s(0).member_count(), 2);

@@ -171,3 +171,9 @@ pub fn rewrite_kid(wire: &[u8], clear_len: usize, new_kid: u64) -> Vec<u8> {
 pub fn kid_of(leaf: u32, epoch: u64) -> u64 {
     media::kid(leaf, epoch)
 }
+
+/// `d` joins "room" from the Welcome and ratchet tree of `bundle`.
+pub fn join_by(d: &Device, bundle: &CommitBundle, now: Timestamp) -> Result<Session, Error> {
+    let welcome = bundle.welcome.as_ref().expect("the commit has a Welcome");
+    d.join("room", welcome, &bundle.ratchet_tree, now)
+}
